@@ -1,0 +1,1 @@
+"""VSR backbones, one file each; shared building blocks live in :mod:`.blocks`."""
