@@ -49,3 +49,7 @@ class ClipTooShortError(MediaError):
 
 class DatasetError(AVVSRError):
     """A data set as a whole is unusable (for example, no usable file at all)."""
+
+
+class WeightsError(MediaError):
+    """A weights or checkpoint file cannot be loaded into the model."""
