@@ -1,0 +1,174 @@
+"""MS-AVF: multi-scale audio-visual fusion, and its ablation variants (options, not copies).
+
+Interface (used by ``AVVSRNet`` at the backbone's fusion point)::
+
+    fusion = MSAVF(visual_channels=C, audio_dim=D, scales=3)
+    fused, masks = fusion(feat, audio)   # feat (N, C, h, w), audio (N, D)
+    # fused (N, C, h, w); masks: one (N, 1, h_s, w_s) in [0, 1] per scale, finest first
+
+How it works, per frame:
+
+1. *Visual pyramid*: a 3x3 conv maps ``feat`` to ``hidden_channels`` (scale 0, full LR feature
+   size); each next scale is a stride-2 3x3 conv of the previous one (``ceil(h / 2)``, so odd
+   and tiny sizes work down to 1x1).
+2. *Audio-guided attention* at each scale: the visual features (1x1 conv) and the audio
+   embedding (linear) are projected into a shared ``embed_dim`` space and L2-normalised; the mask
+   is ``sigmoid(exp(log_temperature) * cosine + bias)`` with learnable temperature and bias per
+   scale (as in LVS and the audio-visual inpainting net).
+3. *Fusion under the mask*: a FiLM/SFT-like modulation from the audio, gated per pixel by the
+   mask: ``v * (1 + mask * gamma(audio)) + mask * beta(audio)``.
+4. *Top-down*: from the coarsest scale, each fused level is upsampled (bilinear, to the exact
+   finer size), passed through a 3x3 conv + LeakyReLU and added to the next finer fused level,
+   down to scale 0 (a feature pyramid's top-down path).
+5. *Zero-initialised residual*: ``fused = feat + out_proj(top)``, with ``out_proj`` (1x1 conv)
+   zero-initialised, so at initialisation the output equals the input exactly (AVSBench TPAVI).
+
+Ablations: ``scales=1`` (single scale); ``top_down=False`` (each coarser fused level is
+upsampled straight to scale 0 through its own conv, and the levels are summed);
+``attention=False`` (the "concat" baseline: at each scale the audio projection is tiled over
+space, concatenated with the visual features and mixed by a 1x1 conv; no mask, so the mask list
+is empty). Every variant keeps the zero-initialised residual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MAX_SCALES = 4
+
+
+def conv3x3_act(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv (padding 1, output size ``ceil(size / stride)``) + LeakyReLU(0.1)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        nn.LeakyReLU(0.1),
+    )
+
+
+class AudioGuidedAttention(nn.Module):
+    """One scale's audio-guided fusion.
+
+    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), mask (N, 1, h, w) or None)``.
+    With ``attention=True``: cosine-similarity mask and mask-gated FiLM; with ``False``: the
+    tiled-concat baseline, no mask.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        audio_dim: int,
+        embed_dim: int,
+        attention: bool,
+        initial_temperature: float,
+    ) -> None:
+        super().__init__()
+        self.attention = attention
+        self.audio_proj = nn.Linear(audio_dim, embed_dim)
+        if attention:
+            self.visual_proj = nn.Conv2d(channels, embed_dim, 1)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(initial_temperature)))
+            self.bias = nn.Parameter(torch.zeros(()))
+            self.film = nn.Linear(audio_dim, 2 * channels)
+        else:
+            self.mix = nn.Sequential(
+                nn.Conv2d(channels + embed_dim, channels, 1), nn.LeakyReLU(0.1)
+            )
+
+    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``visual`` (N, K, h, w), ``audio`` (N, D) -> (fused (N, K, h, w), mask or None)."""
+        audio_embedding = self.audio_proj(audio)
+        if not self.attention:
+            tiled = audio_embedding[:, :, None, None].expand(-1, -1, *visual.shape[-2:])
+            return visual + self.mix(torch.cat([visual, tiled], dim=1)), None
+        # The similarity is computed in float32: normalising float16 vectors underflows.
+        keys = F.normalize(self.visual_proj(visual).float(), dim=1)
+        query = F.normalize(audio_embedding.float(), dim=1)
+        cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
+        mask = torch.sigmoid(self.log_temperature.exp() * cosine + self.bias).to(visual.dtype)
+        gamma, beta = self.film(audio)[:, :, None, None].chunk(2, dim=1)
+        return visual * (1 + mask * gamma) + mask * beta, mask
+
+
+class MSAVF(nn.Module):
+    """Multi-scale audio-visual fusion (see the module docstring).
+
+    Args:
+        visual_channels: C of the fusion-point features.
+        audio_dim: D of the audio embedding.
+        scales: number of pyramid scales S, 1..4.
+        hidden_channels: width of the visual pyramid.
+        embed_dim: width of the shared audio-visual space of the attention (and of the audio
+            projection that is tiled in the concat variant).
+        top_down: fuse coarse to fine layer by layer (else: each level straight to scale 0).
+        attention: audio-guided mask + gated FiLM (else: tiled-concat baseline, no masks).
+        initial_temperature: initial multiplier of the cosine similarity inside the sigmoid.
+    """
+
+    def __init__(
+        self,
+        visual_channels: int,
+        audio_dim: int,
+        scales: int = 3,
+        hidden_channels: int = 48,
+        embed_dim: int = 64,
+        top_down: bool = True,
+        attention: bool = True,
+        initial_temperature: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if not 1 <= scales <= MAX_SCALES:
+            raise ValueError(f"scales must be in 1..{MAX_SCALES}, got {scales}")
+        self.scales = scales
+        self.top_down = top_down
+        self.attention = attention
+        self.stem = conv3x3_act(visual_channels, hidden_channels)
+        self.downsample = nn.ModuleList(
+            conv3x3_act(hidden_channels, hidden_channels, stride=2) for _ in range(scales - 1)
+        )
+        self.fuse = nn.ModuleList(
+            AudioGuidedAttention(
+                hidden_channels, audio_dim, embed_dim, attention, initial_temperature
+            )
+            for _ in range(scales)
+        )
+        # lift[s - 1] carries the fused level s up to level s - 1 (top-down) or to level 0.
+        self.lift = nn.ModuleList(
+            conv3x3_act(hidden_channels, hidden_channels) for _ in range(scales - 1)
+        )
+        self.out_proj = nn.Conv2d(hidden_channels, visual_channels, 1)
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, feat: Tensor, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``feat`` (N, C, h, w), ``audio`` (N, D) -> (fused (N, C, h, w), masks).
+
+        ``masks``: per scale, finest first, ``(N, 1, h_s, w_s)`` in [0, 1] with
+        ``h_0 = h`` and ``h_s = ceil(h_{s-1} / 2)``; empty when ``attention=False``.
+        """
+        pyramid = [self.stem(feat)]
+        for down in self.downsample:
+            pyramid.append(down(pyramid[-1]))
+        fused, masks = [], []
+        for level, fuse in zip(pyramid, self.fuse, strict=True):
+            level_fused, mask = fuse(level, audio)
+            fused.append(level_fused)
+            if mask is not None:
+                masks.append(mask)
+        if self.top_down:
+            top = fused[-1]
+            for finer, lift in zip(reversed(fused[:-1]), reversed(self.lift), strict=True):
+                top = finer + lift(upsample_to(top, finer))
+        else:
+            top = fused[0]
+            for coarser, lift in zip(fused[1:], self.lift, strict=True):
+                top = top + lift(upsample_to(coarser, fused[0]))
+        return feat + self.out_proj(top), masks
+
+
+def upsample_to(x: Tensor, reference: Tensor) -> Tensor:
+    """Bilinear resize of ``x`` (N, K, h, w) to the spatial size of ``reference`` (N, *, H, W)."""
+    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
