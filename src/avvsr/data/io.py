@@ -1,0 +1,542 @@
+"""Video and audio I/O: frames with decord, audio with PyAV, audio-to-frame alignment, writing.
+
+Frames come from decord (fast random access, per-frame timestamps that follow variable frame
+rate). Everything about audio comes from PyAV: decord cannot report the native sample rate and
+raises on files without audio. Files are first opened with PyAV, so that bad input is reported
+with our error types (``avvsr.errors``) and decord only sees files FFmpeg can demux.
+
+Time origin: frame timestamps (decord) are seconds from the start of the first video stream;
+``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
+stays aligned with the frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from avvsr.errors import (
+    EmptyVideoError,
+    MissingAudioError,
+    MissingFileError,
+    NotAVideoError,
+    NoVideoStreamError,
+)
+
+if TYPE_CHECKING:
+    import av.container
+    import decord
+
+PathLike = str | os.PathLike[str]
+
+# FFmpeg's default layout for each channel count that AAC encodes (mono to 5.1).
+DEFAULT_AUDIO_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1"}
+# Encoders that take a constant-rate-factor quality setting.
+CRF_CODECS = frozenset({"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1"})
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` learns about a file without decoding its frames."""
+
+    path: str
+    num_frames: int
+    fps: float  # average frame rate, frames per second
+    width: int
+    height: int
+    timestamps_s: np.ndarray  # (num_frames,) float64 presentation time of each frame, seconds
+    has_audio: bool
+    audio_sample_rate: int | None  # native rate of the first audio stream, Hz
+    audio_channels: int | None
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """A decoded soundtrack: mono float32 samples and where they start on the video's clock."""
+
+    samples: np.ndarray  # float32 (N,), mono, in [-1, 1]
+    sample_rate: int  # Hz
+    start_s: float  # presentation time of samples[0], seconds from the video start
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the track, seconds."""
+        return len(self.samples) / self.sample_rate
+
+
+# --------------------------------------------------------------------------------------------
+# Opening files
+
+
+def _open_container(path: PathLike) -> av.container.InputContainer:
+    """Open ``path`` with PyAV, translating failures into :class:`~avvsr.errors.MediaError`."""
+    import av
+
+    file = Path(path)
+    if not file.exists():
+        raise MissingFileError(path, "no such file")
+    if not file.is_file():
+        raise NotAVideoError(path, "not a regular file")
+    try:
+        return av.open(str(file), metadata_errors="ignore")
+    except av.FFmpegError as error:
+        raise NotAVideoError(path, f"FFmpeg cannot open it as media ({error})") from error
+
+
+def _stream_start_s(stream) -> float:
+    """Start time of a PyAV stream, seconds (0 when the container does not say)."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _count_decodable_video_frames(path: PathLike, limit: int = 1) -> int:
+    """Decode up to ``limit`` frames of the first video stream with PyAV; return how many."""
+    import av
+
+    with _open_container(path) as container:
+        count = 0
+        try:
+            for _ in container.decode(video=0):
+                count += 1
+                if count >= limit:
+                    break
+        except av.FFmpegError:
+            pass
+        return count
+
+
+def _open_video_reader(path: PathLike) -> decord.VideoReader:
+    """A fresh decord reader for ``path`` (one per call; decord keeps decoder state in it)."""
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise NoVideoStreamError(path, "the container holds no video stream")
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except (RuntimeError, AssertionError, decord.DECORDError) as error:
+        if _count_decodable_video_frames(path) == 0:
+            raise EmptyVideoError(path, "the video stream decodes to no frames") from error
+        raise NotAVideoError(path, f"decord cannot decode the video stream ({error})") from error
+    if len(reader) == 0:
+        raise EmptyVideoError(path, "the video stream has no frames")
+    return reader
+
+
+# --------------------------------------------------------------------------------------------
+# Frames
+
+
+def probe_video(path: PathLike) -> VideoInfo:
+    """Frame count, rate, size and per-frame timestamps (decord); audio properties (PyAV)."""
+    reader = _open_video_reader(path)
+    num_frames = len(reader)
+    # decord returns (start, end) per frame in float32 seconds from the video stream's start.
+    timestamps_s = reader.get_frame_timestamp(np.arange(num_frames))[:, 0].astype(np.float64)
+    fps = float(reader.get_avg_fps())
+    if not np.isfinite(fps) or fps <= 0:
+        span = timestamps_s[-1] - timestamps_s[0]
+        fps = (num_frames - 1) / span if span > 0 else 0.0
+    with _open_container(path) as container:
+        video = container.streams.video[0].codec_context
+        width, height = video.width, video.height
+        audio_streams = container.streams.audio
+        audio = audio_streams[0].codec_context if audio_streams else None
+        return VideoInfo(
+            path=str(path),
+            num_frames=num_frames,
+            fps=fps,
+            width=width,
+            height=height,
+            timestamps_s=timestamps_s,
+            has_audio=audio is not None,
+            audio_sample_rate=audio.sample_rate if audio is not None else None,
+            audio_channels=audio.channels if audio is not None else None,
+        )
+
+
+def _check_indices(path: PathLike, indices: Sequence[int], num_frames: int) -> np.ndarray:
+    index_array = np.asarray(indices, dtype=np.int64).reshape(-1)
+    bad = index_array[(index_array < 0) | (index_array >= num_frames)]
+    if bad.size:
+        raise IndexError(
+            f"{path}: frame indices {bad.tolist()[:8]} out of range for {num_frames} frames"
+        )
+    return index_array
+
+
+def read_frames(path: PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Decode frames by index (``None``: all). Returns uint8 ``(T, H, W, 3)`` RGB."""
+    reader = _open_video_reader(path)
+    num_frames = len(reader)
+    index_array = (
+        np.arange(num_frames) if indices is None else _check_indices(path, indices, num_frames)
+    )
+    if index_array.size == 0:
+        height, width = reader[0].shape[:2]
+        return np.zeros((0, height, width, 3), dtype=np.uint8)
+    return reader.get_batch(index_array).asnumpy()
+
+
+def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
+    """Decode the whole video in order, ``chunk`` frames at a time: uint8 ``(<=chunk, H, W, 3)``.
+
+    Only one chunk is held at a time, so arbitrarily long videos stream in bounded memory.
+    """
+    if chunk < 1:
+        raise ValueError(f"{path}: chunk must be a positive number of frames, got {chunk}")
+    reader = _open_video_reader(path)
+    for first in range(0, len(reader), chunk):
+        yield reader.get_batch(range(first, min(first + chunk, len(reader)))).asnumpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Audio
+
+
+def read_audio(path: PathLike, sample_rate: int = 16000) -> AudioTrack:
+    """Decode the first audio stream to mono float32 at ``sample_rate`` Hz (PyAV).
+
+    Channels are downmixed and the rate converted by FFmpeg's resampler (``av.AudioResampler``).
+    ``start_s`` is the first decoded sample's time, seconds from the video stream's start.
+    The track ends where the packets' durations say the stream ends (this removes an
+    encoder's end padding where the container records it; mkv does not, so AAC in mkv can
+    run up to one AAC frame, 1024 samples at the native rate, long).
+    A packet that fails to decode is skipped with a warning naming the file (as FFmpeg's
+    command line does). Raises :class:`MissingAudioError` without an audio stream, or when
+    nothing in it decodes.
+    """
+    import av
+
+    if sample_rate <= 0:
+        raise ValueError(f"{path}: sample_rate must be positive, got {sample_rate}")
+    with _open_container(path) as container:
+        if not container.streams.audio:
+            raise MissingAudioError(path, "the container holds no audio stream")
+        stream = container.streams.audio[0]
+        origin_s = (
+            _stream_start_s(container.streams.video[0]) if container.streams.video else 0.0
+        )
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        pieces: list[np.ndarray] = []
+        first_time_s: float | None = None
+        end_time_s: float | None = None  # where the packets say the stream ends, seconds
+        problems: list[str] = []
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as error:  # the container itself ends in damage
+                problems.append(f"demuxing stopped ({error})")
+                break
+            if packet.pts is not None and packet.duration:
+                packet_end_s = float((packet.pts + packet.duration) * packet.time_base)
+                end_time_s = max(end_time_s or packet_end_s, packet_end_s)
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as error:
+                problems.append(f"packet at {packet.pts} skipped ({error})")
+                continue
+            for frame in frames:
+                if first_time_s is None:
+                    first_time_s = frame.time if frame.time is not None else origin_s
+                pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    if problems:
+        warnings.warn(
+            f"{path}: damaged audio: {len(problems)} problem(s): {'; '.join(problems[:3])}",
+            stacklevel=2,
+        )
+    if first_time_s is None:
+        raise MissingAudioError(path, "the audio stream decodes to no samples")
+    samples = np.clip(np.concatenate(pieces).astype(np.float32, copy=False), -1.0, 1.0)
+    if end_time_s is not None:
+        # Encoders pad the last frame (AAC: up to 1024 samples); where the packets record the
+        # true end (mp4 does), drop the padding.
+        samples = samples[: max(0, round((end_time_s - first_time_s) * sample_rate))]
+    return AudioTrack(samples=samples, sample_rate=sample_rate, start_s=first_time_s - origin_s)
+
+
+def audio_windows(track: AudioTrack, timestamps_s: np.ndarray, window_s: float) -> np.ndarray:
+    """Cut a window of ``window_s`` seconds centred on each timestamp; zeros where no audio.
+
+    Returns float32 ``(T, L)`` with ``L = round(window_s * sample_rate)``: sample ``j`` of row
+    ``i`` is the audio at time ``timestamps_s[i] + (j - L // 2) / sample_rate`` (seconds,
+    rounded to the nearest sample).
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s}")
+    times = np.asarray(timestamps_s, dtype=np.float64).reshape(-1)
+    length = round(window_s * track.sample_rate)
+    centres = np.rint((times - track.start_s) * track.sample_rate).astype(np.int64)
+    sample_index = centres[:, None] - length // 2 + np.arange(length)[None, :]
+    inside = (sample_index >= 0) & (sample_index < len(track.samples))
+    if len(track.samples) == 0:
+        return np.zeros(sample_index.shape, dtype=np.float32)
+    gathered = track.samples[np.clip(sample_index, 0, len(track.samples) - 1)]
+    return np.where(inside, gathered, np.float32(0.0)).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A hidden name next to ``path`` with the same suffix (so FFmpeg picks the same muxer)."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def _as_rate(fps: float) -> Fraction:
+    """A frame rate as an exact fraction (29.97... -> 30000/1001)."""
+    return Fraction(fps).limit_denominator(10_000)
+
+
+class VideoWriter:
+    """Write frames (and optionally audio) to ``path`` with PyAV; a context manager.
+
+    The file is written under a temporary name in the same folder; leaving the ``with`` block
+    normally renames it into place, leaving it with an exception deletes it.
+    Frame sizes must be multiples of the pixel format's chroma subsampling (even for
+    ``yuv420p``; anything for ``yuv444p`` or ``gray``). ``crf`` applies to encoders that take
+    one (x264, x265, VP9, AV1); ``crf=0`` with x264 is lossless in the encoded pixel format.
+    Audio layout defaults to FFmpeg's layout for ``audio_channels`` (mono ... 5.1).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        fps: float,
+        width: int,
+        height: int,
+        *,
+        codec: str = "libx264",
+        crf: int = 18,
+        pix_fmt: str = "yuv420p",
+        audio_sample_rate: int | None = None,
+        audio_channels: int = 1,
+        audio_codec: str = "aac",
+        audio_layout: str | None = None,
+    ) -> None:
+        import av
+
+        self.path = Path(path)
+        if fps <= 0:
+            raise ValueError(f"{self.path}: fps must be positive, got {fps}")
+        _check_frame_size(self.path, width, height, pix_fmt)
+        self.width, self.height = width, height
+        self._rate = _as_rate(fps)
+        self._temporary = _temporary_sibling(self.path)
+        self._container = av.open(str(self._temporary), mode="w")
+        self._frames_written = 0
+        self._samples_written = 0
+        try:
+            self._video = self._container.add_stream(codec, rate=self._rate)
+            self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
+            if codec in CRF_CODECS:
+                options = {"crf": str(crf)}
+                if codec.startswith("libvpx"):
+                    options["b"] = "0"  # constant quality rather than a bit-rate target
+                self._video.options = options
+            self._audio = None
+            if audio_sample_rate is not None:
+                self._audio = self._add_audio_stream(
+                    audio_codec, audio_sample_rate, audio_channels, audio_layout
+                )
+        except BaseException:
+            self._discard()
+            raise
+
+    def _add_audio_stream(self, codec: str, sample_rate: int, channels: int, layout: str | None):
+        import av
+
+        supported_rates = av.Codec(codec, "w").audio_rates
+        if supported_rates and sample_rate not in supported_rates:
+            raise ValueError(
+                f"{self.path}: {codec} cannot encode {sample_rate} Hz; "
+                f"it takes {sorted(supported_rates)}"
+            )
+        if layout is None:
+            if channels not in DEFAULT_AUDIO_LAYOUTS:
+                raise ValueError(
+                    f"{self.path}: no default layout for {channels} audio channels; "
+                    "pass audio_layout"
+                )
+            layout = DEFAULT_AUDIO_LAYOUTS[channels]
+        if len(av.AudioLayout(layout).channels) != channels:
+            raise ValueError(f"{self.path}: layout {layout!r} does not have {channels} channels")
+        self._audio_channels = channels
+        self._audio_layout = layout
+        return self._container.add_stream(codec, rate=sample_rate, layout=layout)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def write_frames(self, frames: np.ndarray) -> None:
+        """Encode uint8 ``(T, H, W, 3)`` RGB frames (``T`` may be 0)."""
+        import av
+
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (
+            self.height,
+            self.width,
+            3,
+        ):
+            raise ValueError(
+                f"{self.path}: frames must be uint8 (T, {self.height}, {self.width}, 3), "
+                f"got {frames.dtype} {frames.shape}"
+            )
+        time_base = 1 / self._rate
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = self._frames_written
+            frame.time_base = time_base
+            self._container.mux(self._video.encode(frame))
+            self._frames_written += 1
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Encode float32 samples in [-1, 1]: ``(N,)`` (mono) or ``(C, N)``."""
+        import av
+
+        if self._audio is None:
+            raise ValueError(f"{self.path}: the writer was opened without audio_sample_rate")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim == 1:
+            samples = samples[None, :]
+        if samples.ndim != 2 or samples.shape[0] != self._audio_channels:
+            raise ValueError(
+                f"{self.path}: audio must be (N,) or ({self._audio_channels}, N), "
+                f"got {samples.shape}"
+            )
+        if samples.shape[1] == 0:
+            return
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples), format="fltp", layout=self._audio_layout
+        )
+        frame.sample_rate = self._audio.rate
+        frame.pts = self._samples_written
+        frame.time_base = Fraction(1, self._audio.rate)
+        self._container.mux(self._audio.encode(frame))
+        self._samples_written += samples.shape[1]
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames_written
+
+    def close(self) -> Path:
+        """Flush the encoders, close the file and rename it into place."""
+        if self._frames_written == 0:
+            self._discard()
+            raise ValueError(f"{self.path}: no frames were written")
+        try:
+            for stream in (self._video, self._audio):
+                if stream is not None:
+                    self._container.mux(stream.encode(None))
+            self._container.close()
+        except BaseException:
+            self._discard()
+            raise
+        os.replace(self._temporary, self.path)
+        return self.path
+
+    def _discard(self) -> None:
+        """Close without flushing and delete the temporary file."""
+        with contextlib.suppress(Exception):
+            self._container.close()
+        self._temporary.unlink(missing_ok=True)
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._discard()
+
+
+def _check_frame_size(path: Path, width: int, height: int, pix_fmt: str) -> None:
+    """Raise ``ValueError`` unless the size is positive and fits the format's chroma grid."""
+    import av
+
+    if width < 1 or height < 1:
+        raise ValueError(f"{path}: frame size must be positive, got {width}x{height}")
+    fmt = av.VideoFormat(pix_fmt)
+    probe = 64  # any multiple of the largest subsampling factor
+    step_w = probe // fmt.chroma_width(probe)
+    step_h = probe // fmt.chroma_height(probe)
+    if width % step_w or height % step_h:
+        raise ValueError(
+            f"{path}: {pix_fmt} needs width a multiple of {step_w} and height of {step_h}, "
+            f"got {width}x{height} (crop the frames, or use yuv444p)"
+        )
+
+
+def _chunks(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    if isinstance(frames, np.ndarray):
+        yield frames
+    else:
+        yield from frames
+
+
+def write_video(
+    path: PathLike,
+    frames: np.ndarray | Iterable[np.ndarray],
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    *,
+    codec: str = "libx264",
+    crf: int = 18,
+    pix_fmt: str = "yuv420p",
+    audio_codec: str = "aac",
+) -> Path:
+    """Write uint8 ``(T, H, W, 3)`` frames (an array or an iterable of chunks) and audio.
+
+    ``audio`` is float32 ``(N,)`` or ``(C, N)`` at ``sample_rate`` Hz, starting with the
+    first frame; it is interleaved with the frames chunk by chunk. Returns the final path.
+    """
+    path = Path(path)
+    if audio is not None:
+        if sample_rate is None:
+            raise ValueError(f"{path}: audio given without sample_rate")
+        audio = np.asarray(audio, dtype=np.float32)
+        audio = audio[None, :] if audio.ndim == 1 else audio
+    chunks = _chunks(frames)
+    first = next(chunks, None)
+    if first is None or len(first) == 0:
+        raise ValueError(f"{path}: no frames to write")
+    height, width = first.shape[1:3]
+    writer = VideoWriter(
+        path,
+        fps,
+        width,
+        height,
+        codec=codec,
+        crf=crf,
+        pix_fmt=pix_fmt,
+        audio_sample_rate=sample_rate if audio is not None else None,
+        audio_channels=audio.shape[0] if audio is not None else 1,
+        audio_codec=audio_codec,
+    )
+    audio_cursor = 0
+    with writer:
+        for chunk in itertools.chain([first], chunks):
+            writer.write_frames(chunk)
+            if audio is not None:
+                until = min(audio.shape[1], round(writer.frames_written / fps * sample_rate))
+                writer.write_audio(audio[:, audio_cursor:until])
+                audio_cursor = max(audio_cursor, until)
+        if audio is not None:
+            writer.write_audio(audio[:, audio_cursor:])
+    return path
