@@ -237,6 +237,9 @@ class AVVSRLitModule(LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the model config (plain containers) so a checkpoint rebuilds its model alone."""
+        """Store the model config and the audio-feature settings (plain containers), so a
+        checkpoint alone rebuilds its model and the log-mel features it was trained on."""
         if getattr(self, "model_config", None) is not None:
             checkpoint["avvsr_model_config"] = self.model_config
+        if getattr(self, "audio_features", None) is not None:
+            checkpoint["avvsr_audio_features"] = self.audio_features
