@@ -206,69 +206,133 @@ def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
 # Audio
 
 
+# Timestamp gaps shorter than this are rounding in the container's time base, not lost audio.
+AUDIO_GAP_TOLERANCE_S = 0.005
+# A stream that ends this much before its declared end is reported as truncated.
+AUDIO_TRUNCATION_TOLERANCE_S = 0.1
+
+
+@dataclass
+class _DecodedAudio:
+    """Resampled pieces of one audio stream as decoding produced them."""
+
+    pieces: list[tuple[int | None, np.ndarray]]  # (pts in samples at the target rate, samples)
+    packets_end_s: float | None  # latest packet end (pts + duration), seconds, if known
+    problems: list[str]
+
+
+def _decode_audio_stream(container, stream, sample_rate: int) -> _DecodedAudio:
+    """Demux and decode ``stream``, downmixed and resampled; damaged packets are skipped."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    decoded = _DecodedAudio(pieces=[], packets_end_s=None, problems=[])
+
+    def keep(frames) -> None:
+        decoded.pieces.extend((out.pts, out.to_ndarray().reshape(-1)) for out in frames)
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.FFmpegError as error:  # the container itself is damaged from here on
+            decoded.problems.append(f"demuxing stopped ({error})")
+            break
+        if packet.pts is not None and packet.duration:
+            packet_end_s = float((packet.pts + packet.duration) * packet.time_base)
+            decoded.packets_end_s = max(decoded.packets_end_s or packet_end_s, packet_end_s)
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as error:
+            decoded.problems.append(f"packet at pts {packet.pts} skipped ({error})")
+            continue
+        for frame in frames:
+            keep(resampler.resample(frame))
+    keep(resampler.resample(None))
+    return decoded
+
+
+def _lay_out_pieces(pieces: list[tuple[int | None, np.ndarray]], sample_rate: int):
+    """Place pieces on their timeline: ``(first pts or None, float32 (N,))``.
+
+    A jump forward in pts of more than ``AUDIO_GAP_TOLERANCE_S`` (a skipped packet) becomes
+    silence, so later audio keeps its time; smaller jitter is ignored.
+    """
+    first_pts = pieces[0][0]
+    tolerance = round(AUDIO_GAP_TOLERANCE_S * sample_rate)
+    cursor = 0  # samples placed so far
+    placed: list[tuple[int, np.ndarray]] = []
+    for pts, samples in pieces:
+        offset = cursor
+        if pts is not None and first_pts is not None and pts - first_pts - cursor > tolerance:
+            offset = pts - first_pts
+        placed.append((offset, samples))
+        cursor = offset + len(samples)
+    track = np.zeros(cursor, dtype=np.float32)
+    for offset, samples in placed:
+        track[offset : offset + len(samples)] = samples
+    return first_pts, track
+
+
+def _declared_end_s(stream) -> float | None:
+    """Where the container's header says the stream ends, seconds (None if it does not)."""
+    if stream.duration is not None and stream.time_base is not None:
+        start = stream.start_time or 0
+        return float((start + stream.duration) * stream.time_base)
+    tag = stream.metadata.get("DURATION")  # Matroska: end time of the track, "HH:MM:SS.fff"
+    if tag:
+        with contextlib.suppress(ValueError):
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return None
+
+
 def read_audio(path: PathLike, sample_rate: int = 16000) -> AudioTrack:
     """Decode the first audio stream to mono float32 at ``sample_rate`` Hz (PyAV).
 
-    Channels are downmixed and the rate converted by FFmpeg's resampler (``av.AudioResampler``).
-    ``start_s`` is the first decoded sample's time, seconds from the video stream's start.
+    Channels are downmixed and the rate converted by FFmpeg's resampler (``av.AudioResampler``)
+    and values clipped to [-1, 1]. ``start_s`` is the first decoded sample's time, seconds from
+    the video stream's start (negative if the audio starts first).
     The track ends where the packets' durations say the stream ends (this removes an
     encoder's end padding where the container records it; mkv does not, so AAC in mkv can
     run up to one AAC frame, 1024 samples at the native rate, long).
-    A packet that fails to decode is skipped with a warning naming the file (as FFmpeg's
-    command line does). Raises :class:`MissingAudioError` without an audio stream, or when
-    nothing in it decodes.
+    Damage is not fatal; it is reported with one warning naming the file: a packet that fails
+    to decode is skipped (its time becomes silence, as FFmpeg's command line skips it), and
+    a stream that ends before its declared end (a truncated file) is kept as far as it goes.
+    Raises :class:`MissingAudioError` without an audio stream, or when nothing in it decodes.
     """
-    import av
-
     if sample_rate <= 0:
         raise ValueError(f"{path}: sample_rate must be positive, got {sample_rate}")
     with _open_container(path) as container:
         if not container.streams.audio:
             raise MissingAudioError(path, "the container holds no audio stream")
         stream = container.streams.audio[0]
-        origin_s = (
+        video_start_s = (
             _stream_start_s(container.streams.video[0]) if container.streams.video else 0.0
         )
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        pieces: list[np.ndarray] = []
-        first_time_s: float | None = None
-        end_time_s: float | None = None  # where the packets say the stream ends, seconds
-        problems: list[str] = []
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.FFmpegError as error:  # the container itself ends in damage
-                problems.append(f"demuxing stopped ({error})")
-                break
-            if packet.pts is not None and packet.duration:
-                packet_end_s = float((packet.pts + packet.duration) * packet.time_base)
-                end_time_s = max(end_time_s or packet_end_s, packet_end_s)
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as error:
-                problems.append(f"packet at {packet.pts} skipped ({error})")
-                continue
-            for frame in frames:
-                if first_time_s is None:
-                    first_time_s = frame.time if frame.time is not None else origin_s
-                pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    if problems:
-        warnings.warn(
-            f"{path}: damaged audio: {len(problems)} problem(s): {'; '.join(problems[:3])}",
-            stacklevel=2,
-        )
-    if first_time_s is None:
+        decoded = _decode_audio_stream(container, stream, sample_rate)
+        declared_end_s = _declared_end_s(stream)
+    if not any(len(samples) for _, samples in decoded.pieces):
         raise MissingAudioError(path, "the audio stream decodes to no samples")
-    samples = np.clip(np.concatenate(pieces).astype(np.float32, copy=False), -1.0, 1.0)
-    if end_time_s is not None:
+    first_pts, samples = _lay_out_pieces(decoded.pieces, sample_rate)
+    start_s = (first_pts / sample_rate if first_pts is not None else 0.0) - video_start_s
+    if decoded.packets_end_s is not None:
         # Encoders pad the last frame (AAC: up to 1024 samples); where the packets record the
         # true end (mp4 does), drop the padding.
-        samples = samples[: max(0, round((end_time_s - first_time_s) * sample_rate))]
-    return AudioTrack(samples=samples, sample_rate=sample_rate, start_s=first_time_s - origin_s)
+        true_length = round((decoded.packets_end_s - video_start_s - start_s) * sample_rate)
+        samples = samples[: max(0, true_length)]
+    end_s = video_start_s + start_s + len(samples) / sample_rate
+    problems = decoded.problems
+    if declared_end_s is not None and end_s < declared_end_s - AUDIO_TRUNCATION_TOLERANCE_S:
+        problems.append(f"audio ends at {end_s:.3f} s but the file declares {declared_end_s:.3f} s")
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        summary = "; ".join(problems[:3]) + more
+        warnings.warn(f"{path}: damaged audio: {summary}", stacklevel=2)
+    samples = np.clip(samples, -1.0, 1.0)
+    return AudioTrack(samples=samples, sample_rate=sample_rate, start_s=start_s)
 
 
 def audio_windows(track: AudioTrack, timestamps_s: np.ndarray, window_s: float) -> np.ndarray:
