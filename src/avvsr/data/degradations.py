@@ -132,4 +132,3 @@ def degrade(hr: Tensor, scale: int, kind: str = "BI") -> Tensor:
     if kind == "BD":
         return blur_downsample(hr, scale)
     raise ValueError(f"unknown degradation {kind!r}; expected one of {DEGRADATIONS}")
-

@@ -454,10 +454,15 @@ class VideoWriter:
         import av
 
         frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (
-            self.height,
-            self.width,
-            3,
+        if (
+            frames.dtype != np.uint8
+            or frames.ndim != 4
+            or frames.shape[1:]
+            != (
+                self.height,
+                self.width,
+                3,
+            )
         ):
             raise ValueError(
                 f"{self.path}: frames must be uint8 (T, {self.height}, {self.width}, 3), "
