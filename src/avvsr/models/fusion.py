@@ -49,48 +49,48 @@ def conv3x3_act(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequ
     )
 
 
-class AudioGuidedAttention(nn.Module):
-    """One scale's audio-guided fusion.
+class AudioGuidedFiLM(nn.Module):
+    """One scale's audio-guided attention and mask-gated FiLM.
 
-    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), mask (N, 1, h, w) or None)``.
-    With ``attention=True``: cosine-similarity mask and mask-gated FiLM; with ``False``: the
-    tiled-concat baseline, no mask.
+    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), mask (N, 1, h, w) in [0, 1])``.
     """
 
     def __init__(
-        self,
-        channels: int,
-        audio_dim: int,
-        embed_dim: int,
-        attention: bool,
-        initial_temperature: float,
+        self, channels: int, audio_dim: int, embed_dim: int, initial_temperature: float
     ) -> None:
         super().__init__()
-        self.attention = attention
         self.audio_proj = nn.Linear(audio_dim, embed_dim)
-        if attention:
-            self.visual_proj = nn.Conv2d(channels, embed_dim, 1)
-            self.log_temperature = nn.Parameter(torch.tensor(math.log(initial_temperature)))
-            self.bias = nn.Parameter(torch.zeros(()))
-            self.film = nn.Linear(audio_dim, 2 * channels)
-        else:
-            self.mix = nn.Sequential(
-                nn.Conv2d(channels + embed_dim, channels, 1), nn.LeakyReLU(0.1)
-            )
+        self.visual_proj = nn.Conv2d(channels, embed_dim, 1)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(initial_temperature)))
+        self.logit_bias = nn.Parameter(torch.zeros(()))
+        self.film = nn.Linear(audio_dim, 2 * channels)
 
-    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``visual`` (N, K, h, w), ``audio`` (N, D) -> (fused (N, K, h, w), mask or None)."""
-        audio_embedding = self.audio_proj(audio)
-        if not self.attention:
-            tiled = audio_embedding[:, :, None, None].expand(-1, -1, *visual.shape[-2:])
-            return visual + self.mix(torch.cat([visual, tiled], dim=1)), None
+    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
         # The similarity is computed in float32: normalising float16 vectors underflows.
         keys = F.normalize(self.visual_proj(visual).float(), dim=1)
-        query = F.normalize(audio_embedding.float(), dim=1)
+        query = F.normalize(self.audio_proj(audio).float(), dim=1)
         cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
-        mask = torch.sigmoid(self.log_temperature.exp() * cosine + self.bias).to(visual.dtype)
+        logits = self.log_temperature.exp() * cosine + self.logit_bias
+        mask = torch.sigmoid(logits).to(visual.dtype)
         gamma, beta = self.film(audio)[:, :, None, None].chunk(2, dim=1)
         return visual * (1 + mask * gamma) + mask * beta, mask
+
+
+class TiledConcatFusion(nn.Module):
+    """One scale of the concat baseline: the projected audio, tiled over space, concatenated
+    with the visual features and mixed by a 1x1 conv (residual).
+
+    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), None)`` (no mask).
+    """
+
+    def __init__(self, channels: int, audio_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.audio_proj = nn.Linear(audio_dim, embed_dim)
+        self.mix = nn.Sequential(nn.Conv2d(channels + embed_dim, channels, 1), nn.LeakyReLU(0.1))
+
+    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, None]:
+        tiled = self.audio_proj(audio)[:, :, None, None].expand(-1, -1, *visual.shape[-2:])
+        return visual + self.mix(torch.cat([visual, tiled], dim=1)), None
 
 
 class MSAVF(nn.Module):
@@ -130,9 +130,9 @@ class MSAVF(nn.Module):
             conv3x3_act(hidden_channels, hidden_channels, stride=2) for _ in range(scales - 1)
         )
         self.fuse = nn.ModuleList(
-            AudioGuidedAttention(
-                hidden_channels, audio_dim, embed_dim, attention, initial_temperature
-            )
+            AudioGuidedFiLM(hidden_channels, audio_dim, embed_dim, initial_temperature)
+            if attention
+            else TiledConcatFusion(hidden_channels, audio_dim, embed_dim)
             for _ in range(scales)
         )
         # lift[s - 1] carries the fused level s up to level s - 1 (top-down) or to level 0.
