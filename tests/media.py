@@ -22,8 +22,9 @@ LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 
 def frame_level(index: int) -> int:
-    """Grey level that identifies frame ``index`` (tens apart, so compression keeps them apart)."""
-    return 16 + (index * 24) % 224
+    """Grey level that identifies frame ``index``: distinct and 11 levels apart for any 20
+    consecutive frames, so compression keeps them apart."""
+    return 16 + (index * 11) % 220
 
 
 def moving_pattern(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:

@@ -39,6 +39,10 @@ class MissingAudioError(MediaError):
     """The container holds no audio stream (callers may treat this as silence instead)."""
 
 
+class VideoDecodeError(MediaError):
+    """The video stream is there and not empty, but the decoder fails on its frames."""
+
+
 class EmptyVideoError(MediaError):
     """The video stream decodes to zero frames."""
 

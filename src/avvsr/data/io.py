@@ -31,11 +31,11 @@ from avvsr.errors import (
     MissingFileError,
     NotAVideoError,
     NoVideoStreamError,
+    VideoDecodeError,
 )
 
 if TYPE_CHECKING:
     import av.container
-    import decord
 
 PathLike = str | os.PathLike[str]
 
@@ -116,23 +116,67 @@ def _count_decodable_video_frames(path: PathLike, limit: int = 1) -> int:
         return count
 
 
-def _open_video_reader(path: PathLike) -> decord.VideoReader:
-    """A fresh decord reader for ``path`` (one per call; decord keeps decoder state in it)."""
-    with _open_container(path) as container:
-        if not container.streams.video:
-            raise NoVideoStreamError(path, "the container holds no video stream")
-    import decord
+class _FrameReader:
+    """A fresh decord reader for one file (one per call: decord keeps decoder state in it).
 
-    decord.logging.set_level(decord.logging.QUIET)
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    except (RuntimeError, AssertionError, decord.DECORDError) as error:
-        if _count_decodable_video_frames(path) == 0:
-            raise EmptyVideoError(path, "the video stream decodes to no frames") from error
-        raise NotAVideoError(path, f"decord cannot decode the video stream ({error})") from error
-    if len(reader) == 0:
-        raise EmptyVideoError(path, "the video stream has no frames")
-    return reader
+    Works around a decord 0.6 bug: for some frame widths (16, 24, 48, 72 px, ...) FFmpeg pads
+    the rows of the RGB frames, and decord's ``get_batch`` then fails on a size check while
+    ``next()`` returns the padded rows. Such files are read frame by frame and the padding cut.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        with _open_container(path) as container:
+            if not container.streams.video:
+                raise NoVideoStreamError(path, "the container holds no video stream")
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+        self.path = path
+        try:
+            self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        except (RuntimeError, AssertionError, decord.DECORDError) as error:
+            if _count_decodable_video_frames(path) == 0:
+                raise EmptyVideoError(path, "the video stream decodes to no frames") from error
+            raise VideoDecodeError(path, f"decord cannot open the video ({error})") from error
+        if len(self.reader) == 0:
+            raise EmptyVideoError(path, "the video stream has no frames")
+        self._rows_padded = False
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def batch(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 ``(len(indices), H, W, 3)`` frames at valid, non-negative ``indices``."""
+        import decord
+
+        try:
+            if not self._rows_padded:
+                return self.reader.get_batch(indices).asnumpy()
+        except decord.DECORDError:
+            self._rows_padded = True
+        try:
+            return self._one_by_one(indices)
+        except decord.DECORDError as error:
+            raise VideoDecodeError(self.path, f"decord cannot decode frames ({error})") from error
+
+    def _one_by_one(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode with ``seek_accurate``/``next`` (seeking only where indices jump)."""
+        frames: dict[int, np.ndarray] = {}
+        position = None
+        for index in sorted(set(int(i) for i in indices)):
+            if index != position:
+                self.reader.seek_accurate(index)
+            frames[index] = self._unpadded(self.reader.next().asnumpy())
+            position = index + 1
+        return np.stack([frames[int(i)] for i in indices])
+
+    def _unpadded(self, raw: np.ndarray) -> np.ndarray:
+        """decord's ``(H, W, linesize // W)`` view of a padded frame -> ``(H, W, 3)``."""
+        height, width = raw.shape[:2]
+        rows = raw.reshape(height, -1)
+        if rows.shape[1] < 3 * width:
+            raise VideoDecodeError(self.path, f"decord returned a frame of shape {raw.shape}")
+        return np.ascontiguousarray(rows[:, : 3 * width]).reshape(height, width, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,11 +185,11 @@ def _open_video_reader(path: PathLike) -> decord.VideoReader:
 
 def probe_video(path: PathLike) -> VideoInfo:
     """Frame count, rate, size and per-frame timestamps (decord); audio properties (PyAV)."""
-    reader = _open_video_reader(path)
+    reader = _FrameReader(path)
     num_frames = len(reader)
     # decord returns (start, end) per frame in float32 seconds from the video stream's start.
-    timestamps_s = reader.get_frame_timestamp(np.arange(num_frames))[:, 0].astype(np.float64)
-    fps = float(reader.get_avg_fps())
+    timestamps_s = reader.reader.get_frame_timestamp(np.arange(num_frames))[:, 0].astype(np.float64)
+    fps = float(reader.reader.get_avg_fps())
     if not np.isfinite(fps) or fps <= 0:
         span = timestamps_s[-1] - timestamps_s[0]
         fps = (num_frames - 1) / span if span > 0 else 0.0
@@ -179,15 +223,14 @@ def _check_indices(path: PathLike, indices: Sequence[int], num_frames: int) -> n
 
 def read_frames(path: PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
     """Decode frames by index (``None``: all). Returns uint8 ``(T, H, W, 3)`` RGB."""
-    reader = _open_video_reader(path)
+    reader = _FrameReader(path)
     num_frames = len(reader)
     index_array = (
         np.arange(num_frames) if indices is None else _check_indices(path, indices, num_frames)
     )
     if index_array.size == 0:
-        height, width = reader[0].shape[:2]
-        return np.zeros((0, height, width, 3), dtype=np.uint8)
-    return reader.get_batch(index_array).asnumpy()
+        return reader.batch([0])[:0]
+    return reader.batch(index_array)
 
 
 def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
@@ -197,9 +240,9 @@ def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
     """
     if chunk < 1:
         raise ValueError(f"{path}: chunk must be a positive number of frames, got {chunk}")
-    reader = _open_video_reader(path)
+    reader = _FrameReader(path)
     for first in range(0, len(reader), chunk):
-        yield reader.get_batch(range(first, min(first + chunk, len(reader)))).asnumpy()
+        yield reader.batch(range(first, min(first + chunk, len(reader))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +419,9 @@ class VideoWriter:
     normally renames it into place, leaving it with an exception deletes it.
     Frame sizes must be multiples of the pixel format's chroma subsampling (even for
     ``yuv420p``; anything for ``yuv444p`` or ``gray``). ``crf`` applies to encoders that take
-    one (x264, x265, VP9, AV1); ``crf=0`` with x264 is lossless in the encoded pixel format.
+    one (x264, x265, VP9, AV1); ``crf=0`` with x264 is lossless in the encoded pixel format
+    (so ``yuv444p`` loses only the RGB-to-YUV rounding, and ``gray``, stored full range, keeps
+    grey content exactly).
     Audio layout defaults to FFmpeg's layout for ``audio_channels`` (mono ... 5.1).
     """
 
@@ -396,6 +441,7 @@ class VideoWriter:
         audio_layout: str | None = None,
     ) -> None:
         import av
+        from av.video.reformatter import ColorRange
 
         self.path = Path(path)
         if fps <= 0:
@@ -410,6 +456,13 @@ class VideoWriter:
         try:
             self._video = self._container.add_stream(codec, rate=self._rate)
             self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
+            # Grey formats are stored full range: swscale converts RGB to grey over 0..255, and
+            # a limited-range flag would make decoders stretch the levels.
+            self._color_range = (
+                ColorRange.JPEG if len(av.VideoFormat(pix_fmt).components) == 1 else None
+            )
+            if self._color_range is not None:
+                self._video.codec_context.color_range = self._color_range
             if codec in CRF_CODECS:
                 options = {"crf": str(crf)}
                 if codec.startswith("libvpx"):
@@ -454,16 +507,8 @@ class VideoWriter:
         import av
 
         frames = np.asarray(frames)
-        if (
-            frames.dtype != np.uint8
-            or frames.ndim != 4
-            or frames.shape[1:]
-            != (
-                self.height,
-                self.width,
-                3,
-            )
-        ):
+        expected = (self.height, self.width, 3)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != expected:
             raise ValueError(
                 f"{self.path}: frames must be uint8 (T, {self.height}, {self.width}, 3), "
                 f"got {frames.dtype} {frames.shape}"
@@ -471,6 +516,8 @@ class VideoWriter:
         time_base = 1 / self._rate
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            if self._color_range is not None:
+                frame.color_range = self._color_range
             frame.pts = self._frames_written
             frame.time_base = time_base
             self._container.mux(self._video.encode(frame))
