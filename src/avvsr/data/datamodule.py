@@ -1,0 +1,161 @@
+"""The LightningDataModule: sources -> cached, checked data sets -> seeded data loaders.
+
+Batches follow ``docs/ARCHITECTURE.md`` ("Batches"); the test split also carries
+``audio_shuffled`` (another clip's audio, for the shuffled-audio control). Training batches
+depend only on ``seed`` and the epoch, not on ``num_workers``: the sampler draws every
+sample's randomness in the main process (:class:`~avvsr.data.datasets.ShuffledSeededSampler`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from avvsr.data.cache import DecodeCache
+from avvsr.data.datasets import (
+    AudioSettings,
+    BadFileLog,
+    ClipDataset,
+    EvalClipDataset,
+    ShuffledSeededSampler,
+    TrainClipDataset,
+    collate_clips,
+)
+from avvsr.data.sources import ClipSource
+
+
+class AVVSRDataModule(L.LightningDataModule):
+    """Train/val/test clips of audio-visual video for super-resolution at ``scale``.
+
+    Sources (any may be ``None``) list the clips; every file is decoded once into
+    ``cache_dir`` when its split is set up, and bad files are reported once and skipped.
+    Training: random ``clip_len``-frame clips, ``crop_size`` HR crops, random flips and
+    transposes (``augment``). Validation and test: whole clips of at most
+    ``eval_max_frames`` frames (``None``: all), batched ``eval_batch_size`` at a time.
+    LR frames: ``degradation`` ``"BI"`` or ``"BD"``. Audio: a ``window_s`` window per frame
+    (seconds), log-mel at ``sample_rate`` Hz (``n_fft``, ``hop_length``, ``n_mels``);
+    ``audio_policy`` ``"silence"`` or ``"require"`` for files without audio.
+    """
+
+    def __init__(
+        self,
+        train: ClipSource | None = None,
+        val: ClipSource | None = None,
+        test: ClipSource | None = None,
+        *,
+        scale: int,
+        cache_dir: str | os.PathLike[str],
+        degradation: str = "BI",
+        clip_len: int = 5,
+        crop_size: int = 64,
+        augment: bool = True,
+        eval_max_frames: int | None = None,
+        sample_rate: int = 16000,
+        window_s: float = 0.32,
+        n_fft: int = 512,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        audio_policy: str = "silence",
+        batch_size: int = 4,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sources = {"train": train, "val": val, "test": test}
+        self.scale = scale
+        self.cache_dir = cache_dir
+        self.degradation = degradation
+        self.clip_len = clip_len
+        self.crop_size = crop_size
+        self.augment = augment
+        self.eval_max_frames = eval_max_frames
+        self.audio = AudioSettings(
+            sample_rate=sample_rate,
+            window_s=window_s,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            policy=audio_policy,
+        )
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.persistent_workers = persistent_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.bad_files = BadFileLog()
+        self.datasets: dict[str, ClipDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the data sets the stage needs (``fit``, ``validate``, ``test``; ``None``:
+        all); each file is decoded into the cache if it is not there yet."""
+        splits = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": (),
+            None: ("train", "val", "test"),
+        }[stage]
+        cache = DecodeCache(self.cache_dir, sample_rate=self.audio.sample_rate)
+        for split in splits:
+            source = self.sources[split]
+            if source is None or split in self.datasets:
+                continue
+            common = {
+                "scale": self.scale,
+                "degradation": self.degradation,
+                "audio": self.audio,
+                "bad_files": self.bad_files,
+            }
+            if split == "train":
+                self.datasets[split] = TrainClipDataset(
+                    source, cache, clip_len=self.clip_len, crop_size=self.crop_size,
+                    augment=self.augment, **common,
+                )
+            else:
+                self.datasets[split] = EvalClipDataset(
+                    source, cache, max_frames=self.eval_max_frames,
+                    shuffled_audio=split == "test", seed=self.seed, **common,
+                )
+
+    def _dataset(self, split: str) -> ClipDataset:
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split} data set: call setup() first")
+        return self.datasets[split]
+
+    def _loader(self, dataset: ClipDataset, **options: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_clips,
+            generator=torch.Generator().manual_seed(self.seed),
+            **options,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        """Whole clips in order; no loader (an empty list, for Lightning) without a source."""
+        if self.sources[split] is None:
+            return []
+        return self._loader(self._dataset(split), batch_size=self.eval_batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.sources["train"] is None:
+            raise RuntimeError("the data module was given no train source")
+        dataset = self._dataset("train")
+        sampler = ShuffledSeededSampler(len(dataset), self.seed)
+        return self._loader(dataset, batch_size=self.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
