@@ -22,7 +22,8 @@ SCALE = 4
 def build(backbone: str, fusion: dict | None) -> AVVSRNet:
     """An AVVSRNet from the repo's tiny backbone and audio-encoder configs; ``fusion`` is a
     fusion config (dict) or None."""
-    model_cfg = OmegaConf.create({"scale": SCALE})
+    root = OmegaConf.create({"model": {"scale": SCALE}})
+    model_cfg = root.model
     model_cfg.backbone = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
     model_cfg.audio_encoder = OmegaConf.load(CONF / "audio_encoder" / "tiny.yaml")
     model_cfg.fusion = fusion

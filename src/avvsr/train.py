@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+AUDIO_FEATURE_KEYS = ("sample_rate", "window_s", "n_fft", "hop_length", "n_mels")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
@@ -75,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
     model.model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    model.audio_features = {key: cfg.data[key] for key in AUDIO_FEATURE_KEYS if key in cfg.data}
     loggers = instantiate_list(cfg.get("logger"))
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=loggers or False
