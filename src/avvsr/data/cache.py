@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from avvsr.data.io import AudioTrack
-from avvsr.errors import MissingAudioError, MissingFileError, NotAVideoError
+from avvsr.errors import MissingAudioError, MissingFileError, VideoDecodeError
 
 PathLike = str | os.PathLike[str]
 CACHE_FORMAT = "avvsr-decode-v1"
@@ -173,26 +173,22 @@ class DecodeCache:
             shutil.rmtree(temporary, ignore_errors=True)
 
     def _write_entry(self, path: PathLike, folder: Path) -> None:
-        import decord
-
+        """Decode ``path`` into the arrays and ``meta.json`` (written last) in ``folder``."""
         from avvsr.data import io
 
         info = io.probe_video(path)
         frames = None
         count = 0
-        try:
-            for chunk in io.iter_frame_chunks(path, self.chunk_frames):
-                if frames is None:
-                    frames = np.lib.format.open_memmap(
-                        folder / "frames.npy", mode="w+", dtype=np.uint8,
-                        shape=(info.num_frames, *chunk.shape[1:]),
-                    )
-                frames[count : count + len(chunk)] = chunk
-                count += len(chunk)
-        except (RuntimeError, decord.DECORDError) as error:  # a damaged stream
-            raise NotAVideoError(path, f"decoding frame {count} failed ({error})") from error
+        for chunk in io.iter_frame_chunks(path, self.chunk_frames):
+            if frames is None:
+                frames = np.lib.format.open_memmap(
+                    folder / "frames.npy", mode="w+", dtype=np.uint8,
+                    shape=(info.num_frames, *chunk.shape[1:]),
+                )
+            frames[count : count + len(chunk)] = chunk
+            count += len(chunk)
         if frames is None or count != info.num_frames:
-            raise NotAVideoError(path, f"decoded {count} of {info.num_frames} frames")
+            raise VideoDecodeError(path, f"decoded {count} of {info.num_frames} frames")
         frames.flush()
         del frames
         np.save(folder / "timestamps_s.npy", np.asarray(info.timestamps_s, dtype=np.float64))
