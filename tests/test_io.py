@@ -527,6 +527,10 @@ def test_writer_refuses_bad_frames_audio_and_empty_output(tmp_path) -> None:
     with pytest.raises(ValueError, match="no frames were written"):
         with VideoWriter(path, 10, 64, 48):
             pass
+    with pytest.raises(ValueError, match=r"bad\.mp4: frames must be \(T, H, W, 3\)"):
+        write_video(path, np.zeros((48, 64, 3), dtype=np.uint8), 10)
+    with pytest.raises(FileNotFoundError, match="folder does not exist"):
+        VideoWriter(tmp_path / "no" / "such" / "folder.mp4", 10, 64, 48)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -100,20 +100,15 @@ def _stream_start_s(stream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _count_decodable_video_frames(path: PathLike, limit: int = 1) -> int:
-    """Decode up to ``limit`` frames of the first video stream with PyAV; return how many."""
+def _has_decodable_video_frame(path: PathLike) -> bool:
+    """Whether PyAV decodes at least one frame of the first video stream."""
     import av
 
     with _open_container(path) as container:
-        count = 0
         try:
-            for _ in container.decode(video=0):
-                count += 1
-                if count >= limit:
-                    break
+            return next(container.decode(video=0), None) is not None
         except av.FFmpegError:
-            pass
-        return count
+            return False
 
 
 class _FrameReader:
@@ -128,6 +123,12 @@ class _FrameReader:
         with _open_container(path) as container:
             if not container.streams.video:
                 raise NoVideoStreamError(path, "the container holds no video stream")
+            video = container.streams.video[0].codec_context
+            self.width, self.height = video.width, video.height
+            audio_streams = container.streams.audio
+            audio = audio_streams[0].codec_context if audio_streams else None
+            self.audio_sample_rate = audio.sample_rate if audio is not None else None
+            self.audio_channels = audio.channels if audio is not None else None
         import decord
 
         decord.logging.set_level(decord.logging.QUIET)
@@ -135,7 +136,7 @@ class _FrameReader:
         try:
             self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         except (RuntimeError, AssertionError, decord.DECORDError) as error:
-            if _count_decodable_video_frames(path) == 0:
+            if not _has_decodable_video_frame(path):
                 raise EmptyVideoError(path, "the video stream decodes to no frames") from error
             raise VideoDecodeError(path, f"decord cannot open the video ({error})") from error
         if len(self.reader) == 0:
@@ -187,28 +188,24 @@ def probe_video(path: PathLike) -> VideoInfo:
     """Frame count, rate, size and per-frame timestamps (decord); audio properties (PyAV)."""
     reader = _FrameReader(path)
     num_frames = len(reader)
-    # decord returns (start, end) per frame in float32 seconds from the video stream's start.
-    timestamps_s = reader.reader.get_frame_timestamp(np.arange(num_frames))[:, 0].astype(np.float64)
+    # decord gives (start, end) per frame in float32 seconds from the video stream's start.
+    starts = reader.reader.get_frame_timestamp(np.arange(num_frames))[:, 0]
+    timestamps_s = starts.astype(np.float64)
     fps = float(reader.reader.get_avg_fps())
     if not np.isfinite(fps) or fps <= 0:
         span = timestamps_s[-1] - timestamps_s[0]
         fps = (num_frames - 1) / span if span > 0 else 0.0
-    with _open_container(path) as container:
-        video = container.streams.video[0].codec_context
-        width, height = video.width, video.height
-        audio_streams = container.streams.audio
-        audio = audio_streams[0].codec_context if audio_streams else None
-        return VideoInfo(
-            path=str(path),
-            num_frames=num_frames,
-            fps=fps,
-            width=width,
-            height=height,
-            timestamps_s=timestamps_s,
-            has_audio=audio is not None,
-            audio_sample_rate=audio.sample_rate if audio is not None else None,
-            audio_channels=audio.channels if audio is not None else None,
-        )
+    return VideoInfo(
+        path=str(path),
+        num_frames=num_frames,
+        fps=fps,
+        width=reader.width,
+        height=reader.height,
+        timestamps_s=timestamps_s,
+        has_audio=reader.audio_sample_rate is not None,
+        audio_sample_rate=reader.audio_sample_rate,
+        audio_channels=reader.audio_channels,
+    )
 
 
 def _check_indices(path: PathLike, indices: Sequence[int], num_frames: int) -> np.ndarray:
@@ -447,6 +444,8 @@ class VideoWriter:
         if fps <= 0:
             raise ValueError(f"{self.path}: fps must be positive, got {fps}")
         _check_frame_size(self.path, width, height, pix_fmt)
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"{self.path}: the folder does not exist")
         self.width, self.height = width, height
         self._rate = _as_rate(fps)
         self._temporary = _temporary_sibling(self.path)
@@ -550,6 +549,7 @@ class VideoWriter:
 
     @property
     def frames_written(self) -> int:
+        """Frames encoded so far."""
         return self._frames_written
 
     def close(self) -> Path:
@@ -632,6 +632,8 @@ def write_video(
     first = next(chunks, None)
     if first is None or len(first) == 0:
         raise ValueError(f"{path}: no frames to write")
+    if first.ndim != 4:
+        raise ValueError(f"{path}: frames must be (T, H, W, 3), got shape {first.shape}")
     height, width = first.shape[1:3]
     writer = VideoWriter(
         path,
