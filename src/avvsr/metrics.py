@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc
 
 PSNR_CAP_DB = 100.0
 MAX_PIXEL = 255.0
@@ -227,8 +228,6 @@ class MaskAgreement(Metric):
             self.add_state(name, torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, attention: Tensor, target: Tensor) -> None:
-        from torchmetrics.functional.classification import binary_auroc
-
         if attention.ndim != 5 or target.ndim != 5 or attention.shape[:3] != target.shape[:3]:
             raise ValueError(
                 f"expected attention (B, T, 1, h, w) and target (B, T, 1, H, W), got "
