@@ -155,6 +155,7 @@ def test_cost_is_under_a_tenth_of_the_backbone(variant: str, scales: int) -> Non
 EXPECTED_OPTIONS = {
     "msavf": {"scales": 3, "top_down": True, "attention": True},
     "msavf_single": {"scales": 1, "top_down": True, "attention": True},
+    "msavf_s2": {"scales": 2, "top_down": True, "attention": True},
     "msavf_no_topdown": {"scales": 3, "top_down": False, "attention": True},
     "concat": {"scales": 3, "top_down": True, "attention": False},
 }
