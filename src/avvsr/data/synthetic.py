@@ -1,0 +1,811 @@
+"""The synthetic audio-visual benchmark (``avvsr-synth``): clips whose HR detail needs the audio.
+
+Design (``DATA.md``, "The synthetic audio-visual benchmark"): each object is a disc carrying a
+grating whose *profile* is its class's waveform (sine, square, triangle, ...) truncated to
+``num_harmonics`` harmonics, all below the HR Nyquist frequency, with a fundamental period of
+9-10 HR px and the same fundamental amplitude in every class. The x4 bicubic degradation keeps
+the fundamental and removes the harmonics, so LR frames look the same for every class. A
+sounding object plays a tone with the same harmonic magnitudes and phases ("visual timbre =
+audio timbre"), so the audio tells its HR profile. Every object's brightness pulses with its
+own smooth envelope; the sounding objects' envelopes also shape the loudness of their tones,
+so synchrony, not the frames alone, tells which object sounds. Silent distractors carry class
+gratings too. Objects move in straight lines over a panning textured background.
+
+Clips are written as H.264 (near-lossless ``crf``, ``yuv444p``: no chroma smear of the
+harmonics) with AAC audio, plus per-frame label maps (``uint8 (T, H, W)``, 0 = background,
+``k`` = object id ``k``, the visible object at each pixel) and a ``manifest.json``::
+
+    {"format": "avvsr-synth-v1", "params": {...}, "classes": [...],
+     "class_harmonics": {class: [[magnitude, phase_rad], ...]},
+     "splits": {"train": [ClipEntry, ...], "val": [...], "test": [...]}}
+
+Coordinates: pixel ``(row y, column x)`` has its centre at ``(x, y)`` HR px; time ``t`` in
+seconds, frame ``i`` at ``t = i / fps``; audio sample ``n`` at ``t = n / sample_rate``.
+Every clip's randomness derives from ``(seed, split, index)`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avvsr.errors import DatasetError, MissingFileError
+
+FORMAT = "avvsr-synth-v1"
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val", "test")
+PathLike = str | os.PathLike[str]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Classes: waveform shapes, as the Fourier sine-series coefficients of a period-1 waveform
+
+
+def _odd(k: np.ndarray) -> np.ndarray:
+    return (k % 2 == 1).astype(np.float64)
+
+
+# The class table, in the order classes are taken (``num_classes`` takes the first ones):
+# harmonic number k (int array) -> complex c_k of ``f(u) = Im(sum_k c_k e^{2 pi i k u})``, up to
+# a common factor (``harmonic_coefficients`` normalises).
+CLASS_SERIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sine": lambda k: (k == 1).astype(np.complex128),
+    "square": lambda k: _odd(k) / k + 0j,
+    "triangle": lambda k: _odd(k) * (-1.0) ** ((k - 1) // 2) / k**2 + 0j,
+    "sawtooth": lambda k: (-1.0) ** (k + 1) / k + 0j,
+    # Rectangular pulse, high for the first third of each period.
+    "pulse": lambda k: 2j * np.exp(-1j * np.pi * k / 3) * np.sin(np.pi * k / 3) / (np.pi * k),
+}
+
+
+def harmonic_coefficients(class_name: str, num_harmonics: int) -> np.ndarray:
+    """Complex ``(K,)`` coefficients ``c_k`` of a class's profile ``Im(sum_k c_k e^{2 pi i k u})``.
+
+    Shifted in phase so the fundamental is ``sin(2 pi u)`` (``c_1 = 1``) and divided by its
+    amplitude: every class has the same fundamental, and ``|c_k|`` is the magnitude of
+    harmonic ``k`` relative to it (what a log-mel sees); ``arg c_k`` its phase.
+    """
+    if class_name not in CLASS_SERIES:
+        raise ValueError(f"unknown class {class_name!r}; known: {list(CLASS_SERIES)}")
+    harmonics = np.arange(1, num_harmonics + 1)
+    raw = CLASS_SERIES[class_name](harmonics)
+    # Shifting u by -arg(c_1) / (2 pi) multiplies c_k by e^{-i k arg c_1}: a real fundamental.
+    return raw * np.exp(-1j * harmonics * np.angle(raw[0])) / abs(raw[0])
+
+
+def harmonic_series(coefficients: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``Im(sum_k c_k e^{2 pi i k u})`` for phase ``u`` in cycles (any shape); float64."""
+    total = np.zeros(np.shape(u), dtype=np.float64)
+    for k, coefficient in enumerate(coefficients, start=1):
+        angle = 2 * np.pi * k * u
+        total += coefficient.real * np.sin(angle) + coefficient.imag * np.cos(angle)
+    return total
+
+
+def _profile_peak(coefficients: np.ndarray, samples: int = 4096) -> float:
+    """Largest absolute value of a profile over one period."""
+    u = np.arange(samples) / samples
+    return float(np.abs(harmonic_series(coefficients, u)).max())
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+# Two classes whose harmonic magnitudes are closer than this (relative to the fundamental)
+# would be indistinguishable by a log-mel, which cannot see phase.
+_MIN_MAGNITUDE_DISTANCE = 0.05
+_OBJECT_TINT_MIN = 0.55  # smallest channel gain of an object's colour tint (largest is 1)
+_BACKGROUND_BASE_RANGE = (64.0, 192.0)  # grey levels of the background's mean colour
+_OBJECT_GAP_PX = 2.0  # least distance between the rims of two objects
+_PLACEMENT_TRIES = 1000  # layouts drawn before giving up on a crowded frame
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Every parameter of a generated set (lengths in HR px, times in s, levels in 0..255)."""
+
+    seed: int = 0
+    height: int = 96
+    width: int = 96
+    num_frames: int = 16
+    fps: float = 10.0
+    sample_rate: int = 16000  # Hz
+    num_classes: int = 4
+    num_objects: int = 2
+    num_sounding: int = 1
+    num_train: int = 96
+    num_val: int = 12
+    num_test: int = 24
+    # Object gratings: fundamental period range, harmonics kept, fundamental amplitude.
+    grating_period_min_px: float = 9.0
+    grating_period_max_px: float = 10.0
+    num_harmonics: int = 3
+    grating_amplitude: float = 40.0
+    texture_fade_px: float = 6.0  # the grating fades out over the object's outer rim
+    object_radius_min_px: float = 14.0
+    object_radius_max_px: float = 20.0
+    object_speed_min_px: float = 0.5  # HR px per frame
+    object_speed_max_px: float = 2.0
+    object_level: float = 128.0  # mean grey level of an object
+    pulse_depth: float = 28.0  # brightness swing with the envelope, +- grey levels
+    envelope_knot_s: float = 0.4  # the envelope takes a new random level this often
+    # Background: sum of drifting sinusoidal gratings.
+    background_waves: int = 4
+    background_period_min_px: float = 6.0
+    background_period_max_px: float = 32.0
+    background_contrast: float = 48.0  # sum of the wave amplitudes, grey levels
+    background_speed_max_px: float = 1.0  # HR px per frame
+    # Audio: a tone per sounding object, loudness = floor + (1 - floor) * envelope.
+    tone_f0_min_hz: float = 220.0
+    tone_f0_max_hz: float = 440.0
+    tone_amplitude: float = 0.3  # fundamental amplitude of the mix (full scale 1)
+    loudness_floor: float = 0.2
+    audio_noise_std: float = 0.002  # white noise floor, full scale 1
+    # Encoding: near-lossless H.264; yuv444p keeps the colour of the fine harmonics.
+    crf: int = 0
+    pix_fmt: str = "yuv444p"
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("invalid SynthConfig: " + "; ".join(problems))
+
+    def _problems(self):
+        positive = ("height", "width", "num_frames", "fps", "sample_rate", "num_harmonics",
+                    "grating_period_min_px", "object_radius_min_px", "envelope_knot_s",
+                    "background_period_min_px", "tone_f0_min_hz")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                yield f"{name} must be positive, got {getattr(self, name)}"
+        if self.seed < 0:
+            yield f"seed must be >= 0, got {self.seed}"
+        for low, high in (("grating_period_min_px", "grating_period_max_px"),
+                          ("object_radius_min_px", "object_radius_max_px"),
+                          ("object_speed_min_px", "object_speed_max_px"),
+                          ("background_period_min_px", "background_period_max_px"),
+                          ("tone_f0_min_hz", "tone_f0_max_hz")):
+            if getattr(self, low) > getattr(self, high):
+                yield f"{low} ({getattr(self, low)}) exceeds {high} ({getattr(self, high)})"
+        if not 1 <= self.num_classes <= len(CLASS_SERIES):
+            yield f"num_classes must be in 1..{len(CLASS_SERIES)}, got {self.num_classes}"
+        if not 0 <= self.num_sounding <= self.num_objects <= 255:
+            yield (f"need 0 <= num_sounding ({self.num_sounding}) <= num_objects "
+                   f"({self.num_objects}) <= 255")
+        if min(self.num_train, self.num_val, self.num_test) < 0:
+            yield "split sizes must be >= 0"
+        if self.grating_period_min_px / max(self.num_harmonics, 1) <= 2:
+            yield (f"harmonic {self.num_harmonics} of a {self.grating_period_min_px} px period "
+                   "is at or above the HR Nyquist frequency (period <= 2 px)")
+        if 2 * self.object_radius_max_px + 2 > min(self.height, self.width):
+            yield "objects of object_radius_max_px do not fit in the frame"
+        if self.tone_f0_max_hz * self.num_harmonics >= self.sample_rate / 2:
+            yield "the top harmonic of tone_f0_max_hz is at or above the audio Nyquist frequency"
+        if not 0 <= self.loudness_floor <= 1:
+            yield f"loudness_floor must be in [0, 1], got {self.loudness_floor}"
+        if self.background_contrast > _BACKGROUND_BASE_RANGE[0]:
+            yield f"background_contrast must be <= {_BACKGROUND_BASE_RANGE[0]} (no clipping)"
+        if self.num_harmonics > 0 and 1 <= self.num_classes <= len(CLASS_SERIES):
+            yield from self._class_problems()
+
+    def _class_problems(self):
+        coefficients = {name: harmonic_coefficients(name, self.num_harmonics)
+                        for name in self.classes}
+        names = list(coefficients)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                distance = np.abs(np.abs(coefficients[first]) - np.abs(coefficients[second]))
+                if distance.max() < _MIN_MAGNITUDE_DISTANCE:
+                    yield (f"classes {first} and {second} have the same harmonic magnitudes "
+                           f"with num_harmonics={self.num_harmonics}")
+        peak = max(_profile_peak(c) for c in coefficients.values())
+        swing = self.pulse_depth + self.grating_amplitude * peak
+        if self.object_level - swing < 0 or self.object_level + swing > 255:
+            yield (f"object levels {self.object_level} +- {swing:.1f} leave 0..255 "
+                   "(lower grating_amplitude or pulse_depth)")
+        if self.tone_amplitude * peak >= 1:
+            yield f"tone_amplitude {self.tone_amplitude} clips (profile peak {peak:.2f})"
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names of this set, in label order."""
+        return list(CLASS_SERIES)[: self.num_classes]
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+
+    @property
+    def duration_s(self) -> float:
+        """Length of a clip (and of its audio), seconds."""
+        return self.num_frames / self.fps
+
+    def frame_times_s(self) -> np.ndarray:
+        """``(T,)`` float64 timestamp of each frame, seconds."""
+        return np.arange(self.num_frames) / self.fps
+
+    def to_params(self) -> dict[str, Any]:
+        """The parameters as plain JSON values."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Scene description (sampled) and rendering
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A smooth random curve in [0, 1]: smoothstep between knots ``knot_interval_s`` apart."""
+
+    knots: tuple[float, ...]  # level at times 0, interval, 2 * interval, ...
+    knot_interval_s: float
+
+    def __call__(self, time_s: np.ndarray) -> np.ndarray:
+        """Envelope at ``time_s`` (any shape, seconds); constant beyond the last knot."""
+        knots = np.asarray(self.knots)
+        position = np.asarray(time_s, dtype=np.float64) / self.knot_interval_s
+        index = np.clip(np.floor(position).astype(np.int64), 0, len(knots) - 2)
+        fraction = np.clip(position - index, 0.0, 1.0)
+        ease = fraction * fraction * (3 - 2 * fraction)
+        return knots[index] + (knots[index + 1] - knots[index]) * ease
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One disc with a class grating; ``id`` is its label value. Objects never overlap."""
+
+    id: int
+    class_name: str
+    sounding: bool
+    radius_px: float
+    start_xy_px: tuple[float, float]  # centre at t = 0
+    velocity_px_per_s: tuple[float, float]
+    grating_period_px: float  # fundamental period
+    grating_orientation_rad: float  # direction of the grating's wave vector, from +x
+    grating_phase_cycles: float  # profile phase at the centre
+    colour_rgb: tuple[float, float, float]  # channel gains, max 1
+    envelope: Envelope  # brightness pulse; loudness too when sounding
+    tone_f0_hz: float  # fundamental of its tone (heard only when sounding)
+    tone_phase_cycles: float
+
+    def centres_xy_px(self, time_s: np.ndarray) -> np.ndarray:
+        """``(len(time_s), 2)`` centre ``(x, y)`` at each time."""
+        time = np.asarray(time_s, dtype=np.float64)[:, None]
+        return np.asarray(self.start_xy_px) + time * np.asarray(self.velocity_px_per_s)
+
+
+@dataclass(frozen=True)
+class Background:
+    """Drifting gratings: ``base + sum_j amplitude_j sin(2 pi (k_j . (p - v t) + phi_j))``."""
+
+    base_rgb: tuple[float, float, float]  # grey levels
+    wave_vectors: tuple[tuple[float, float], ...]  # (kx, ky) cycles per px
+    phases_cycles: tuple[float, ...]
+    amplitudes_rgb: tuple[tuple[float, float, float], ...]  # grey levels per channel
+    velocity_px_per_s: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything needed to render one clip; ``key`` is ``<split>/<index:04d>``."""
+
+    config: SynthConfig
+    key: str
+    background: Background
+    objects: tuple[SceneObject, ...]
+    noise_seed: int
+
+
+def _split_id(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return SPLITS.index(split)
+
+
+def _leading_sounding_class(config: SynthConfig, split: str, index: int) -> str:
+    """Class of a clip's first sounding object: each block of ``num_classes`` clips of a split
+    holds every class once, in an order drawn from ``(seed, split, block)``."""
+    block, position = divmod(index, config.num_classes)
+    order = np.random.default_rng([config.seed, _split_id(split), 1, block]).permutation(
+        config.num_classes
+    )
+    return config.classes[order[position]]
+
+
+def _sample_motion(
+    rng: np.random.Generator, config: SynthConfig, radius_px: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Start centre and velocity (px/s) of a straight path that keeps the disc in the frame."""
+    speed_px_per_frame = rng.uniform(config.object_speed_min_px, config.object_speed_max_px)
+    direction = rng.uniform(0, 2 * np.pi)
+    travel_s = (config.num_frames - 1) / config.fps
+    velocity = speed_px_per_frame * config.fps * np.array([np.cos(direction), np.sin(direction)])
+    low = np.full(2, radius_px)
+    high = np.array([config.width - 1, config.height - 1]) - radius_px
+    displacement = velocity * travel_s
+    # Shorten paths longer than the room the frame leaves (small frames, fast objects).
+    shrink = min(1.0, float(np.min((high - low) / np.maximum(np.abs(displacement), 1e-9))))
+    velocity, displacement = velocity * shrink, displacement * shrink
+    start = rng.uniform(low - np.minimum(displacement, 0), high - np.maximum(displacement, 0))
+    return (float(start[0]), float(start[1])), (float(velocity[0]), float(velocity[1]))
+
+
+def _sample_paths(
+    rng: np.random.Generator, config: SynthConfig
+) -> list[tuple[float, tuple[float, float], tuple[float, float]]]:
+    """Radius, start and velocity of each object, such that no two discs ever overlap.
+
+    Objects never occlude each other: an occluding edge would cut through a grating and show
+    its class in the LR frames. Whole layouts are drawn until one fits (``_PLACEMENT_TRIES``).
+    """
+    time = config.frame_times_s()[:, None]
+    for _ in range(_PLACEMENT_TRIES):
+        layout = []
+        for _ in range(config.num_objects):
+            radius = float(rng.uniform(config.object_radius_min_px, config.object_radius_max_px))
+            layout.append((radius, *_sample_motion(rng, config, radius)))
+        paths = [np.asarray(start) + time * np.asarray(velocity) for _, start, velocity in layout]
+        if all(
+            np.hypot(*(paths[i] - paths[j]).T).min()
+            >= layout[i][0] + layout[j][0] + _OBJECT_GAP_PX
+            for i, j in itertools.combinations(range(len(layout)), 2)
+        ):
+            return layout
+    raise ValueError(
+        f"cannot place {config.num_objects} non-overlapping objects of radius "
+        f"{config.object_radius_min_px}-{config.object_radius_max_px} px in "
+        f"{config.width}x{config.height} px frames; use fewer or smaller objects"
+    )
+
+
+def _sample_envelope(rng: np.random.Generator, config: SynthConfig) -> Envelope:
+    count = math.ceil(config.duration_s / config.envelope_knot_s) + 2
+    return Envelope(tuple(rng.uniform(0, 1, count).tolist()), config.envelope_knot_s)
+
+
+def _sample_background(rng: np.random.Generator, config: SynthConfig) -> Background:
+    count = config.background_waves
+    periods = rng.uniform(config.background_period_min_px, config.background_period_max_px, count)
+    angles = rng.uniform(0, np.pi, count)
+    wave_vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1) / periods[:, None]
+    tints = rng.uniform(0.5, 1.0, (count, 3))
+    amplitudes = tints * config.background_contrast / max(count, 1)
+    speed = rng.uniform(0, config.background_speed_max_px) * config.fps
+    direction = rng.uniform(0, 2 * np.pi)
+    return Background(
+        base_rgb=tuple(rng.uniform(*_BACKGROUND_BASE_RANGE, 3).tolist()),
+        wave_vectors=tuple(map(tuple, wave_vectors.tolist())),
+        phases_cycles=tuple(rng.uniform(0, 1, count).tolist()),
+        amplitudes_rgb=tuple(map(tuple, amplitudes.tolist())),
+        velocity_px_per_s=(speed * math.cos(direction), speed * math.sin(direction)),
+    )
+
+
+def sample_clip(config: SynthConfig, split: str, index: int) -> ClipSpec:
+    """Draw clip ``index`` of ``split``; the result depends only on ``(config, split, index)``."""
+    rng = np.random.default_rng([config.seed, _split_id(split), 0, index])
+    background = _sample_background(rng, config)
+    sounding_ids = set((rng.permutation(config.num_objects)[: config.num_sounding] + 1).tolist())
+    leading_id = min(sounding_ids, default=None)
+    objects = []
+    for object_id, (radius, start, velocity) in enumerate(_sample_paths(rng, config), start=1):
+        tint = rng.uniform(_OBJECT_TINT_MIN, 1.0, 3)
+        random_class = config.classes[rng.integers(config.num_classes)]
+        objects.append(
+            SceneObject(
+                id=object_id,
+                class_name=(_leading_sounding_class(config, split, index)
+                            if object_id == leading_id else random_class),
+                sounding=object_id in sounding_ids,
+                radius_px=float(radius),
+                start_xy_px=start,
+                velocity_px_per_s=velocity,
+                grating_period_px=float(rng.uniform(config.grating_period_min_px,
+                                                    config.grating_period_max_px)),
+                grating_orientation_rad=float(rng.uniform(0, np.pi)),
+                grating_phase_cycles=float(rng.uniform(0, 1)),
+                colour_rgb=tuple((tint / tint.max()).tolist()),
+                envelope=_sample_envelope(rng, config),
+                tone_f0_hz=float(rng.uniform(config.tone_f0_min_hz, config.tone_f0_max_hz)),
+                tone_phase_cycles=float(rng.uniform(0, 1)),
+            )
+        )
+    return ClipSpec(
+        config=config,
+        key=f"{split}/{index:04d}",
+        background=background,
+        objects=tuple(objects),
+        noise_seed=int(rng.integers(2**63)),
+    )
+
+
+def _pixel_grid(config: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``x (1, 1, W)`` and ``y (1, H, 1)``, HR px."""
+    x = np.arange(config.width, dtype=np.float64)[None, None, :]
+    y = np.arange(config.height, dtype=np.float64)[None, :, None]
+    return x, y
+
+
+def render_background(spec: ClipSpec) -> np.ndarray:
+    """``(T, H, W, 3)`` float64 background in grey levels."""
+    config, background = spec.config, spec.background
+    x, y = _pixel_grid(config)
+    time = config.frame_times_s()[:, None, None]
+    shifted_x = x - background.velocity_px_per_s[0] * time
+    shifted_y = y - background.velocity_px_per_s[1] * time
+    image = np.broadcast_to(
+        np.asarray(background.base_rgb), (config.num_frames, config.height, config.width, 3)
+    ).copy()
+    for (kx, ky), phase, amplitude in zip(
+        background.wave_vectors, background.phases_cycles, background.amplitudes_rgb,
+        strict=True,
+    ):
+        wave = np.sin(2 * np.pi * (kx * shifted_x + ky * shifted_y + phase))
+        image += wave[..., None] * np.asarray(amplitude)
+    return image
+
+
+def render_frames(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Render a clip: uint8 frames ``(T, H, W, 3)`` RGB and uint8 labels ``(T, H, W)``.
+
+    An object's luminance is ``level + pulse_depth (2 e(t) - 1) + amplitude w(r) p(u)``:
+    ``e`` its envelope, ``p`` its class profile at grating phase ``u`` (cycles), ``w`` a
+    raised-cosine fade from 1 inside to 0 at the rim over ``texture_fade_px``; the disc edge is
+    antialiased over one pixel. Labels mark pixels whose centre lies inside the disc.
+    """
+    config = spec.config
+    x, y = _pixel_grid(config)
+    time = config.frame_times_s()
+    image = render_background(spec)
+    labels = np.zeros((config.num_frames, config.height, config.width), dtype=np.uint8)
+    for obj in spec.objects:
+        centres = obj.centres_xy_px(time)
+        dx = x - centres[:, 0, None, None]
+        dy = y - centres[:, 1, None, None]
+        distance = np.hypot(dx, dy)
+        coverage = np.clip(obj.radius_px - distance + 0.5, 0.0, 1.0)
+        inset = np.clip((obj.radius_px - distance) / config.texture_fade_px, 0.0, 1.0)
+        fade = 0.5 - 0.5 * np.cos(np.pi * inset)
+        along = dx * math.cos(obj.grating_orientation_rad) + dy * math.sin(
+            obj.grating_orientation_rad
+        )
+        profile = harmonic_series(
+            harmonic_coefficients(obj.class_name, config.num_harmonics),
+            along / obj.grating_period_px + obj.grating_phase_cycles,
+        )
+        brightness = config.object_level + config.pulse_depth * (2 * obj.envelope(time) - 1)
+        luminance = brightness[:, None, None] + config.grating_amplitude * fade * profile
+        colour = luminance[..., None] * np.asarray(obj.colour_rgb)
+        image += coverage[..., None] * (colour - image)
+        labels[distance < obj.radius_px] = obj.id
+    frames = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return frames, labels
+
+
+def synthesize_audio(spec: ClipSpec) -> np.ndarray:
+    """Mono float32 ``(N,)`` soundtrack, ``N = round(duration_s * sample_rate)``.
+
+    Sum over sounding objects of ``amplitude g(t) p(f0 t + phase)`` with ``p`` the class
+    profile (same harmonics as the grating), ``g = floor + (1 - floor) e(t)`` the loudness
+    from the object's envelope and ``amplitude = tone_amplitude / num_sounding``; plus white
+    noise of ``audio_noise_std``.
+    """
+    config = spec.config
+    count = round(config.duration_s * config.sample_rate)
+    time = np.arange(count) / config.sample_rate
+    audio = np.random.default_rng(spec.noise_seed).normal(0.0, config.audio_noise_std, count)
+    sounding = [obj for obj in spec.objects if obj.sounding]
+    for obj in sounding:
+        loudness = config.loudness_floor + (1 - config.loudness_floor) * obj.envelope(time)
+        tone = harmonic_series(
+            harmonic_coefficients(obj.class_name, config.num_harmonics),
+            obj.tone_f0_hz * time + obj.tone_phase_cycles,
+        )
+        audio += config.tone_amplitude / len(sounding) * loudness * tone
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest records
+
+
+class _JsonKeys:
+    """Read access by the manifest's JSON keys too (``entry["video"]``, ``obj["class"]``)."""
+
+    _renamed: Mapping[str, str] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        name = self._renamed.get(key, key)
+        if name.startswith("_") or name not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def to_json(self) -> dict[str, Any]:
+        inverse = {name: key for key, name in self._renamed.items()}
+        return {inverse.get(f.name, f.name): _json_value(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]):
+        return cls(**{cls._renamed.get(key, key): value for key, value in data.items()})
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, _JsonKeys):
+        return value.to_json()
+    if isinstance(value, Mapping):
+        return {key: _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ObjectEntry(_JsonKeys):
+    """An object as the manifest records it (``class`` in JSON is ``class_name`` here)."""
+
+    _renamed = {"class": "class_name"}
+    id: int
+    class_name: str
+    sounding: bool
+    radius_px: float
+    centre_xy_px: Sequence[Sequence[float]]  # (T, 2) centre per frame
+    envelope: Sequence[float]  # (T,) envelope per frame, in [0, 1]
+    grating_period_px: float
+    grating_orientation_rad: float
+    grating_phase_cycles: float
+    colour_rgb: Sequence[float]
+    tone_f0_hz: float
+
+
+@dataclass(frozen=True)
+class ClipEntry(_JsonKeys):
+    """One clip of the manifest; paths are relative to the set's root."""
+
+    key: str
+    video: str
+    labels: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    sample_rate: int  # Hz
+    objects: Sequence[ObjectEntry] = field(default_factory=tuple)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClipEntry:
+        objects = tuple(ObjectEntry.from_json(obj) for obj in data.get("objects", ()))
+        return cls(**{**data, "objects": objects})
+
+
+@dataclass(frozen=True)
+class Manifest(_JsonKeys):
+    """The contents of ``manifest.json``."""
+
+    format: str
+    params: Mapping[str, Any]
+    classes: Sequence[str]
+    class_harmonics: Mapping[str, Sequence[Sequence[float]]]  # class -> [[magnitude, phase_rad]]
+    splits: Mapping[str, Sequence[ClipEntry]]
+
+
+def _object_entry(obj: SceneObject, config: SynthConfig) -> ObjectEntry:
+    time = config.frame_times_s()
+    return ObjectEntry(
+        id=obj.id,
+        class_name=obj.class_name,
+        sounding=obj.sounding,
+        radius_px=obj.radius_px,
+        centre_xy_px=obj.centres_xy_px(time).tolist(),
+        envelope=obj.envelope(time).tolist(),
+        grating_period_px=obj.grating_period_px,
+        grating_orientation_rad=obj.grating_orientation_rad,
+        grating_phase_cycles=obj.grating_phase_cycles,
+        colour_rgb=list(obj.colour_rgb),
+        tone_f0_hz=obj.tone_f0_hz,
+    )
+
+
+def _class_harmonics(config: SynthConfig) -> dict[str, list[list[float]]]:
+    return {
+        name: [[abs(c), float(np.angle(c))]
+               for c in harmonic_coefficients(name, config.num_harmonics)]
+        for name in config.classes
+    }
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    with open(temporary, "wb") as handle:
+        np.save(handle, array)
+    os.replace(temporary, path)
+
+
+def write_clip(spec: ClipSpec, root: PathLike) -> ClipEntry:
+    """Render ``spec`` and write ``<root>/<key>.mp4`` and ``<root>/<key>_labels.npy``."""
+    from avvsr.data.io import write_video
+
+    config = spec.config
+    video = Path(root) / f"{spec.key}.mp4"
+    labels_path = Path(root) / f"{spec.key}_labels.npy"
+    video.parent.mkdir(parents=True, exist_ok=True)
+    frames, labels = render_frames(spec)
+    write_video(video, frames, config.fps, synthesize_audio(spec), config.sample_rate,
+                codec="libx264", crf=config.crf, pix_fmt=config.pix_fmt, audio_codec="aac")
+    _save_npy_atomic(labels_path, labels)
+    return ClipEntry(
+        key=spec.key,
+        video=f"{spec.key}.mp4",
+        labels=f"{spec.key}_labels.npy",
+        num_frames=config.num_frames,
+        fps=config.fps,
+        width=config.width,
+        height=config.height,
+        sample_rate=config.sample_rate,
+        objects=tuple(_object_entry(obj, config) for obj in spec.objects),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a set
+
+
+def load_manifest(root: PathLike) -> Manifest:
+    """Read and check ``<root>/manifest.json``; :class:`DatasetError` naming it if malformed."""
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        raise MissingFileError(path, "no synthetic-set manifest (generate one with avvsr-synth)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read the manifest as JSON ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DatasetError(f"{path}: not an {FORMAT} manifest (format {found!r})")
+    try:
+        splits = data["splits"]
+        if set(splits) != set(SPLITS):
+            raise DatasetError(f"{path}: splits must be {list(SPLITS)}, got {sorted(splits)}")
+        return Manifest(
+            format=data["format"],
+            params=data["params"],
+            classes=data["classes"],
+            class_harmonics=data["class_harmonics"],
+            splits={name: [ClipEntry.from_json(entry) for entry in splits[name]]
+                    for name in SPLITS},
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise DatasetError(
+            f"{path}: malformed manifest ({type(error).__name__}: {error})"
+        ) from error
+
+
+def sound_source_mask(root: PathLike, entry: ClipEntry | Mapping[str, Any]) -> np.ndarray:
+    """Bool ``(T, H, W)`` union of the clip's sounding objects, from its label map."""
+    path = Path(root) / entry["labels"]
+    if not path.is_file():
+        raise MissingFileError(path, "label map missing")
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read the label map ({error})") from error
+    expected = (entry["num_frames"], entry["height"], entry["width"])
+    if labels.dtype != np.uint8 or labels.shape != expected:
+        raise DatasetError(
+            f"{path}: label map must be uint8 {expected}, got {labels.dtype} {labels.shape}"
+        )
+    sounding = [obj["id"] for obj in entry["objects"] if obj["sounding"]]
+    return np.isin(labels, sounding)
+
+
+# --------------------------------------------------------------------------------------------
+# Generating a set
+
+
+def _existing_params(out: Path) -> dict[str, Any] | None:
+    """Params of a complete set at ``out``; None when ``out`` does not exist or is empty."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    try:
+        return dict(load_manifest(out).params)
+    except (DatasetError, MissingFileError) as error:
+        raise DatasetError(
+            f"{out}: exists but is not a complete synthetic set ({error}); "
+            "pass overwrite=True (--overwrite) to replace it"
+        ) from error
+
+
+def _check_reusable(out: Path, params: dict[str, Any]) -> bool:
+    """True when ``out`` already holds this set; raise when it holds another one."""
+    existing = _existing_params(out)
+    if existing is None:
+        return False
+    if existing == params:
+        return True
+    differing = sorted(key for key in params.keys() | existing.keys()
+                       if params.get(key) != existing.get(key))
+    raise DatasetError(
+        f"{out}: holds a synthetic set with other parameters (differing: "
+        f"{', '.join(differing)}); pass overwrite=True (--overwrite) to replace it"
+    )
+
+
+def _publish(staging: Path, out: Path, params: dict[str, Any], overwrite: bool) -> None:
+    """Rename the finished ``staging`` folder to ``out`` (replacing it if ``overwrite``)."""
+    if overwrite and out.exists():
+        retired = out.with_name(f".{out.name}.replaced-{staging.name}")
+        os.replace(out, retired)
+        os.replace(staging, out)
+        if retired.is_dir():
+            shutil.rmtree(retired)
+        else:
+            retired.unlink()
+        return
+    try:
+        os.replace(staging, out)
+    except OSError:
+        # Another process finished the same set first: keep its copy if it is ours.
+        if not _check_reusable(out, params):
+            raise
+        shutil.rmtree(staging)
+
+
+def generate(
+    config: SynthConfig, out: PathLike, *, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Generate the set into ``out`` atomically; returns ``out``.
+
+    Writes into a temporary folder beside ``out`` and renames it when complete. If ``out``
+    already holds a complete set with the same parameters, does nothing; with other
+    parameters (or other contents) raises :class:`DatasetError` unless ``overwrite``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    params = config.to_params()
+    if not overwrite and _check_reusable(out, params):
+        logger.info("%s already holds this synthetic set (same parameters); nothing to do", out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
+    try:
+        splits: dict[str, list[dict[str, Any]]] = {}
+        with tqdm(total=sum(config.split_sizes.values()), desc="avvsr-synth", unit="clip",
+                  disable=not progress) as bar:
+            for split, size in config.split_sizes.items():
+                splits[split] = []
+                for index in range(size):
+                    entry = write_clip(sample_clip(config, split, index), staging)
+                    splits[split].append(entry.to_json())
+                    bar.update()
+        manifest = {
+            "format": FORMAT,
+            "params": params,
+            "classes": config.classes,
+            "class_harmonics": _class_harmonics(config),
+            "splits": splits,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n",
+                                             encoding="utf-8")
+        _publish(staging, out, params, overwrite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+        raise
+    logger.info("wrote %s (%s clips)", out, sum(config.split_sizes.values()))
+    return out
