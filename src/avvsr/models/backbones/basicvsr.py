@@ -1,0 +1,85 @@
+"""BasicVSR (Chan et al., CVPR 2021): bidirectional recurrent propagation with flow alignment.
+
+Each branch (backward in time, then forward) carries a feature map from frame to frame: warp
+it onto the current frame with SPyNet flow, concatenate the frame, refine with residual blocks.
+The two branches are fused per frame by a 1x1 conv; that fused feature is the fusion point.
+Unlike the published code, reconstruction runs once, batched over all frames, after both
+branches (same computation, and the hook sees every frame at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from avvsr.models.backbones.base import FeatureHook, VSRBackbone
+from avvsr.models.backbones.blocks import (
+    ConvResidualBlocks,
+    PixelShuffleHead,
+    SPyNet,
+    apply_feature_hook,
+    flow_warp,
+    leaky_relu,
+    propagation_order,
+)
+
+
+class BasicVSR(VSRBackbone):
+    """BasicVSR; paper size (``num_feat=64, num_blocks=30``, scale 4) has 6.3M parameters.
+
+    Args:
+        num_feat: channels of the propagated features (= ``fusion_channels``).
+        num_blocks: residual blocks in each propagation branch.
+        scale: upsampling factor (2, 3, 4, 8, ...).
+        hr_channels: channels of the last pixel-shuffle stage and the HR conv (paper: 64).
+        spynet: keyword arguments of :class:`~avvsr.models.backbones.blocks.SPyNet`
+            (None: the paper-size SPyNet).
+    """
+
+    def __init__(
+        self,
+        num_feat: int = 64,
+        num_blocks: int = 30,
+        scale: int = 4,
+        hr_channels: int = 64,
+        spynet: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.scale = scale
+        self.fusion_channels = num_feat
+        self.spynet = SPyNet(**(spynet or {}))
+        self.backward_trunk = ConvResidualBlocks(num_feat + 3, num_feat, num_blocks)
+        self.forward_trunk = ConvResidualBlocks(num_feat + 3, num_feat, num_blocks)
+        self.fusion = nn.Conv2d(2 * num_feat, num_feat, 1)
+        self.head = PixelShuffleHead(num_feat, scale, hr_channels)
+
+    def flow_parameters(self) -> Iterator[nn.Parameter]:
+        return self.spynet.parameters()
+
+    def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        batch, num_frames, _, height, width = lq.shape
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        backward = self._propagate(lq, backward_flows, self.backward_trunk, reverse=True)
+        forward = self._propagate(lq, forward_flows, self.forward_trunk, reverse=False)
+        both = torch.cat([backward, forward], dim=2).flatten(0, 1)  # (B*T, 2C, h, w)
+        feat = leaky_relu(self.fusion(both))
+        feat = apply_feature_hook(feat.unflatten(0, (batch, num_frames)), feature_hook)
+        sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
+        return sr.unflatten(0, (batch, num_frames))
+
+    def _propagate(self, lq: Tensor, flows: Tensor, trunk: nn.Module, reverse: bool) -> Tensor:
+        """One recurrent branch over ``lq`` (B, T, 3, h, w) -> features (B, T, C, h, w)."""
+        batch, num_frames, _, height, width = lq.shape
+        frames, step_flows = propagation_order(num_frames, flows, reverse)
+        state = lq.new_zeros(batch, self.fusion_channels, height, width)
+        outputs: list[Tensor] = [state] * num_frames
+        for step, frame in enumerate(frames):
+            if step > 0:
+                state = flow_warp(state, step_flows[:, step - 1])
+            state = trunk(torch.cat([lq[:, frame], state], dim=1))
+            outputs[frame] = state
+        return torch.stack(outputs, dim=1)

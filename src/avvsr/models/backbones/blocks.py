@@ -1,0 +1,340 @@
+"""Building blocks shared by the VSR backbones.
+
+Residual blocks without batch norm, flow warping, the SPyNet optical-flow network, a modulated
+deformable convolution, the pixel-shuffle reconstruction head, and the small helpers every
+backbone needs (spatial padding, the fusion-point hook, recurrent propagation order).
+
+Flows are ``(N, 2, h, w)`` in pixels, channel 0 the horizontal (x) and channel 1 the vertical
+(y) displacement; ``flow_warp(x, flow)`` samples ``x`` at ``p + flow(p)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from avvsr.models.backbones.base import FeatureHook
+
+LEAKY_SLOPE = 0.1
+"""Negative slope of every leaky ReLU in the backbones."""
+
+
+def leaky_relu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, LEAKY_SLOPE)
+
+
+def leaky_relu_layer() -> nn.LeakyReLU:
+    return nn.LeakyReLU(LEAKY_SLOPE)
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with bias, padded to keep the size (halved with ``stride=2``)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+class ResidualBlockNoBN(nn.Module):
+    """``x + conv(relu(conv(x)))`` on ``(N, C, h, w)``, no batch norm.
+
+    Its convolutions start at a tenth of Kaiming-normal scale, so a deep stack starts close to
+    the identity.
+    """
+
+    def __init__(self, num_feat: int) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(num_feat, num_feat)
+        self.conv2 = conv3x3(num_feat, num_feat)
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+def make_layer(block_factory: Callable[[], nn.Module], num_blocks: int) -> nn.Sequential:
+    """``num_blocks`` fresh blocks from ``block_factory`` in sequence."""
+    return nn.Sequential(*(block_factory() for _ in range(num_blocks)))
+
+
+class ConvResidualBlocks(nn.Sequential):
+    """Conv 3x3 (in -> out channels), leaky ReLU, then ``num_blocks`` residual blocks.
+
+    ``(N, in_channels, h, w) -> (N, out_channels, h, w)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int) -> None:
+        super().__init__(
+            conv3x3(in_channels, out_channels),
+            leaky_relu_layer(),
+            *make_layer(lambda: ResidualBlockNoBN(out_channels), num_blocks),
+        )
+
+
+def sampling_grid(sample_x: Tensor, sample_y: Tensor, height: int, width: int) -> Tensor:
+    """Pixel coordinates (..., h', w') -> a ``grid_sample`` grid (..., h', w', 2).
+
+    For ``align_corners=False``: pixel i is centred at (2i + 1) / size - 1, exact at any size.
+    """
+    return torch.stack(((2 * sample_x + 1) / width - 1, (2 * sample_y + 1) / height - 1), dim=-1)
+
+
+def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
+    """Warp ``x`` (N, C, h, w) by ``flow`` (N, 2, h, w): bilinear sample of x at p + flow(p)."""
+    _, _, height, width = x.shape
+    rows = torch.arange(height, device=x.device, dtype=flow.dtype).view(height, 1)
+    cols = torch.arange(width, device=x.device, dtype=flow.dtype)
+    grid = sampling_grid(cols + flow[:, 0], rows + flow[:, 1], height, width).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``flow`` (N, 2, h, w) to ``size``, scaling the vectors to match."""
+    height, width = flow.shape[-2:]
+    resized = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+    ratio = flow.new_tensor([size[1] / width, size[0] / height]).view(1, 2, 1, 1)
+    return resized * ratio
+
+
+class SPyNet(nn.Module):
+    """Spatial-pyramid optical flow (Ranjan & Black, CVPR 2017), trained with the backbone.
+
+    ``spynet(ref, supp)`` with both ``(N, 3, h, w)`` in [0, 1] returns the flow ``(N, 2, h, w)``
+    that warps ``supp`` onto ``ref``: ``flow_warp(supp, flow) ~ ref``. Any size works: frames
+    are resized to a multiple of ``2 ** (num_levels - 1)`` (32 at the paper size) and the flow
+    is resized and rescaled back.
+
+    Args:
+        num_levels: pyramid levels, one flow refinement network each (paper: 6).
+        channels: hidden widths of each refinement network (paper: 32, 64, 32, 16).
+        kernel_size: convolution size in the refinement networks (paper: 7).
+        weights_path: optional local state dict of this module (a ``{"params": ...}`` wrapper
+            is accepted); nothing is ever downloaded. Without it, each level's last conv starts
+            at zero, so an untrained SPyNet gives zero flow until training moves it.
+    """
+
+    def __init__(
+        self,
+        num_levels: int = 6,
+        channels: Sequence[int] = (32, 64, 32, 16),
+        kernel_size: int = 7,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_levels = num_levels
+        widths = [8, *channels, 2]  # input: reference, warped support (RGB each) and flow
+        self.refiners = nn.ModuleList()
+        for _ in range(num_levels):
+            layers: list[nn.Module] = []
+            for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+                layers += [nn.Conv2d(width_in, width_out, kernel_size, padding=kernel_size // 2)]
+                layers += [nn.ReLU()]
+            refiner = nn.Sequential(*layers[:-1])  # no ReLU on the flow itself
+            # Trained from scratch: start from zero flow (no warping) rather than random flow.
+            nn.init.zeros_(refiner[-1].weight)
+            nn.init.zeros_(refiner[-1].bias)
+            self.refiners.append(refiner)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        if weights_path is not None:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            self.load_state_dict(state.get("params", state))
+
+    def forward(self, ref: Tensor, supp: Tensor) -> Tensor:
+        """``ref``, ``supp`` (N, 3, h, w) -> flow (N, 2, h, w) warping supp onto ref."""
+        height, width = ref.shape[-2:]
+        multiple = 2 ** (self.num_levels - 1)
+        size = (math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
+        ref_levels = [self._normalise(ref, size)]
+        supp_levels = [self._normalise(supp, size)]
+        for _ in range(self.num_levels - 1):
+            ref_levels.append(F.avg_pool2d(ref_levels[-1], 2))
+            supp_levels.append(F.avg_pool2d(supp_levels[-1], 2))
+        coarsest = ref_levels[-1]
+        flow = coarsest.new_zeros(coarsest.shape[0], 2, *coarsest.shape[-2:])
+        for level, refiner in enumerate(self.refiners):
+            pyramid_index = self.num_levels - 1 - level
+            if level > 0:  # twice the size, twice the displacement
+                flow = 2.0 * F.interpolate(
+                    flow, scale_factor=2, mode="bilinear", align_corners=True
+                )
+            warped = flow_warp(supp_levels[pyramid_index], flow, padding_mode="border")
+            flow = flow + refiner(torch.cat([ref_levels[pyramid_index], warped, flow], dim=1))
+        return resize_flow(flow, (height, width))
+
+    def _normalise(self, frames: Tensor, size: tuple[int, int]) -> Tensor:
+        frames = (frames - self.mean) / self.std
+        return F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+
+    def neighbour_flows(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Flows between neighbouring frames of ``frames`` (B, T, 3, h, w).
+
+        Returns ``(backward, forward)``, each (B, T-1, 2, h, w): ``backward[:, i]`` warps frame
+        i+1 onto frame i, ``forward[:, i]`` warps frame i onto frame i+1.
+        """
+        batch, num_frames, channels, height, width = frames.shape
+        if num_frames == 1:
+            empty = frames.new_zeros(batch, 0, 2, height, width)
+            return empty, empty
+        earlier = frames[:, :-1].reshape(-1, channels, height, width)
+        later = frames[:, 1:].reshape(-1, channels, height, width)
+        flows = self(torch.cat([earlier, later]), torch.cat([later, earlier]))
+        backward, forward = flows.view(2, batch, num_frames - 1, 2, height, width).unbind(0)
+        return backward, forward
+
+
+def propagation_order(num_frames: int, flows: Tensor, reverse: bool) -> tuple[list[int], Tensor]:
+    """The frame order of one recurrent branch and its flows in that order.
+
+    ``flows`` is ``backward`` (with ``reverse=True``) or ``forward`` from
+    :meth:`SPyNet.neighbour_flows`. Returns ``(frames, step_flows)``: the branch visits
+    ``frames`` in order, and ``step_flows[:, k - 1]`` (B, 2, h, w) warps the features of
+    step k-1 onto the frame of step k.
+    """
+    frames = list(range(num_frames))
+    if reverse:
+        return frames[::-1], flows.flip(1)
+    return frames, flows
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """Modulated deformable convolution (DCNv2), stride 1, size-preserving padding.
+
+    ``forward(x (N, in, h, w), offset (N, 2*G*k*k, h, w), mask (N, G*k*k, h, w))`` ->
+    ``(N, out, h, w)`` with ``G = deformable_groups``; offsets are (dy, dx) pairs per group and
+    kernel tap, masks in [0, 1]. The offsets and masks come from outside (the backbones predict
+    them from alignment features), laid out as :meth:`split_offset_and_mask` reads them.
+
+    On CUDA this is ``torchvision.ops.deform_conv2d``. Elsewhere the same function is computed
+    by :func:`deform_conv2d_by_sampling`, because torchvision's CPU backward is several times
+    slower than sampling with ``grid_sample`` and one matrix product.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, deformable_groups: int, kernel_size: int = 3
+    ) -> None:
+        super().__init__()
+        if in_channels % deformable_groups:
+            raise ValueError(f"{in_channels} channels do not split into {deformable_groups} groups")
+        self.deformable_groups = deformable_groups
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        bound = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    @property
+    def offset_mask_channels(self) -> int:
+        """Channels of a raw prediction holding offsets then mask logits: ``3*G*k*k``."""
+        return 3 * self.deformable_groups * self.kernel_size**2
+
+    def split_offset_and_mask(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw prediction (N, 3*G*k*k, h, w) -> offsets (N, 2*G*k*k, ...), sigmoid masks."""
+        offset, mask_logits = raw.split([2 * raw.shape[1] // 3, raw.shape[1] // 3], dim=1)
+        return offset, torch.sigmoid(mask_logits)
+
+    def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+        if x.device.type == "cuda":
+            padding = self.kernel_size // 2
+            return deform_conv2d(x, offset, self.weight, self.bias, padding=padding, mask=mask)
+        return deform_conv2d_by_sampling(x, offset, self.weight, self.bias, mask)
+
+
+def deform_conv2d_by_sampling(
+    x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor, mask: Tensor
+) -> Tensor:
+    """``torchvision.ops.deform_conv2d`` with stride 1 and size-preserving padding, written as
+    bilinear sampling (zero outside the image) of every kernel tap, masking, and one matmul.
+
+    ``x`` (N, C, h, w), ``offset`` (N, 2*G*k*k, h, w), ``weight`` (O, C, k, k), ``bias`` (O,),
+    ``mask`` (N, G*k*k, h, w) -> (N, O, h, w).
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kernel_size, _ = weight.shape
+    taps = kernel_size**2
+    groups = mask.shape[1] // taps
+    offset = offset.view(batch, groups, taps, 2, height, width)
+    steps = torch.arange(kernel_size, device=x.device, dtype=offset.dtype) - kernel_size // 2
+    tap_y = steps.repeat_interleave(kernel_size).view(taps, 1, 1)  # row-major taps
+    tap_x = steps.repeat(kernel_size).view(taps, 1, 1)
+    rows = torch.arange(height, device=x.device, dtype=offset.dtype).view(height, 1)
+    cols = torch.arange(width, device=x.device, dtype=offset.dtype)
+    sample_y = rows + tap_y + offset[:, :, :, 0]  # (N, G, taps, h, w)
+    sample_x = cols + tap_x + offset[:, :, :, 1]
+    grid = sampling_grid(sample_x, sample_y, height, width).to(x.dtype)
+    sampled = F.grid_sample(  # (N*G, C/G, taps*h, w)
+        x.reshape(batch * groups, channels // groups, height, width),
+        grid.view(batch * groups, taps * height, width, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    sampled = sampled.view(batch, groups, channels // groups, taps, height, width)
+    columns = sampled * mask.view(batch, groups, 1, taps, height, width)
+    out = weight.view(out_channels, channels * taps) @ columns.view(batch, channels * taps, -1)
+    return (out + bias.view(1, -1, 1)).view(batch, out_channels, height, width)
+
+
+def upsampling_factors(scale: int) -> list[int]:
+    """Pixel-shuffle stages giving ``scale``: x2 stages for powers of two, one x3 stage for 3."""
+    if scale == 3:
+        return [3]
+    if scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * (scale.bit_length() - 1)
+    raise ValueError(f"scale must be 3 or a power of two >= 2, got {scale}")
+
+
+class PixelShuffleHead(nn.Module):
+    """Reconstruction: features (N, C, h, w) and LR frames (N, 3, h, w) -> (N, 3, s*h, s*w).
+
+    Conv + pixel-shuffle stages (C channels between stages, ``hr_channels`` after the last),
+    a conv at HR, a conv to RGB, plus the bilinear-upsampled LR frame (the network learns the
+    residual). At scale 4 with ``hr_channels=64`` this is the published BasicVSR/EDVR head.
+    """
+
+    def __init__(self, in_channels: int, scale: int, hr_channels: int = 64) -> None:
+        super().__init__()
+        self.scale = scale
+        factors = upsampling_factors(scale)
+        stages: list[nn.Module] = []
+        channels = in_channels
+        for index, factor in enumerate(factors):
+            out_channels = hr_channels if index == len(factors) - 1 else in_channels
+            stages += [conv3x3(channels, out_channels * factor**2), nn.PixelShuffle(factor)]
+            stages += [leaky_relu_layer()]
+            channels = out_channels
+        self.upsample = nn.Sequential(*stages)
+        self.conv_hr = conv3x3(hr_channels, hr_channels)
+        self.conv_last = conv3x3(hr_channels, 3)
+
+    def forward(self, feat: Tensor, lq: Tensor) -> Tensor:
+        hr = leaky_relu(self.conv_hr(self.upsample(feat)))
+        base = F.interpolate(lq, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.conv_last(hr) + base
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Replicate-pad the bottom and right of ``x`` (N, C, h, w) to multiples of ``multiple``."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def apply_feature_hook(feat: Tensor, feature_hook: FeatureHook | None) -> Tensor:
+    """Pass fusion-point features (B, T, C, h, w) through the hook, checking it keeps the shape."""
+    if feature_hook is None:
+        return feat
+    hooked = feature_hook(feat)
+    if hooked.shape != feat.shape:
+        raise ValueError(
+            f"feature_hook changed the shape {tuple(feat.shape)} to {tuple(hooked.shape)}"
+        )
+    return hooked

@@ -1,0 +1,260 @@
+"""EDVR (Wang et al., CVPRW 2019): PCD alignment and TSA fusion over a sliding window.
+
+EDVR restores one centre frame from a window of ``num_frames`` neighbours. To return every
+frame, each frame t gets the window ``t - r .. t + r`` (``r = num_frames // 2``); at the clip
+ends the indices are *reflected* about the first/last frame (frame -1 is frame 1), folding
+again if a clip is shorter than the window. Per-frame pyramid features are computed once and
+gathered into all windows, which then run as one batch. The window's neighbours are aligned to
+its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal and spatial
+attention); the fused centre-frame feature is the fusion point, followed by the reconstruction
+trunk and the pixel-shuffle head.
+
+The pyramid needs sizes divisible by ``2 ** (num_levels - 1)``: frames are replicate-padded at
+the bottom/right for PCD and TSA, and the fused features are cropped back to the LR size before
+the hook and the reconstruction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avvsr.models.backbones.base import FeatureHook, VSRBackbone
+from avvsr.models.backbones.blocks import (
+    ConvResidualBlocks,
+    ModulatedDeformConv2d,
+    PixelShuffleHead,
+    ResidualBlockNoBN,
+    apply_feature_hook,
+    conv3x3,
+    leaky_relu,
+    leaky_relu_layer,
+    make_layer,
+    pad_to_multiple,
+)
+
+NUM_LEVELS = 3
+"""Pyramid levels of PCD alignment: full, half and quarter LR size."""
+
+
+def window_indices(num_frames: int, window: int) -> Tensor:
+    """Frame indices (T, window) of every frame's window, reflected at the clip ends.
+
+    Row t is ``t - r .. t + r`` with ``r = window // 2``; an index past an end is mirrored
+    about that end frame (repeatedly, for clips shorter than the window).
+    """
+    radius = window // 2
+    indices = torch.arange(num_frames)[:, None] + torch.arange(-radius, radius + 1)[None, :]
+    if num_frames == 1:
+        return torch.zeros_like(indices)
+    period = 2 * (num_frames - 1)
+    indices = indices.remainder(period)
+    return torch.where(indices >= num_frames, period - indices, indices)
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class FeatureGuidedDeformConv(nn.Module):
+    """Modulated deformable conv whose offsets and masks come from separate offset features.
+
+    ``forward(x (N, C, h, w), offset_feat (N, C, h, w)) -> (N, C, h, w)``. The offset conv
+    starts at zero: no displacement, every tap at half weight.
+    """
+
+    def __init__(self, num_feat: int, deformable_groups: int) -> None:
+        super().__init__()
+        self.deform = ModulatedDeformConv2d(num_feat, num_feat, deformable_groups)
+        self.conv_offset = conv3x3(num_feat, self.deform.offset_mask_channels)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: Tensor, offset_feat: Tensor) -> Tensor:
+        offset, mask = self.deform.split_offset_and_mask(self.conv_offset(offset_feat))
+        return self.deform(x, offset, mask)
+
+
+class PCDAlignment(nn.Module):
+    """Pyramid, cascading and deformable alignment of neighbour features to reference features.
+
+    ``forward(neighbour, reference)``: two pyramids, lists of (N, C, h / 2**l, w / 2**l) from
+    the finest level l = 0 -> aligned neighbour features (N, C, h, w). Coarse to fine, each level
+    predicts offset features from (neighbour, reference) and the upsampled coarser offsets,
+    aligns with a deformable conv and merges the upsampled coarser result; a last cascading
+    deformable conv refines the finest result against the reference.
+    """
+
+    def __init__(self, num_feat: int, deformable_groups: int, num_levels: int = NUM_LEVELS) -> None:
+        super().__init__()
+        # index 0 is the coarsest level
+        self.offset_in = nn.ModuleList()
+        self.offset_refine = nn.ModuleList()
+        self.deform = nn.ModuleList()
+        self.merge = nn.ModuleList()  # coarser levels have nothing to merge
+        for level in range(num_levels):
+            coarsest = level == 0
+            self.offset_in.append(
+                nn.Sequential(conv3x3(2 * num_feat, num_feat), leaky_relu_layer())
+            )
+            if coarsest:
+                refine = [conv3x3(num_feat, num_feat), leaky_relu_layer()]
+            else:  # also takes the upsampled offsets of the coarser level
+                refine = [conv3x3(2 * num_feat, num_feat), leaky_relu_layer()]
+                refine += [conv3x3(num_feat, num_feat), leaky_relu_layer()]
+                self.merge.append(conv3x3(2 * num_feat, num_feat))
+            self.offset_refine.append(nn.Sequential(*refine))
+            self.deform.append(FeatureGuidedDeformConv(num_feat, deformable_groups))
+        self.cascade_offset = nn.Sequential(
+            conv3x3(2 * num_feat, num_feat),
+            leaky_relu_layer(),
+            conv3x3(num_feat, num_feat),
+            leaky_relu_layer(),
+        )
+        self.cascade_deform = FeatureGuidedDeformConv(num_feat, deformable_groups)
+
+    def forward(self, neighbour: list[Tensor], reference: list[Tensor]) -> Tensor:
+        coarse_to_fine = list(zip(neighbour[::-1], reference[::-1], strict=True))
+        offset_feat, aligned = None, None
+        for level, (nbr, ref) in enumerate(coarse_to_fine):
+            level_offset = self.offset_in[level](torch.cat([nbr, ref], dim=1))
+            if offset_feat is not None:  # offsets double with the size
+                level_offset = torch.cat([level_offset, 2 * upsample2x(offset_feat)], dim=1)
+            offset_feat = self.offset_refine[level](level_offset)
+            level_aligned = self.deform[level](nbr, offset_feat)
+            if aligned is not None:
+                level_aligned = self.merge[level - 1](
+                    torch.cat([level_aligned, upsample2x(aligned)], dim=1)
+                )
+            finest = level == len(coarse_to_fine) - 1
+            aligned = level_aligned if finest else leaky_relu(level_aligned)
+        cascade_offset = self.cascade_offset(torch.cat([aligned, reference[0]], dim=1))
+        return leaky_relu(self.cascade_deform(aligned, cascade_offset))
+
+
+class TSAFusion(nn.Module):
+    """Temporal and spatial attention fusion of aligned window features.
+
+    ``forward(aligned (N, W, C, h, w), centre)`` -> (N, C, h, w), with h and w divisible by 4.
+    Temporal: each neighbour is weighted per pixel by the sigmoid of its embedding's correlation
+    with the centre frame's. Spatial: a two-level pyramid of attention modulates the fused
+    features (multiplicative, sigmoid x 2, and additive).
+    """
+
+    def __init__(self, num_feat: int, num_frames: int) -> None:
+        super().__init__()
+        window_channels = num_frames * num_feat
+        self.embed_centre = conv3x3(num_feat, num_feat)
+        self.embed_neighbour = conv3x3(num_feat, num_feat)
+        self.fuse = nn.Conv2d(window_channels, num_feat, 1)
+        self.attn_in = nn.Conv2d(window_channels, num_feat, 1)
+        self.attn_pooled = nn.Conv2d(2 * num_feat, num_feat, 1)
+        self.attn_level_in = nn.Conv2d(num_feat, num_feat, 1)
+        self.attn_level_pooled = conv3x3(2 * num_feat, num_feat)
+        self.attn_level_out = conv3x3(num_feat, num_feat)
+        self.attn_mid = conv3x3(num_feat, num_feat)
+        self.attn_mid_1x1 = nn.Conv2d(num_feat, num_feat, 1)
+        self.attn_out = conv3x3(num_feat, num_feat)
+        self.attn_add = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat, 1), leaky_relu_layer(), nn.Conv2d(num_feat, num_feat, 1)
+        )
+
+    @staticmethod
+    def _pool(x: Tensor) -> Tensor:
+        """Max and average pools (3x3, stride 2) side by side: (N, C, h, w) -> (N, 2C, h/2, w/2)."""
+        pooled_max = F.max_pool2d(x, 3, stride=2, padding=1)
+        pooled_avg = F.avg_pool2d(x, 3, stride=2, padding=1)
+        return torch.cat([pooled_max, pooled_avg], dim=1)
+
+    def forward(self, aligned: Tensor, centre: int) -> Tensor:
+        batch, window, channels, height, width = aligned.shape
+        embed_centre = self.embed_centre(aligned[:, centre])
+        embed = self.embed_neighbour(aligned.flatten(0, 1)).view_as(aligned)
+        correlation = (embed * embed_centre.unsqueeze(1)).sum(
+            dim=2, keepdim=True
+        )  # (N, W, 1, h, w)
+        weighted = (aligned * torch.sigmoid(correlation)).flatten(1, 2)  # (N, W*C, h, w)
+        feat = leaky_relu(self.fuse(weighted))
+
+        attn = leaky_relu(self.attn_in(weighted))
+        attn = leaky_relu(self.attn_pooled(self._pool(attn)))  # h/2
+        level = leaky_relu(self.attn_level_in(attn))
+        level = leaky_relu(self.attn_level_pooled(self._pool(level)))  # h/4
+        level = upsample2x(leaky_relu(self.attn_level_out(level)))  # h/2
+        attn = leaky_relu(self.attn_mid(attn)) + level
+        attn = upsample2x(leaky_relu(self.attn_mid_1x1(attn)))  # h
+        attn = self.attn_out(attn)
+        return feat * torch.sigmoid(attn) * 2 + self.attn_add(attn)
+
+
+class EDVR(VSRBackbone):
+    """EDVR for every frame of a clip. EDVR-M (defaults, scale 4) has 3.3M parameters; EDVR-L
+    (``num_feat=128, num_reconstruct_blocks=40``) 20.6M.
+
+    Args:
+        num_feat: channels of all LR features (= ``fusion_channels``).
+        num_frames: window length (odd) around each frame.
+        deformable_groups: groups of every deformable conv (divides ``num_feat``).
+        num_extract_blocks: residual blocks of the per-frame feature extractor.
+        num_reconstruct_blocks: residual blocks of the reconstruction trunk.
+        scale: upsampling factor (2, 3, 4, 8, ...).
+        hr_channels: channels of the last pixel-shuffle stage and the HR conv (paper: 64).
+    """
+
+    def __init__(
+        self,
+        num_feat: int = 64,
+        num_frames: int = 5,
+        deformable_groups: int = 8,
+        num_extract_blocks: int = 5,
+        num_reconstruct_blocks: int = 10,
+        scale: int = 4,
+        hr_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        if num_frames % 2 == 0:
+            raise ValueError(f"num_frames must be odd, got {num_frames}")
+        self.scale = scale
+        self.fusion_channels = num_feat
+        self.num_frames = num_frames
+        self.feat_extract = ConvResidualBlocks(3, num_feat, num_extract_blocks)
+        self.downsample = nn.ModuleList(
+            nn.Sequential(
+                conv3x3(num_feat, num_feat, stride=2),
+                leaky_relu_layer(),
+                conv3x3(num_feat, num_feat),
+                leaky_relu_layer(),
+            )
+            for _ in range(NUM_LEVELS - 1)
+        )
+        self.pcd_align = PCDAlignment(num_feat, deformable_groups)
+        self.tsa_fusion = TSAFusion(num_feat, num_frames)
+        self.reconstruction = make_layer(
+            lambda: ResidualBlockNoBN(num_feat), num_reconstruct_blocks
+        )
+        self.head = PixelShuffleHead(num_feat, scale, hr_channels)
+
+    def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        batch, num_frames, _, height, width = lq.shape
+        padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
+        pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
+        for downsample in self.downsample:
+            pyramid.append(downsample(pyramid[-1]))
+
+        windows = window_indices(num_frames, self.num_frames).to(lq.device)  # (T, W)
+        neighbour, reference = [], []
+        for level in pyramid:
+            per_frame = level.unflatten(0, (batch, num_frames))  # (B, T, C, h_l, w_l)
+            gathered = per_frame[:, windows]  # (B, T, W, C, h_l, w_l)
+            neighbour.append(gathered.flatten(0, 2))
+            reference.append(per_frame.unsqueeze(2).expand_as(gathered).flatten(0, 2))
+        aligned = self.pcd_align(neighbour, reference)  # (B*T*W, C, h_pad, w_pad)
+        fused = self.tsa_fusion(
+            aligned.unflatten(0, (batch * num_frames, self.num_frames)), centre=self.num_frames // 2
+        )
+        feat = fused[..., :height, :width].unflatten(0, (batch, num_frames))
+        feat = apply_feature_hook(feat, feature_hook).flatten(0, 1)
+        sr = self.head(self.reconstruction(feat), lq.flatten(0, 1))
+        return sr.unflatten(0, (batch, num_frames))

@@ -1,0 +1,269 @@
+"""The VSR backbones: shapes, the fusion-point hook, published sizes, flow, EDVR windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torchvision.ops import deform_conv2d
+
+from avvsr.models.backbones.basicvsrpp import SecondOrderDeformableAlignment
+from avvsr.models.backbones.blocks import (
+    ModulatedDeformConv2d,
+    PixelShuffleHead,
+    SPyNet,
+    deform_conv2d_by_sampling,
+    flow_warp,
+    resize_flow,
+)
+from avvsr.models.backbones.edvr import EDVR, window_indices
+
+BACKBONE_CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "backbone"
+TINY = ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny"]
+WITH_SPYNET = ["basicvsr_tiny", "basicvsrpp_tiny"]
+PUBLISHED_PARAMETERS = {  # /work/shared/PAPER.md
+    "basicvsr": 6.3e6,
+    "basicvsrpp": 7.3e6,
+    "edvr": 3.3e6,
+    "edvr_l": 20.6e6,
+}
+
+
+def build(name: str, scale: int = 4):
+    """Instantiate ``conf/model/backbone/<name>.yaml`` with ``model.scale`` supplied."""
+    backbone = OmegaConf.load(BACKBONE_CONF / f"{name}.yaml")
+    config = OmegaConf.create({"model": {"scale": scale, "backbone": backbone}})
+    return instantiate(config.model.backbone)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def bilinear(lq: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bilinear upsampling of (B, T, 3, h, w), the LR base every backbone adds."""
+    up = F.interpolate(lq.flatten(0, 1), scale_factor=scale, mode="bilinear", align_corners=False)
+    return up.unflatten(0, lq.shape[:2])
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_paper_size_matches_published_parameter_count(name: str) -> None:
+    measured = count_parameters(build(name))
+    assert measured == pytest.approx(PUBLISHED_PARAMETERS[name], rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["basicvsr", "basicvsrpp", "edvr"])
+def test_paper_size_runs_on_a_tiny_clip(name: str) -> None:
+    lq = torch.rand(1, 2, 3, 5, 7)
+    with torch.no_grad():
+        assert build(name)(lq).shape == (1, 2, 3, 20, 28)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize(("scale", "size"), [(4, (16, 16)), (4, (7, 9)), (2, (9, 6))])
+def test_output_shape(name: str, scale: int, size: tuple[int, int]) -> None:
+    model = build(name, scale)
+    assert model.scale == scale
+    lq = torch.rand(2, 3, 3, *size)
+    with torch.no_grad():
+        assert model(lq).shape == (2, 3, 3, scale * size[0], scale * size[1])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_single_frame_clip(name: str) -> None:
+    with torch.no_grad():
+        assert build(name)(torch.rand(1, 1, 3, 8, 8)).shape == (1, 1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_hook_is_called_once_on_all_frames_at_the_lr_size(name: str) -> None:
+    model = build(name)
+    seen: list[tuple[int, ...]] = []
+
+    def hook(feat: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(feat.shape))
+        return feat
+
+    with torch.no_grad():
+        model(torch.rand(2, 4, 3, 7, 9), feature_hook=hook)
+    assert seen == [(2, 4, model.fusion_channels, 7, 9)]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_identity_hook_leaves_the_output_unchanged(name: str) -> None:
+    model = build(name)
+    lq = torch.rand(1, 3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(lq, feature_hook=lambda feat: feat), model(lq))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_hook_output_is_what_gets_reconstructed(name: str) -> None:
+    """With the hook replacing the features by a fixed tensor, the output minus the bilinear LR
+    base no longer depends on the input; zeroing the features changes the output."""
+    model = build(name)
+    lq_a, lq_b = torch.rand(2, 1, 3, 3, 8, 8)
+    replacement = torch.randn(1, 3, model.fusion_channels, 8, 8)
+    with torch.no_grad():
+        residual_a = model(lq_a, feature_hook=lambda feat: replacement) - bilinear(lq_a, 4)
+        residual_b = model(lq_b, feature_hook=lambda feat: replacement) - bilinear(lq_b, 4)
+        zeroed = model(lq_a, feature_hook=torch.zeros_like)
+        plain = model(lq_a)
+    torch.testing.assert_close(residual_a, residual_b)
+    assert not torch.allclose(zeroed, plain)
+
+
+def test_hook_must_keep_the_shape() -> None:
+    model = build("basicvsr_tiny")
+    with pytest.raises(ValueError, match="feature_hook"), torch.no_grad():
+        model(torch.rand(1, 2, 3, 8, 8), feature_hook=lambda feat: feat[:, :, :1])
+
+
+@pytest.mark.parametrize("name", WITH_SPYNET)
+def test_flow_parameters_are_exactly_spynet(name: str) -> None:
+    model = build(name)
+    flow_ids = {id(p) for p in model.flow_parameters()}
+    assert flow_ids == {id(p) for p in model.spynet.parameters()}
+    assert flow_ids and flow_ids < {id(p) for p in model.parameters()}
+
+
+def test_edvr_has_no_flow_parameters() -> None:
+    assert list(build("edvr_tiny").flow_parameters()) == []
+
+
+@pytest.mark.parametrize("name", WITH_SPYNET)
+def test_gradients_reach_spynet(name: str) -> None:
+    model = build(name)
+    lq = torch.rand(1, 3, 3, 8, 8)
+    model(lq).sub(bilinear(torch.rand_like(lq), 4)).abs().mean().backward()
+    grads = [p.grad for p in model.flow_parameters()]
+    assert all(grad is not None for grad in grads)
+    assert sum(grad.abs().sum() for grad in grads) > 0
+
+
+def test_edvr_frame_depends_only_on_its_window() -> None:
+    model = build("edvr_tiny")
+    radius = model.num_frames // 2
+    num_frames = 2 * model.num_frames + 1
+    lq = torch.rand(1, num_frames, 3, 8, 8)
+    with torch.no_grad():
+        before = model(lq)
+        for changed in (0, num_frames // 2, num_frames - 1):
+            perturbed = lq.clone()
+            perturbed[:, changed] = torch.rand(3, 8, 8)
+            after = model(perturbed)
+            for frame in range(num_frames):
+                unchanged = torch.equal(after[:, frame], before[:, frame])
+                assert unchanged == (abs(frame - changed) > radius), (changed, frame)
+
+
+def test_window_indices_reflect_at_the_ends() -> None:
+    window, num_frames = 5, 7
+    radius = window // 2
+    indices = window_indices(num_frames, window)
+    offsets = torch.arange(-radius, radius + 1)
+    for frame in range(num_frames):
+        wanted = frame + offsets
+        wanted = torch.where(wanted < 0, -wanted, wanted)  # mirror about the first frame
+        wanted = torch.where(wanted >= num_frames, 2 * (num_frames - 1) - wanted, wanted)
+        assert indices[frame].tolist() == wanted.tolist()
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 3])
+def test_window_indices_of_short_clips_stay_inside(num_frames: int) -> None:
+    indices = window_indices(num_frames, 7)
+    assert indices.shape == (num_frames, 7)
+    assert indices.min() >= 0 and indices.max() < num_frames
+    assert indices[:, 3].tolist() == list(range(num_frames))
+
+
+def test_edvr_rejects_an_even_window() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        EDVR(num_feat=8, num_frames=4, deformable_groups=2)
+
+
+def test_head_rejects_unsupported_scales() -> None:
+    with pytest.raises(ValueError, match="scale"):
+        PixelShuffleHead(8, scale=5)
+
+
+def test_flow_warp_with_a_constant_flow_shifts_the_image() -> None:
+    image = torch.rand(2, 3, 6, 7)
+    flow = torch.zeros(2, 2, 6, 7)
+    flow[:, 0] = 2.0  # sample two pixels to the right
+    flow[:, 1] = -1.0  # and one pixel up
+    warped = flow_warp(image, flow)
+    torch.testing.assert_close(warped[:, :, 1:, :-2], image[:, :, :-1, 2:])
+    outside = torch.cat([warped[:, :, 0].flatten(), warped[:, :, :, -2:].flatten()])
+    torch.testing.assert_close(outside, torch.zeros_like(outside))  # zero padding
+
+
+def test_resize_flow_scales_the_vectors() -> None:
+    flow = torch.ones(1, 2, 4, 6)
+    resized = resize_flow(flow, (12, 3))
+    assert resized.shape == (1, 2, 12, 3)
+    torch.testing.assert_close(resized[:, 0], torch.full((1, 12, 3), 0.5))
+    torch.testing.assert_close(resized[:, 1], torch.full((1, 12, 3), 3.0))
+
+
+def test_spynet_runs_on_any_size_and_loads_local_weights(tmp_path: Path) -> None:
+    trained = SPyNet(num_levels=3, channels=(4, 4), kernel_size=3)
+    for parameter in trained.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    path = tmp_path / "spynet.pth"
+    torch.save({"params": trained.state_dict()}, path)
+    loaded = SPyNet(num_levels=3, channels=(4, 4), kernel_size=3, weights_path=path)
+    ref, supp = torch.rand(2, 2, 3, 7, 11)
+    flow = loaded(ref, supp)
+    assert flow.shape == (2, 2, 7, 11)
+    torch.testing.assert_close(flow, trained(ref, supp))
+
+
+def test_untrained_spynet_gives_zero_flow() -> None:
+    flow = SPyNet(num_levels=3, channels=(4, 4), kernel_size=3)(*torch.rand(2, 1, 3, 8, 8))
+    assert flow.abs().max() == 0
+
+
+@pytest.mark.parametrize("size", [(5, 6), (1, 1)])
+def test_deform_conv_by_sampling_matches_torchvision(size: tuple[int, int]) -> None:
+    """Values and gradients, in float64, with offsets reaching past the borders."""
+    conv = ModulatedDeformConv2d(8, 6, deformable_groups=2).double()
+    x = torch.rand(2, 8, *size, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(2, conv.offset_mask_channels, *size, dtype=torch.float64)
+    raw[:, :36] *= 3
+    offset, mask = (t.detach().requires_grad_() for t in conv.split_offset_and_mask(raw))
+    inputs = (x, offset, conv.weight, conv.bias, mask)
+
+    def value_and_grads(function):
+        out = function()
+        return (out, *torch.autograd.grad(out.square().sum(), inputs))
+
+    ours = value_and_grads(lambda: deform_conv2d_by_sampling(*inputs))
+    reference = value_and_grads(
+        lambda: deform_conv2d(x, offset, conv.weight, conv.bias, padding=1, mask=mask)
+    )
+    for mine, theirs in zip(ours, reference, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    torch.testing.assert_close(conv(x, offset, mask), reference[0])
+
+
+def test_second_order_alignment_starts_at_the_flows() -> None:
+    """Untrained, the alignment samples each state at its flow with half-weight taps: for a
+    uniform integer flow, half a plain conv of the shifted states (plus the bias)."""
+    channels = 4
+    align = SecondOrderDeformableAlignment(channels, deformable_groups=2, max_residue_magnitude=10)
+    # zero within two pixels of the border, so no tap reads the conv's zero padding
+    states = F.pad(torch.rand(1, 2 * channels, 2, 3), (2, 2, 2, 2))
+    flow_1 = torch.tensor([1.0, -2.0]).view(1, 2, 1, 1).expand(1, 2, 6, 7)  # (dx, dy)
+    flow_2 = torch.tensor([-1.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 6, 7)
+    shifted = torch.zeros_like(states)
+    shifted[:, :channels, 2:, :-1] = states[:, :channels, :-2, 1:]  # value at (y - 2, x + 1)
+    shifted[:, channels:, :, 1:] = states[:, channels:, :, :-1]  # value at (y, x - 1)
+    weight, bias = align.deform.weight, align.deform.bias
+    expected = 0.5 * F.conv2d(shifted, weight, padding=1) + bias.view(1, -1, 1, 1)
+    condition = torch.rand(1, 3 * channels, 6, 7)
+    torch.testing.assert_close(align(states, condition, flow_1, flow_2), expected)
