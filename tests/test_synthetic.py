@@ -18,8 +18,9 @@ import torch
 
 from avvsr.cli import synth as synth_cli
 from avvsr.data import synthetic
+from avvsr.data.audio_features import LogMel
 from avvsr.data.degradations import degrade
-from avvsr.data.io import audio_windows, probe_video, read_audio, read_frames
+from avvsr.data.io import AudioTrack, audio_windows, probe_video, read_audio, read_frames
 from avvsr.data.synthetic import (
     ClipEntry,
     ObjectEntry,
@@ -107,13 +108,31 @@ def fit_harmonics(frames: np.ndarray, obj: ObjectEntry, config: SynthConfig) -> 
     return (sine_part + 1j * cosine_part) / config.grating_amplitude
 
 
-def tone_magnitudes(samples: np.ndarray, sample_rate: int, f0_hz: float, count: int):
-    """Magnitude of each harmonic ``k f0`` (energy within 8 Hz of it), relative to the first."""
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples)))) ** 2
-    frequencies = np.fft.rfftfreq(len(samples), 1 / sample_rate)
-    energy = [spectrum[np.abs(frequencies - k * f0_hz) <= 8].sum() for k in range(1, count + 1)]
+def relative_magnitudes(power: np.ndarray, frequencies: np.ndarray, f0_hz: float, count: int):
+    """Magnitude of each harmonic ``k f0`` relative to the first, from a power spectrum: the
+    power of the bins within ``f0 / 2`` of ``k f0``."""
+    energy = [power[np.abs(frequencies - k * f0_hz) < f0_hz / 2].sum() for k in range(1, count + 1)]
     magnitudes = np.sqrt(energy)
     return magnitudes / magnitudes[0]
+
+
+def fft_magnitudes(track: AudioTrack, f0_hz: float, count: int) -> np.ndarray:
+    """Harmonic magnitudes from the FFT of the whole (Hann-windowed) track."""
+    power = np.abs(np.fft.rfft(track.samples * np.hanning(len(track.samples)))) ** 2
+    frequencies = np.fft.rfftfreq(len(track.samples), 1 / track.sample_rate)
+    return relative_magnitudes(power, frequencies, f0_hz, count)
+
+
+def log_mel_magnitudes(track: AudioTrack, f0_hz: float, count: int) -> np.ndarray:
+    """Harmonic magnitudes from the time-averaged log-mel the models see (``LogMel``): mel
+    filters overlap so that their weights sum to 1 at every frequency, so summing the bands
+    centred near ``k f0`` recovers that harmonic's power."""
+    log_mel = LogMel(sample_rate=track.sample_rate)
+    power = log_mel(torch.from_numpy(track.samples)).exp().mean(dim=-1).numpy()
+    filters = log_mel.mel.mel_scale.fb.numpy()  # (n_fft // 2 + 1, n_mels)
+    bin_frequencies = np.linspace(0, track.sample_rate / 2, filters.shape[0])
+    centres = bin_frequencies[filters.argmax(axis=0)]
+    return relative_magnitudes(power, centres, f0_hz, count)
 
 
 def dilate(mask: np.ndarray) -> np.ndarray:
@@ -164,14 +183,13 @@ def test_every_class_has_the_same_fundamental_and_distinct_magnitudes():
 # Audio: the decoded soundtrack tells the sounding object's class
 
 
-def test_decoded_audio_identifies_the_sounding_class(small_set):
+@pytest.mark.parametrize("estimator", [fft_magnitudes, log_mel_magnitudes])
+def test_decoded_audio_identifies_the_sounding_class(small_set, estimator):
     root, manifest = small_set
     for entry in all_entries(manifest):
         (sounding,) = [obj for obj in entry.objects if obj.sounding]
         track = read_audio(root / entry.video, sample_rate=entry.sample_rate)
-        magnitudes = tone_magnitudes(
-            track.samples, track.sample_rate, sounding.tone_f0_hz, SMALL.num_harmonics
-        )
+        magnitudes = estimator(track, sounding.tone_f0_hz, SMALL.num_harmonics)
         assert nearest_class(magnitudes, use_phase=False) == sounding.class_name, entry.key
         np.testing.assert_allclose(
             magnitudes,

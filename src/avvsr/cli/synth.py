@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=type(config_field.default),
             default=config_field.default,
             metavar=type(config_field.default).__name__.upper(),
-            help=f"SynthConfig.{config_field.name}",
+            help=config_field.metadata["help"],
         )
     return parser
 

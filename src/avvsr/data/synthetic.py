@@ -3,7 +3,7 @@
 Design (``DATA.md``, "The synthetic audio-visual benchmark"): each object is a disc carrying a
 grating whose *profile* is its class's waveform (sine, square, triangle, ...) truncated to
 ``num_harmonics`` harmonics, all below the HR Nyquist frequency, with a fundamental period of
-9-10 HR px and the same fundamental amplitude in every class. The x4 bicubic degradation keeps
+9-9.5 HR px and the same fundamental amplitude in every class. The x4 bicubic degradation keeps
 the fundamental and removes the harmonics, so LR frames look the same for every class. A
 sounding object plays a tone with the same harmonic magnitudes and phases ("visual timbre =
 audio timbre"), so the audio tells its HR profile. Every object's brightness pulses with its
@@ -115,50 +115,53 @@ _OBJECT_GAP_PX = 2.0  # least distance between the rims of two objects
 _PLACEMENT_TRIES = 1000  # layouts drawn before giving up on a crowded frame
 
 
+def _param(default: Any, description: str) -> Any:
+    """A :class:`SynthConfig` field with its description (shown by ``avvsr-synth --help``)."""
+    return field(default=default, metadata={"help": description})
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Every parameter of a generated set (lengths in HR px, times in s, levels in 0..255)."""
 
-    seed: int = 0
-    height: int = 96
-    width: int = 96
-    num_frames: int = 16
-    fps: float = 10.0
-    sample_rate: int = 16000  # Hz
-    num_classes: int = 4
-    num_objects: int = 2
-    num_sounding: int = 1
-    num_train: int = 96
-    num_val: int = 12
-    num_test: int = 24
-    # Object gratings: fundamental period range, harmonics kept, fundamental amplitude.
-    grating_period_min_px: float = 9.0
-    grating_period_max_px: float = 10.0
-    num_harmonics: int = 3
-    grating_amplitude: float = 40.0
-    texture_fade_px: float = 6.0  # the grating fades out over the object's outer rim
-    object_radius_min_px: float = 14.0
-    object_radius_max_px: float = 20.0
-    object_speed_min_px: float = 0.5  # HR px per frame
-    object_speed_max_px: float = 2.0
-    object_level: float = 128.0  # mean grey level of an object
-    pulse_depth: float = 28.0  # brightness swing with the envelope, +- grey levels
-    envelope_knot_s: float = 0.4  # the envelope takes a new random level this often
-    # Background: sum of drifting sinusoidal gratings.
-    background_waves: int = 4
-    background_period_min_px: float = 6.0
-    background_period_max_px: float = 32.0
-    background_contrast: float = 48.0  # sum of the wave amplitudes, grey levels
-    background_speed_max_px: float = 1.0  # HR px per frame
-    # Audio: a tone per sounding object, loudness = floor + (1 - floor) * envelope.
-    tone_f0_min_hz: float = 220.0
-    tone_f0_max_hz: float = 440.0
-    tone_amplitude: float = 0.3  # fundamental amplitude of the mix (full scale 1)
-    loudness_floor: float = 0.2
-    audio_noise_std: float = 0.002  # white noise floor, full scale 1
-    # Encoding: near-lossless H.264; yuv444p keeps the colour of the fine harmonics.
-    crf: int = 0
-    pix_fmt: str = "yuv444p"
+    seed: int = _param(0, "base seed; clip i of a split depends on (seed, split, i) only")
+    height: int = _param(96, "HR frame height, px")
+    width: int = _param(96, "HR frame width, px")
+    num_frames: int = _param(16, "frames per clip")
+    fps: float = _param(10.0, "frame rate, frames per second")
+    sample_rate: int = _param(16000, "audio sample rate, Hz")
+    num_classes: int = _param(4, f"classes, the first of {list(CLASS_SERIES)}")
+    num_objects: int = _param(2, "objects per clip")
+    num_sounding: int = _param(1, "objects per clip that make sound")
+    num_train: int = _param(96, "clips in the train split")
+    num_val: int = _param(12, "clips in the val split")
+    num_test: int = _param(24, "clips in the test split")
+    # Periods of 9-9.5 px (the low end of DATA.md's 9-10) put the 2nd harmonic at <= 4.75 px,
+    # which x4 bicubic removes also on diagonal gratings (at 5 px, 12% of it stays).
+    grating_period_min_px: float = _param(9.0, "shortest fundamental period of a grating, px")
+    grating_period_max_px: float = _param(9.5, "longest fundamental period of a grating, px")
+    num_harmonics: int = _param(3, "harmonics of the class profiles and tones")
+    grating_amplitude: float = _param(40.0, "amplitude of the grating's fundamental, grey levels")
+    texture_fade_px: float = _param(6.0, "width of the rim over which the grating fades, px")
+    object_radius_min_px: float = _param(14.0, "smallest object radius, px")
+    object_radius_max_px: float = _param(20.0, "largest object radius, px")
+    object_speed_min_px: float = _param(0.5, "slowest object speed, px per frame")
+    object_speed_max_px: float = _param(2.0, "fastest object speed, px per frame")
+    object_level: float = _param(128.0, "mean grey level of an object")
+    pulse_depth: float = _param(28.0, "brightness swing with the envelope, +- grey levels")
+    envelope_knot_s: float = _param(0.4, "the envelopes take a new random level this often, s")
+    background_waves: int = _param(4, "sinusoidal gratings summed into the background")
+    background_period_min_px: float = _param(6.0, "shortest background period, px")
+    background_period_max_px: float = _param(32.0, "longest background period, px")
+    background_contrast: float = _param(48.0, "sum of background wave amplitudes, grey levels")
+    background_speed_max_px: float = _param(1.0, "fastest background pan, px per frame")
+    tone_f0_min_hz: float = _param(220.0, "lowest tone fundamental, Hz")
+    tone_f0_max_hz: float = _param(440.0, "highest tone fundamental, Hz")
+    tone_amplitude: float = _param(0.3, "fundamental amplitude of the tone mix (full scale 1)")
+    loudness_floor: float = _param(0.2, "tone loudness at envelope 0 (1 at envelope 1)")
+    audio_noise_std: float = _param(0.002, "white noise floor of the audio (full scale 1)")
+    crf: int = _param(0, "H.264 constant rate factor (0: lossless in the pixel format)")
+    pix_fmt: str = _param("yuv444p", "encoded pixel format (yuv444p: no chroma subsampling)")
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
