@@ -1,0 +1,42 @@
+"""``avvsr-export CKPT OUT``: write a training checkpoint's network weights alone (safetensors).
+
+OUT holds the network's tensors, with the model config and the audio-feature settings as JSON
+metadata, so ``avvsr-upscale --ckpt OUT`` and ``avvsr-visualize --ckpt OUT`` rebuild the model
+from it alone. No optimizer state, no pickled objects: it loads without running code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avvsr-export",
+        description="Export the network weights of an avvsr training checkpoint.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint written by avvsr-train (.ckpt)")
+    parser.add_argument("output", help="weights file to write (.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns 0, or exits with status 2 and a message on bad input."""
+    from avvsr.errors import AVVSRError
+    from avvsr.inference import export_model
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        path = export_model(args.checkpoint, args.output, overwrite=args.overwrite)
+    except (AVVSRError, ValueError) as error:
+        parser.exit(2, f"avvsr-export: error: {error}\n")
+    print(f"{path}: network weights with model config and audio-feature settings", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""avvsr-upscale on real video files: chunked inference, audio, frame times, bad input.
+
+The session fixture :func:`tiny_checkpoints` composes the repository's Hydra model configs
+(``basicvsr_tiny`` at 16 channels, with MS-AVF and without fusion), trains the fusion model for
+a few dozen steps on a synthetic moving texture with a tone, and saves both as ``avvsr-train``
+checkpoints (``tests/test_export.py`` and ``tests/test_visualize.py`` reuse it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avvsr.cli import upscale as upscale_cli
+from avvsr.data.io import probe_video, read_audio, read_frames
+from avvsr.errors import MissingAudioError, NotAVideoError
+from avvsr.inference import (
+    InferenceSettings,
+    blend_weights,
+    load_model,
+    upscale_video,
+    window_starts,
+)
+from media import tone, write_garbage, write_test_video, write_vfr_video, write_video_without_audio
+
+FPS = 25.0
+TRAIN_STEPS = 60
+TRAIN_FRAMES = 16  # frames per training clip: the model learns to carry state through time
+AUDIO_FEATURES = {"sample_rate": 16000, "window_s": 0.32, "n_fft": 512, "hop_length": 160,
+                  "n_mels": 64}
+PSNR_TOLERANCE_DB = 0.05  # the requirement: chunking costs at most this much
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: the tiny convolutions run fastest so on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
+
+
+def moving_texture(num_frames: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """``(T, 3, H, W)`` in [0, 1]: a smooth random texture sliding 1 px down and 2 px right per
+    frame (HR pixels), so neighbouring LR frames hold sub-pixel shifted samples of one scene."""
+    generator = torch.Generator().manual_seed(seed)
+    canvas_size = (height + num_frames, width + 2 * num_frames)
+    noise = torch.rand(1, 3, canvas_size[0] // 4, canvas_size[1] // 4, generator=generator)
+    canvas = F.interpolate(noise, size=canvas_size, mode="bicubic", align_corners=False)
+    canvas = canvas.clamp(0, 1)[0]
+    return torch.stack(
+        [canvas[:, t : t + height, 2 * t : 2 * t + width] for t in range(num_frames)]
+    )
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` in [0, 1] -> uint8 ``(T, H, W, 3)``."""
+    return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def psnr(output: np.ndarray, reference: np.ndarray) -> float:
+    error = np.mean((output.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / error))
+
+
+def tone_log_mel(num_frames: int) -> torch.Tensor:
+    """``(T, n_mels, n_frames)``: log-mel of each frame's window of a 440 Hz tone at ``FPS``."""
+    from avvsr.data.audio_features import LogMel
+    from avvsr.data.io import AudioTrack, audio_windows
+
+    rate = AUDIO_FEATURES["sample_rate"]
+    samples = tone(440.0, num_frames / FPS, rate)[0]
+    track = AudioTrack(samples=samples, sample_rate=rate, start_s=0.0)
+    windows = audio_windows(track, np.arange(num_frames) / FPS, AUDIO_FEATURES["window_s"])
+    log_mel = LogMel(rate, AUDIO_FEATURES["n_fft"], AUDIO_FEATURES["hop_length"],
+                     AUDIO_FEATURES["n_mels"])
+    return log_mel(torch.from_numpy(windows))
+
+
+def compose_model_config(fusion: str) -> dict:
+    """The repository's LightningModule config with ``basicvsr_tiny`` (narrowed to 16 channels,
+    which trains in seconds) and ``fusion``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from avvsr.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "model/backbone=basicvsr_tiny", "model.backbone.num_feat=16", f"model/fusion={fusion}"
+        ])
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def save_checkpoint(path: Path, net: torch.nn.Module, model_config: dict) -> Path:
+    """Save ``net`` as ``avvsr-train`` does: LightningModule keys, model config, audio settings."""
+    torch.save(
+        {
+            "state_dict": {f"net.{key}": value for key, value in net.state_dict().items()},
+            "avvsr_model_config": model_config,
+            "avvsr_audio_features": dict(AUDIO_FEATURES),
+        },
+        path,
+    )
+    return path
+
+
+def train_fusion_model(model_config: dict) -> torch.nn.Module:
+    """A ``basicvsr_tiny`` + MS-AVF network trained for ``TRAIN_STEPS`` steps on 16-frame crops
+    of a moving texture (BI x4), with a tone as its audio."""
+    import hydra
+
+    from avvsr.data.degradations import degrade
+    from avvsr.lit_module import charbonnier_loss
+
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(model_config).net
+    clip = moving_texture(64, 32, 32, seed=0)
+    audio = tone_log_mel(64)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(TRAIN_STEPS):
+        first = int(torch.randint(0, 64 - TRAIN_FRAMES, (1,), generator=generator))
+        gt = clip[None, first : first + TRAIN_FRAMES]
+        lq = degrade(gt, net.scale).clamp(0, 1)
+        loss = charbonnier_loss(net(lq, audio[None, first : first + TRAIN_FRAMES]).sr, gt, 1e-3)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """``{"msavf": trained fusion model, "none": untrained model without fusion}`` checkpoints,
+    built once per session (kept on disk, so other test files reuse them)."""
+    import hydra
+
+    folder = tmp_path_factory.getbasetemp() / "tiny_checkpoints"
+    paths = {"msavf": folder / "msavf.ckpt", "none": folder / "none.ckpt"}
+    if all(path.exists() for path in paths.values()):
+        return paths
+    folder.mkdir(exist_ok=True)
+    with single_thread():
+        config = compose_model_config("msavf")
+        save_checkpoint(paths["msavf"], train_fusion_model(config), config)
+        config = compose_model_config("none")
+        torch.manual_seed(0)
+        save_checkpoint(paths["none"], hydra.utils.instantiate(config).net, config)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def fusion_model(tiny_checkpoints):
+    return load_model(tiny_checkpoints["msavf"])
+
+
+@pytest.fixture(scope="module")
+def plain_model(tiny_checkpoints):
+    return load_model(tiny_checkpoints["none"])
+
+
+FAST = InferenceSettings(chunk=8, overlap=2)  # several windows on a short clip
+
+
+# --------------------------------------------------------------------------------------------
+# Windows and blending
+
+
+@pytest.mark.parametrize(("length", "window", "overlap"), [(80, 32, 8), (70, 32, 8), (5, 32, 8),
+                                                           (33, 8, 0), (19, 8, 7), (9, 8, 2)])
+def test_windows_cover_everything_and_weights_cross_fade_to_one(length, window, overlap):
+    starts = window_starts(length, window, overlap)
+    weights = blend_weights(starts, window, length)
+    coverage = torch.zeros(length)
+    for start, weight in zip(starts, weights, strict=True):
+        assert len(weight) == min(window, length)  # every window is full
+        coverage[start : start + len(weight)] += weight
+        assert (weight > 0).all()
+    for previous, following in zip(starts[:-1], starts[1:], strict=True):
+        assert previous + window - following >= overlap
+    torch.testing.assert_close(coverage, torch.ones(length))
+
+
+# --------------------------------------------------------------------------------------------
+# Quality of chunked inference
+
+
+def test_chunked_output_within_tolerance_of_whole_sequence(fusion_model):
+    from avvsr.data.degradations import degrade
+    from avvsr.inference import ChunkedUpscaler
+
+    num_frames = 80  # three windows at the default chunk and overlap
+    hr = moving_texture(num_frames, 64, 96, seed=1)
+    lq_frames = to_uint8(degrade(hr, fusion_model.scale))
+    gt = to_uint8(hr)
+    audio = tone_log_mel(num_frames)
+    lq = torch.from_numpy(lq_frames).permute(0, 3, 1, 2)[None] / 255
+    with torch.inference_mode():
+        whole = to_uint8(fusion_model.net(lq, audio[None]).sr[0])
+
+    def chunked(settings: InferenceSettings) -> np.ndarray:
+        upscaler = ChunkedUpscaler(fusion_model.net, settings)
+        chunks = (lq_frames[i : i + 10] for i in range(0, num_frames, 10))
+        frames = upscaler.upscale(chunks, num_frames, lambda first, last: audio[first:last])
+        return np.concatenate(list(frames))
+
+    default = chunked(InferenceSettings())
+    assert default.shape == gt.shape
+    assert abs(psnr(default, gt) - psnr(whole, gt)) <= PSNR_TOLERANCE_DB
+    # The trained model does use its temporal context: frame by frame it loses more than that.
+    single_frames = chunked(InferenceSettings(chunk=1, overlap=0))
+    assert psnr(whole, gt) - psnr(single_frames, gt) > PSNR_TOLERANCE_DB
+
+
+def test_tiles_blend_to_the_untiled_output(fusion_model, tmp_path):
+    from avvsr.inference import ChunkedUpscaler
+
+    lq = torch.from_numpy(to_uint8(moving_texture(6, 40, 36, seed=2))).permute(0, 3, 1, 2) / 255
+    audio = tone_log_mel(6)
+    whole = ChunkedUpscaler(fusion_model.net).upscale_window(lq, audio)
+    tiled = ChunkedUpscaler(fusion_model.net, InferenceSettings(tile=16, tile_overlap=6))
+    tiled_output = tiled.upscale_window(lq, audio)
+    assert tiled_output.shape == whole.shape
+    bicubic = F.interpolate(lq, scale_factor=fusion_model.scale, mode="bicubic").clamp(0, 1)
+    reference = to_uint8(whole)
+    assert psnr(to_uint8(tiled_output), reference) > psnr(to_uint8(bicubic), reference)
+
+
+def test_audio_features_of_a_chunk_are_those_of_its_frames(fusion_model, tmp_path):
+    from avvsr.inference import frame_audio_for
+
+    video = write_test_video(tmp_path / "in.mp4", num_frames=30, fps=FPS)
+    info = probe_video(video)
+    frame_audio = frame_audio_for(fusion_model, video, True, info.timestamps_s, False)
+    everything = frame_audio.features(0, info.num_frames)
+    torch.testing.assert_close(frame_audio.features(11, 23), everything[11:23])
+    # Different frames hear different audio (the windows move with the frames).
+    assert not torch.equal(everything[0], everything[15])
+
+
+# --------------------------------------------------------------------------------------------
+# Whole files
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(audio=0) if packet.size]
+
+
+def test_upscale_copies_audio_packets_and_keeps_frame_times(fusion_model, tmp_path):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=20, fps=FPS, height=16, width=24)
+    report = upscale_video(source, tmp_path / "out.mp4", fusion_model, FAST, progress=False)
+    assert report.audio == "copied"
+    src, out = probe_video(source), probe_video(report.path)
+    assert out.num_frames == src.num_frames
+    assert (out.width, out.height) == (4 * src.width, 4 * src.height)
+    np.testing.assert_array_equal(out.timestamps_s, src.timestamps_s)
+    assert audio_packets(report.path) == audio_packets(source)
+    assert read_audio(report.path).start_s == read_audio(source).start_s
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_audio_reencoded_when_the_container_cannot_hold_it(fusion_model, tmp_path):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=20, fps=FPS, height=16, width=24)
+    report = upscale_video(source, tmp_path / "out.webm", fusion_model, FAST, progress=False)
+    assert report.audio == "re-encoded"
+    with av.open(str(report.path)) as container:
+        assert container.streams.audio[0].codec_context.name == "opus"  # webm takes Opus
+
+    def peak_hz(path: Path) -> float:
+        track = read_audio(path)
+        spectrum = np.abs(np.fft.rfft(track.samples))
+        return np.fft.rfftfreq(len(track.samples), 1 / track.sample_rate)[spectrum.argmax()]
+
+    bin_hz = 16000 / len(read_audio(source).samples)
+    assert abs(peak_hz(report.path) - peak_hz(source)) <= bin_hz
+
+
+def test_fusion_model_refuses_video_without_audio_unless_allowed(fusion_model, tmp_path):
+    source = write_video_without_audio(tmp_path / "silent.mp4", height=16, width=24)
+    with pytest.raises(MissingAudioError, match="silent.mp4.*--allow-silent"):
+        upscale_video(source, tmp_path / "out.mp4", fusion_model, FAST, progress=False)
+    assert not (tmp_path / "out.mp4").exists()
+    report = upscale_video(
+        source, tmp_path / "out.mp4", fusion_model, FAST, allow_silent=True, progress=False
+    )
+    assert report.audio == "none"
+    assert not probe_video(report.path).has_audio
+    assert probe_video(report.path).num_frames == probe_video(source).num_frames
+
+
+def test_plain_model_upscales_video_without_audio(plain_model, tmp_path):
+    source = write_video_without_audio(tmp_path / "silent.mp4", height=16, width=24)
+    report = upscale_video(source, tmp_path / "out.mkv", plain_model, FAST, progress=False)
+    out = probe_video(report.path)
+    assert not out.has_audio
+    assert (out.num_frames, out.width, out.height) == (20, 4 * 24, 4 * 16)
+
+
+def test_odd_frame_size_gives_scale_times_input_size(plain_model, tmp_path):
+    source = write_test_video(
+        tmp_path / "odd.mkv", num_frames=12, height=13, width=19, pix_fmt="yuv444p"
+    )
+    report = upscale_video(source, tmp_path / "out.mkv", plain_model, FAST, progress=False)
+    out = probe_video(report.path)
+    assert (out.width, out.height) == (4 * 19, 4 * 13)
+    assert out.num_frames == 12
+
+
+def test_variable_frame_rate_keeps_input_frame_times(fusion_model, tmp_path):
+    times = np.cumsum([0.0, 0.04, 0.04, 0.1, 0.02, 0.04, 0.3, 0.04, 0.05, 0.04, 0.04, 0.07])
+    source = write_vfr_video(tmp_path / "vfr.mkv", times, audio=tone(440.0, 1.0))
+    report = upscale_video(source, tmp_path / "out.mp4", fusion_model, FAST, progress=False)
+    with av.open(str(report.path)) as container:
+        tick = float(container.streams.video[0].time_base)
+    out_times = probe_video(report.path).timestamps_s
+    np.testing.assert_allclose(out_times, probe_video(source).timestamps_s, rtol=0, atol=tick)
+    np.testing.assert_allclose(out_times, times, rtol=0, atol=tick + 1e-3)  # ms in the source
+
+
+def test_unreadable_input_is_reported_and_nothing_written(tmp_path, tiny_checkpoints):
+    import subprocess
+    import sys
+
+    source = write_garbage(tmp_path / "broken.mp4")
+    out = tmp_path / "out" / "up.mp4"
+    finished = subprocess.run(
+        [sys.executable, "-m", "avvsr.cli.upscale", str(source), str(out),
+         "--ckpt", str(tiny_checkpoints["none"])],
+        capture_output=True, text=True,
+    )
+    assert finished.returncode == 2
+    assert "broken.mp4" in finished.stderr and "Traceback" not in finished.stderr
+    with pytest.raises(NotAVideoError, match="broken.mp4"):
+        upscale_video(source, out, load_model(tiny_checkpoints["none"]), progress=False)
+    assert list(tmp_path.rglob("*")) == [source]
+
+
+def test_existing_output_refused_without_overwrite(tmp_path, tiny_checkpoints, capsys):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=6, height=16, width=24)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"keep me")
+    args = [str(source), str(out), "--ckpt", str(tiny_checkpoints["none"]), "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        upscale_cli.main(args)
+    assert exit_info.value.code == 2
+    assert "out.mp4" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert upscale_cli.main([*args, "--overwrite"]) == 0
+    assert probe_video(out).num_frames == 6
+
+
+def test_failure_midway_leaves_no_output(plain_model, tmp_path, monkeypatch):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=20, height=16, width=24)
+    forward = plain_model.net.forward
+    calls = []
+
+    def fail_on_second_window(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("model failed mid-way")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(plain_model.net, "forward", fail_on_second_window)
+    with pytest.raises(RuntimeError, match="mid-way"):
+        upscale_video(source, tmp_path / "out.mp4", plain_model, FAST, progress=False)
+    assert len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_cli_bf16_on_cpu_with_tiles(tmp_path, tiny_checkpoints):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=10, height=16, width=24)
+    common = ["--ckpt", str(tiny_checkpoints["msavf"]), "--chunk", "6", "--overlap", "2",
+              "--tile", "12", "--tile-overlap", "4", "--quiet", "--crf", "0"]
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / f"{precision}.mp4"
+        assert upscale_cli.main([str(source), str(out), *common, "--precision", precision]) == 0
+    bf16, fp32 = read_frames(tmp_path / "bf16.mp4"), read_frames(tmp_path / "fp32.mp4")
+    assert bf16.shape == fp32.shape == (10, 64, 96, 3)
+    lq = torch.from_numpy(read_frames(source)).permute(0, 3, 1, 2).float()
+    nearest = F.interpolate(lq, scale_factor=4, mode="nearest").permute(0, 2, 3, 1).numpy()
+    assert psnr(bf16, fp32) > psnr(nearest, fp32)
