@@ -1,4 +1,4 @@
-"""AVVSRNet: every backbone x fusion variant, identity at initialisation, gradients, partial loads."""
+"""AVVSRNet: every backbone x fusion, identity at initialisation, gradients, partial loads."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ FUSIONS = {
 }
 
 
-def inputs(batch: int = 1, frames: int = 3, h: int = 12, w: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(
+    batch: int = 1, frames: int = 3, h: int = 12, w: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
     lq = torch.rand(batch, frames, 3, h, w)
     audio = torch.randn(batch, frames, N_MELS, N_FRAMES) - 5
     return lq, audio
@@ -94,7 +96,9 @@ def test_gradients_reach_the_audio_encoder_and_every_scale() -> None:
     lq, audio = inputs(h=16, w=16)
     net(lq, audio).sr.square().mean().backward()
     for name, module in (("audio_encoder", net.audio_encoder), ("fusion", net.fusion)):
-        missing = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        missing = [
+            n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+        ]
         assert not missing, f"{name} parameters without gradient: {missing}"
 
 

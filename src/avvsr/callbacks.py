@@ -25,8 +25,13 @@ class LogValidationSamples(Callback):
         self.validations = 0
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: dict[str, Any],
-        batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or outputs is None:
             return
@@ -37,16 +42,22 @@ class LogValidationSamples(Callback):
             rows = []
             for clip in range(min(self.max_clips, batch["lq"].shape[0])):
                 t = batch["lq"].shape[1] // 2
-                rows.append(sample_panel(
-                    batch["lq"][clip, t], outputs.sr[clip, t].float(), batch["gt"][clip, t],
-                    [m[clip, t].float() for m in outputs.masks],
-                    batch["mask"][clip, t] if "mask" in batch else None,
-                ))
+                rows.append(
+                    sample_panel(
+                        batch["lq"][clip, t],
+                        outputs.sr[clip, t].float(),
+                        batch["gt"][clip, t],
+                        [m[clip, t].float() for m in outputs.masks],
+                        batch["mask"][clip, t] if "mask" in batch else None,
+                    )
+                )
             image = torch.cat(rows, dim=-2).cpu()
         caption = "LR | output | HR" + "".join(f" | mask s{i}" for i in range(len(outputs.masks)))
         loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]
         for logger in loggers:
-            logger.log_image("val/samples", images=[image], step=trainer.global_step, caption=[caption])
+            logger.log_image(
+                "val/samples", images=[image], step=trainer.global_step, caption=[caption]
+            )
         if not loggers:
             folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)

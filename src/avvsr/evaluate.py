@@ -48,16 +48,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model = load_lit_module(cfg.ckpt_path, audio_controls=list(cfg.audio_controls))
     if model.net.scale != cfg.model.scale:
         raise ValueError(
-            f"{cfg.ckpt_path}: the model upsamples x{model.net.scale}; set model.scale={model.net.scale}"
+            f"{cfg.ckpt_path}: the model upsamples x{model.net.scale}; "
+            f"set model.scale={model.net.scale}"
         )
     datamodule = hydra.utils.instantiate(cfg.data)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False
+    )
     trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(trainer.callback_metrics)
     if trainer.is_global_zero:
-        write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", {
-            "checkpoint": str(cfg.ckpt_path), "metrics": metrics,
-        })
+        write_json_atomic(
+            Path(cfg.paths.output_dir) / "metrics.json",
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "metrics": metrics,
+            },
+        )
     return metrics
 
 

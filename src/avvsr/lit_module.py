@@ -40,7 +40,7 @@ def charbonnier_loss(pred: Tensor, target: Tensor, eps: float) -> Tensor:
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """Learning-rate factor for step ``s``: linear warm-up to 1, then cosine decay to ``min_ratio``."""
+    """Learning-rate factor of a step: linear warm-up to 1, then cosine decay to ``min_ratio``."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -95,7 +95,9 @@ class AVVSRLitModule(LightningModule):
             raise ValueError(f"model.scale={scale} but the backbone upsamples by {backbone.scale}")
         unknown = set(audio_controls) - set(AUDIO_CONTROLS)
         if unknown:
-            raise ValueError(f"unknown audio controls {sorted(unknown)}; choose from {AUDIO_CONTROLS}")
+            raise ValueError(
+                f"unknown audio controls {sorted(unknown)}; choose from {AUDIO_CONTROLS}"
+            )
         self.net = AVVSRNet(backbone, audio_encoder, fusion)
         self.optimizer_factory = optimizer
         self.lr = lr
@@ -125,7 +127,9 @@ class AVVSRLitModule(LightningModule):
             metrics[f"psnr{suffix}"] = VideoPSNR(**kwargs)
             metrics[f"ssim{suffix}"] = VideoSSIM(**kwargs)
         for region in ("inside", "outside"):
-            metrics[f"psnr_y_{region}"] = RegionPSNR(region=region, test_y_channel=True)
+            metrics[f"psnr_y_{region}"] = RegionPSNR(
+                region=region, crop_border=self.crop_border, test_y_channel=True
+            )
         if self.net.uses_audio:
             metrics["mask"] = MaskAgreement()
         return MetricCollection(metrics, compute_groups=False)
@@ -139,7 +143,9 @@ class AVVSRLitModule(LightningModule):
         audio = batch["audio"]
         if self.net.uses_audio and self.audio_dropout > 0:
             drop = torch.rand(audio.shape[0], device=audio.device) < self.audio_dropout
-            audio = torch.where(drop[:, None, None, None], torch.full_like(audio, SILENCE_LOG_MEL), audio)
+            audio = torch.where(
+                drop[:, None, None, None], torch.full_like(audio, SILENCE_LOG_MEL), audio
+            )
         out = self(batch["lq"], audio)
         loss = charbonnier_loss(out.sr, batch["gt"], self.loss_eps)
         self.log("train/loss", loss, prog_bar=True, batch_size=audio.shape[0])
@@ -214,26 +220,33 @@ class AVVSRLitModule(LightningModule):
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         flow = {id(p) for p in self.net.backbone.flow_parameters()}
-        groups = [{
-            "params": [p for p in self.net.parameters() if id(p) not in flow],
-            "lr": self.lr,
-            "name": "main",
-        }]
+        groups = [
+            {
+                "params": [p for p in self.net.parameters() if id(p) not in flow],
+                "lr": self.lr,
+                "name": "main",
+            }
+        ]
         base_lr_factor = warmup_cosine(
             self.warmup_steps, int(self.trainer.estimated_stepping_batches), self.min_lr_ratio
         )
         factors = [base_lr_factor]
         if flow:
-            groups.append({
-                "params": [p for p in self.net.parameters() if id(p) in flow],
-                "lr": self.lr * self.flow_lr_ratio,
-                "name": "flow",
-            })
+            groups.append(
+                {
+                    "params": [p for p in self.net.parameters() if id(p) in flow],
+                    "lr": self.lr * self.flow_lr_ratio,
+                    "name": "flow",
+                }
+            )
             freeze = self.flow_freeze_steps
             factors.append(lambda step: 0.0 if step < freeze else base_lr_factor(step))
         optimizer = self.optimizer_factory(params=groups, lr=self.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factors)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -50,11 +50,17 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
     runs = []
     for path in sorted(Path(sweep_dir).rglob("metrics.json")):
         record = json.loads(path.read_text())
-        runs.append(Run(
-            backbone=record["backbone"], fusion=record["fusion"], seed=record["seed"],
-            metrics=record["metrics"], path=path.parent, wall_time_s=record.get("wall_time_s", 0.0),
-            best_checkpoint=record.get("best_checkpoint", ""),
-        ))
+        runs.append(
+            Run(
+                backbone=record["backbone"],
+                fusion=record["fusion"],
+                seed=record["seed"],
+                metrics=record["metrics"],
+                path=path.parent,
+                wall_time_s=record.get("wall_time_s", 0.0),
+                best_checkpoint=record.get("best_checkpoint", ""),
+            )
+        )
     return runs
 
 
@@ -92,16 +98,21 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
 
 
 def cell(runs: list[Run], key: str) -> Cell:
-    return Cell([r.metrics[key] for r in runs if key in r.metrics and math.isfinite(r.metrics[key])])
+    return Cell(
+        [r.metrics[key] for r in runs if key in r.metrics and math.isfinite(r.metrics[key])]
+    )
 
 
 def paired_gain(runs: list[Run], baseline: list[Run], key: str) -> Cell:
     """Per-seed difference ``run - baseline`` of ``key`` (same seed = same data order)."""
     base = {r.seed: r.metrics.get(key) for r in baseline}
-    return Cell([
-        r.metrics[key] - base[r.seed] for r in runs
-        if key in r.metrics and base.get(r.seed) is not None
-    ])
+    return Cell(
+        [
+            r.metrics[key] - base[r.seed]
+            for r in runs
+            if key in r.metrics and base.get(r.seed) is not None
+        ]
+    )
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -116,13 +127,20 @@ def main_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], list
     rows = []
     for (backbone, fusion), runs in groups.items():
         params = cell(runs, "test/params")
-        row = [backbone, fusion, str(len(runs)),
-               f"{params.mean / 1e6:.3f}M" if params.values else "–",
-               cell(runs, "test/ms_per_frame").format(1)]
+        row = [
+            backbone,
+            fusion,
+            str(len(runs)),
+            f"{params.mean / 1e6:.3f}M" if params.values else "–",
+            cell(runs, "test/ms_per_frame").format(1),
+        ]
         row += [cell(runs, key).format(decimals) for _, key, decimals in MAIN_COLUMNS]
         baseline = groups.get((backbone, "none"))
-        gain = (paired_gain(runs, baseline, "test/true/psnr_y_inside")
-                if baseline and fusion != "none" else Cell([]))
+        gain = (
+            paired_gain(runs, baseline, "test/true/psnr_y_inside")
+            if baseline and fusion != "none"
+            else Cell([])
+        )
         row.append(gain.format(2))
         rows.append(row)
     return header, rows
@@ -158,24 +176,46 @@ def long_csv(groups: dict[tuple[str, str], list[Run]]) -> str:
         for key in keys:
             c = cell(runs, key)
             if c.values:
-                writer.writerow([backbone, fusion, key, f"{c.mean:.6g}", f"{c.std:.6g}", len(c.values),
-                                 " ".join(f"{v:.6g}" for v in c.values)])
+                writer.writerow(
+                    [
+                        backbone,
+                        fusion,
+                        key,
+                        f"{c.mean:.6g}",
+                        f"{c.std:.6g}",
+                        len(c.values),
+                        " ".join(f"{v:.6g}" for v in c.values),
+                    ]
+                )
     return out.getvalue()
 
 
 def latex_table(header: list[str], rows: list[list[str]]) -> str:
     def escape(text: str) -> str:
-        return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("_", r"\_").replace("@", "@")
+        return (
+            text.replace("±", r"$\pm$")
+            .replace("Δ", r"$\Delta$")
+            .replace("_", r"\_")
+            .replace("@", "@")
+        )
 
-    lines = [r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}", r"\toprule",
-             " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}",
+        r"\toprule",
+        " & ".join(escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(escape(c) for c in row) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
 
 def write_report(
-    sweep_dir: str | Path, out_dir: str | Path, *, title: str, preamble: str = "",
+    sweep_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    title: str,
+    preamble: str = "",
     figure: str | None = None,
 ) -> Path:
     """Aggregate the runs under ``sweep_dir`` into ``out_dir/results.{md,csv,tex}``."""
@@ -187,20 +227,33 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     main_header, main = main_rows(groups)
     ctrl_header, controls = control_rows(groups)
-    parts = [f"# {title}", "", preamble.strip(), "",
-             "## Results (test split, true audio)", "",
-             "Mean ± sample standard deviation over seeds. PSNR in dB on the Y channel "
-             "(ITU-R BT.601); 'in source' / 'outside' = inside / outside the sound-source mask; "
-             "mask AUC / IoU score the finest MS-AVF attention mask against that mask; "
-             "Δ = paired (same seed) difference to the same backbone without fusion; "
-             "ms/frame = CPU forward time per output frame during the test.", "",
-             markdown_table(main_header, main), ""]
+    parts = [
+        f"# {title}",
+        "",
+        preamble.strip(),
+        "",
+        "## Results (test split, true audio)",
+        "",
+        "Mean ± sample standard deviation over seeds. PSNR in dB on the Y channel "
+        "(ITU-R BT.601); 'in source' / 'outside' = inside / outside the sound-source mask; "
+        "mask AUC / IoU score the finest MS-AVF attention mask against that mask; "
+        "Δ = paired (same seed) difference to the same backbone without fusion; "
+        "ms/frame = CPU forward time per output frame during the test.",
+        "",
+        markdown_table(main_header, main),
+        "",
+    ]
     if controls:
-        parts += ["## Audio controls", "",
-                  "The same checkpoints tested with their own audio (true), another clip's "
-                  "audio (shuffled, fixed permutation) and silence. A real audio gain "
-                  "disappears under both controls.", "",
-                  markdown_table(ctrl_header, controls), ""]
+        parts += [
+            "## Audio controls",
+            "",
+            "The same checkpoints tested with their own audio (true), another clip's "
+            "audio (shuffled, fixed permutation) and silence. A real audio gain "
+            "disappears under both controls.",
+            "",
+            markdown_table(ctrl_header, controls),
+            "",
+        ]
     if figure:
         parts += ["## Attention masks", "", f"![attention masks]({figure})", ""]
     write_atomic(out_dir / "results.md", "\n".join(parts))

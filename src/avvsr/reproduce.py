@@ -38,15 +38,27 @@ def hardware() -> str:
     return text + (f", GPUs: {', '.join(gpus)}" if gpus else ", no GPU")
 
 
-def ensure_synthetic_data(root: Path) -> None:
-    from avvsr.data.synthetic import SynthConfig, generate_dataset
+def display_path(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
-    generate_dataset(root, SynthConfig())
+
+def ensure_synthetic_data(root: Path) -> None:
+    from avvsr.data.synthetic import SynthConfig, generate
+
+    generate(SynthConfig(), root)
 
 
 def run_sweep(study: str, profile: str, sweep_dir: Path, extra: list[str]) -> list[str]:
-    command = [sys.executable, "-m", "avvsr.train", "-m", f"experiment={study}", f"sweep={profile}",
-               f"hydra.sweep.dir={sweep_dir}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "avvsr.train",
+        "-m",
+        f"experiment={study}",
+        f"sweep={profile}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
     print("+", shlex.join(command), flush=True)
     subprocess.run(command, check=True)
     return command
@@ -69,7 +81,7 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
             if best is None or run.fusion > best.fusion:
                 chosen[run.backbone] = run
     rows = []
-    for backbone, run in sorted(chosen.items()):
+    for _, run in sorted(chosen.items()):
         config = OmegaConf.load(run.path / ".hydra" / "config.yaml")
         config.data.num_workers = 0
         datamodule = hydra.utils.instantiate(config.data)
@@ -80,10 +92,15 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
             out = model(batch["lq"], batch["audio"])
         t = batch["lq"].shape[1] // 2
         for clip in range(min(clips, batch["lq"].shape[0])):
-            rows.append(sample_panel(
-                batch["lq"][clip, t], out.sr[clip, t], batch["gt"][clip, t],
-                [m[clip, t] for m in out.masks], batch["mask"][clip, t] if "mask" in batch else None,
-            ))
+            rows.append(
+                sample_panel(
+                    batch["lq"][clip, t],
+                    out.sr[clip, t],
+                    batch["gt"][clip, t],
+                    [m[clip, t] for m in out.masks],
+                    batch["mask"][clip, t] if "mask" in batch else None,
+                )
+            )
     if not rows:
         return False
     width = max(r.shape[-1] for r in rows)
@@ -93,11 +110,15 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="cpu", choices=["cpu", "quick", "paper"])
     parser.add_argument("--study", default="av_ablation")
     parser.add_argument("--data-root", default="data/synth_av")
-    parser.add_argument("--report-only", metavar="SWEEP_DIR", help="only aggregate an existing sweep")
+    parser.add_argument(
+        "--report-only", metavar="SWEEP_DIR", help="only aggregate an existing sweep"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
 
@@ -114,23 +135,30 @@ def main(argv: list[str] | None = None) -> None:
         command = shlex.join(run_sweep(args.study, args.profile, sweep_dir, args.overrides))
     wall_min = (time.time() - started) / 60
     runs = load_runs(sweep_dir)
-    figure = "attention_masks.png" if attention_figure(runs, out_dir / "attention_masks.png") else None
+    figure = (
+        "attention_masks.png" if attention_figure(runs, out_dir / "attention_masks.png") else None
+    )
     preamble = f"""
 Study `{args.study}`, profile `{args.profile}`, {len(runs)} runs. Produced by
-`make reproduce-table{'' if args.profile == 'cpu' else f' PROFILE={args.profile}'}`, which ran
+`make reproduce-table{"" if args.profile == "cpu" else f" PROFILE={args.profile}"}`, which ran
 
     {command}
 
 on {hardware()}; wall time {wall_min:.1f} min (data generation, training, testing),
-finished {datetime.now():%Y-%m-%d %H:%M}. Runs: `{sweep_dir.relative_to(ROOT) if sweep_dir.is_relative_to(ROOT) else sweep_dir}`.
+finished {datetime.now():%Y-%m-%d %H:%M}. Runs: `{display_path(sweep_dir)}`.
 
 **Controlled testbed.** Unless the profile says otherwise, the data is the synthetic
 audio-visual benchmark (`avvsr-synth`), whose sounding objects carry a texture that only the
 audio identifies. It tests whether the models can use audio; it is not a substitute for real
 audio-visual video.
 """
-    path = write_report(sweep_dir, out_dir, title=f"{args.study}: results ({args.profile} profile)",
-                        preamble=preamble, figure=figure)
+    path = write_report(
+        sweep_dir,
+        out_dir,
+        title=f"{args.study}: results ({args.profile} profile)",
+        preamble=preamble,
+        figure=figure,
+    )
     print(f"wrote {path}")
 
 

@@ -45,5 +45,9 @@ class SweepProgress(Callback):
         eta = f"{elapsed / done * (self.total - done) / 60:.1f} min" if done else "unknown"
         log.info(
             "run %d/%d (%s) | elapsed %.1f min | ETA %s",
-            done + 1, self.total, config.hydra.job.override_dirname, elapsed / 60, eta,
+            done + 1,
+            self.total,
+            config.hydra.job.override_dirname,
+            elapsed / 60,
+            eta,
         )

@@ -96,17 +96,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
-        write_json_atomic(output_dir / "metrics.json", {
-            "experiment": cfg.experiment_name,
-            "run_name": cfg.run_name,
-            "backbone": backbone_label(cfg),
-            "fusion": fusion_label(cfg.model.fusion),
-            "seed": int(cfg.seed),
-            "steps": int(trainer.global_step),
-            "best_checkpoint": best,
-            "wall_time_s": time.time() - started,
-            "metrics": metrics,
-        })
+        write_json_atomic(
+            output_dir / "metrics.json",
+            {
+                "experiment": cfg.experiment_name,
+                "run_name": cfg.run_name,
+                "backbone": backbone_label(cfg),
+                "fusion": fusion_label(cfg.model.fusion),
+                "seed": int(cfg.seed),
+                "steps": int(trainer.global_step),
+                "best_checkpoint": best,
+                "wall_time_s": time.time() - started,
+                "metrics": metrics,
+            },
+        )
     return metrics
 
 

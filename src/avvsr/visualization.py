@@ -22,7 +22,9 @@ def resize_nearest(image: Tensor, size: tuple[int, int]) -> Tensor:
 def overlay_mask(frame: Tensor, mask: Tensor, alpha: float = 0.6) -> Tensor:
     """Blend an attention mask ``(1, h, w)`` in [0, 1] as a red heat over a grey ``frame``
     ``(3, H, W)``; the mask is bilinearly upsampled to the frame."""
-    heat = F.interpolate(mask[None].float(), size=frame.shape[-2:], mode="bilinear", align_corners=False)[0]
+    heat = F.interpolate(
+        mask[None].float(), size=frame.shape[-2:], mode="bilinear", align_corners=False
+    )[0]
     grey = frame.mean(0, keepdim=True).expand_as(frame)
     colour = torch.tensor(MASK_COLOUR, dtype=frame.dtype, device=frame.device)[:, None, None]
     weight = alpha * heat.clamp(0, 1)
@@ -30,7 +32,7 @@ def overlay_mask(frame: Tensor, mask: Tensor, alpha: float = 0.6) -> Tensor:
 
 
 def draw_outline(image: Tensor, region: Tensor) -> Tensor:
-    """Paint the 1-pixel outline of a binary ``region`` ``(1, H, W)`` onto ``image`` ``(3, H, W)``."""
+    """Paint the 1-pixel outline of a binary ``region`` (1, H, W) onto ``image`` (3, H, W)."""
     inside = region.float()[None]
     eroded = -F.max_pool2d(-inside, kernel_size=3, stride=1, padding=1)
     edge = (inside - eroded)[0] > 0

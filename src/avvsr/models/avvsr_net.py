@@ -75,7 +75,9 @@ class AVVSRNet(nn.Module):
         if self.fusion is None:
             return AVVSROutput(sr=self.backbone(lq))
         if audio is None:
-            raise ValueError("this model fuses audio: pass log-mel `audio` (B, T, n_mels, n_frames)")
+            raise ValueError(
+                "this model fuses audio: pass log-mel `audio` (B, T, n_mels, n_frames)"
+            )
         embedding = self.audio_encoder(audio)  # (B, T, D)
         masks: list[Tensor] = []
 

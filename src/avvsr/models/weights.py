@@ -58,6 +58,9 @@ def load_partial(model: nn.Module, state: dict[str, Tensor], *, source: str = ""
     missing = sorted(set(own) - set(matched))
     log.info(
         "loaded %d tensors from %s; %d model tensors kept their values; %d file tensors unused",
-        len(matched), source or "a state dict", len(missing), len(skipped),
+        len(matched),
+        source or "a state dict",
+        len(missing),
+        len(skipped),
     )
     return missing
