@@ -145,10 +145,10 @@ def train_fusion_model(model_config: dict) -> torch.nn.Module:
     return net.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+def tiny_checkpoint_files(tmp_path_factory) -> dict[str, Path]:
     """``{"msavf": trained fusion model, "none": untrained model without fusion}`` checkpoints,
-    built once per session (kept on disk, so other test files reuse them)."""
+    built once per session and kept under pytest's base temporary folder (every test file that
+    needs them calls this)."""
     import hydra
 
     folder = tmp_path_factory.getbasetemp() / "tiny_checkpoints"
@@ -163,6 +163,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(0)
         save_checkpoint(paths["none"], hydra.utils.instantiate(config).net, config)
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    return tiny_checkpoint_files(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
