@@ -18,6 +18,7 @@ file raises :class:`~avvsr.errors.DatasetError` naming the source and every reas
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -266,16 +267,36 @@ class ClipDataset(Dataset):
             return self.log_mel(torch.from_numpy(windows))
 
     def _first_usable(self, candidates: Iterable[int], load: Callable[[int], dict]) -> dict:
-        """``load`` the first candidate clip that does not fail; report those that do."""
-        for index in candidates:
-            if index in self._failed:
-                continue
-            try:
-                return load(index)
-            except MediaError as error:
-                self._failed.add(index)
-                self.bad_files.report(error)
+        """``load`` the first candidate clip that does not fail; report those that do.
+
+        Runs with one torch thread: the tensors of one clip are too small to share out, and
+        on a busy machine several threads spinning over them made loading 10x slower (as
+        DataLoader workers do, which torch already limits to one thread).
+        """
+        with _one_torch_thread():
+            for index in candidates:
+                if index in self._failed:
+                    continue
+                try:
+                    return load(index)
+                except MediaError as error:
+                    self._failed.add(index)
+                    self.bad_files.report(error)
         raise DatasetError(f"{self.source_name}: no clip could be loaded")
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Limit torch to one intra-op thread inside the block; restore the setting after."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def frame_range(
@@ -457,7 +478,8 @@ def _derangement(n: int, seed: int) -> list[int]:
 
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch; clips of different shapes get a clear error."""
+    """Stack items into a batch (one torch thread, as loading); clips of different shapes
+    get a clear error."""
     from torch.utils.data import default_collate
 
     shapes = {tuple(item["gt"].shape) for item in items}
@@ -467,4 +489,5 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             f"clips {keys} have different shapes {sorted(shapes)} (T, C, H, W) and cannot "
             "share a batch; use an evaluation batch size of 1 for videos of mixed sizes"
         )
-    return default_collate(list(items))
+    with _one_torch_thread():
+        return default_collate(list(items))

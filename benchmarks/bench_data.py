@@ -1,0 +1,220 @@
+"""``make bench-data``: how fast the data pipeline is, measured on this machine.
+
+Prints, all measured here:
+
+1. decode speed (frames/s) of decord and of PyAV, one thread each, on the default synthetic
+   set (generated into ``data/synth_av`` if absent) and on a 1280x720 H.264 clip made here;
+2. content hashing speed (MB/s), the price of the decode cache's keys;
+3. DataModule throughput (training clips/s) cold (empty cache: decoding) and warm (cache),
+   and their ratio;
+4. the loader with 2 workers delivering tiny-model training batches (s/batch) against one
+   training step of the tiny BasicVSR (``conf/model/backbone/basicvsr_tiny.yaml``) with one
+   and with two torch threads, the ratio, and the step time when the loader feeds it.
+
+Usage: ``python benchmarks/bench_data.py [--data-root data/synth_av] [--steps 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(function: Callable[[], object]) -> float:
+    """Seconds ``function()`` takes."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def synthetic_set(root: Path) -> Path:
+    """The default synthetic set at ``root``, generated first if absent."""
+    from avvsr.data.synthetic import SynthConfig, generate
+
+    if not (root / "manifest.json").is_file():
+        print(f"generating the default synthetic set into {root} ...", flush=True)
+        print(f"  took {timed(lambda: generate(SynthConfig(), root)):.1f} s")
+    return root
+
+
+def hd_clip(folder: Path, num_frames: int = 60) -> Path:
+    """A 1280x720 H.264 clip (moving waves and grain, 30 fps) with a tone (avvsr.data.io)."""
+    from avvsr.data.io import write_video
+
+    rows, cols = np.mgrid[0:720, 0:1280].astype(np.float32)
+    grain = np.random.default_rng(0).normal(0.0, 12.0, (720 + 4 * num_frames, 1280, 3))
+    frames = np.empty((num_frames, 720, 1280, 3), dtype=np.uint8)
+    for index in range(num_frames):
+        shift = 4.0 * index
+        wave = np.sin((cols + shift) / 23.0) * np.cos((rows - shift) / 17.0)
+        moving_grain = grain[4 * index : 4 * index + 720]  # scrolls 4 px a frame
+        frames[index] = np.clip(127 + 90 * wave[..., None] + moving_grain, 0, 255)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(num_frames * 16000 // 30) / 16000)
+    return write_video(folder / "hd.mp4", frames, 30.0, tone.astype(np.float32), 16000)
+
+
+def decord_frames(path: Path) -> int:
+    import decord
+
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    return len(reader.get_batch(list(range(len(reader)))).asnumpy())
+
+
+def pyav_frames(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        count = 0
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="rgb24")
+            count += 1
+        return count
+
+
+def decode_rate(decoder: Callable[[Path], int], paths: list[Path]) -> float:
+    """Frames per second decoding every file of ``paths`` to RGB arrays."""
+    decoder(paths[0])  # warm-up: libraries loaded, file in the page cache
+    start = time.perf_counter()
+    frames = sum(decoder(path) for path in paths)
+    return frames / (time.perf_counter() - start)
+
+
+def hash_rate(paths: list[Path]) -> float:
+    """MB/s of SHA-256 over the files (the cache key), bypassing the per-process memo."""
+    import hashlib
+
+    start = time.perf_counter()
+    size = 0
+    for path in paths:
+        with open(path, "rb") as file:
+            hashlib.file_digest(file, "sha256")
+        size += path.stat().st_size
+    return size / 1e6 / (time.perf_counter() - start)
+
+
+def data_module(root: Path, cache_dir: Path, **options):
+    from avvsr.data.datamodule import AVVSRDataModule
+    from avvsr.data.sources import SyntheticSource
+
+    return AVVSRDataModule(SyntheticSource(root, "train"), scale=4, cache_dir=cache_dir,
+                           **options)
+
+
+def epoch_throughput(root: Path, cache_dir: Path) -> tuple[float, float, int]:
+    """(setup s, first-epoch s, clips) of a DataModule on ``cache_dir``, no workers."""
+    module = data_module(root, cache_dir, num_workers=0)
+    setup_s = timed(lambda: module.setup("fit"))
+    epoch_s = timed(lambda: sum(1 for _ in module.train_dataloader()))
+    return setup_s, epoch_s, len(module.datasets["train"])
+
+
+def tiny_backbone():
+    """The tiny BasicVSR of ``conf/model/backbone/basicvsr_tiny.yaml`` at scale 4."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.merge(
+        {"model": {"scale": 4}},
+        {"backbone": OmegaConf.load(REPO / "conf/model/backbone/basicvsr_tiny.yaml")},
+    )
+    return instantiate(config.backbone)
+
+
+def train_step_factory() -> Callable[[dict], None]:
+    """One optimisation step of the tiny BasicVSR (Charbonnier loss, Adam) on a batch."""
+    import torch
+
+    model = tiny_backbone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+
+    def step(batch: dict) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.sqrt((model(batch["lq"]) - batch["gt"]) ** 2 + 1e-6).mean()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def cycle(loader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", type=Path, default=REPO / "data" / "synth_av")
+    parser.add_argument("--steps", type=int, default=10, help="batches and training steps timed")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.manual_seed(0)
+    root = synthetic_set(args.data_root)
+    from avvsr.data.synthetic import load_manifest
+
+    manifest = load_manifest(root)
+    videos = [root / entry.video for split in manifest.splits.values() for entry in split]
+    print(f"synthetic set: {root} ({len(videos)} videos, "
+          f"{manifest.params['width']}x{manifest.params['height']}, "
+          f"{manifest.params['num_frames']} frames each)")
+    print(f"torch threads: {torch.get_num_threads()}")
+
+    with tempfile.TemporaryDirectory(prefix="avvsr-bench-") as scratch:
+        scratch = Path(scratch)
+        print("\n1. decode speed (RGB frames/s, one decoder thread)")
+        hd = hd_clip(scratch)
+        for name, paths in ((f"synthetic set ({len(videos)} files)", videos),
+                            ("1280x720 clip (60 frames)", [hd])):
+            print(f"  {name}: decord {decode_rate(decord_frames, paths):8.1f}   "
+                  f"PyAV {decode_rate(pyav_frames, paths):8.1f}")
+
+        print("\n2. cache key: SHA-256 of the file bytes")
+        size_mb = sum(p.stat().st_size for p in videos) / 1e6
+        print(f"  synthetic set ({size_mb:.1f} MB): {hash_rate(videos):.0f} MB/s; "
+              f"1280x720 clip ({hd.stat().st_size / 1e6:.1f} MB): {hash_rate([hd]):.0f} MB/s")
+
+        print("\n3. DataModule throughput, train split, batch 4, no workers")
+        cache_dir = scratch / "cache"
+        cold_setup, cold_epoch, clips = epoch_throughput(root, cache_dir)
+        warm_setup, warm_epoch, _ = epoch_throughput(root, cache_dir)
+        cold = clips / (cold_setup + cold_epoch)
+        warm = clips / (warm_setup + warm_epoch)
+        print(f"  cold (decode into an empty cache): setup {cold_setup:.2f} s + epoch "
+              f"{cold_epoch:.2f} s for {clips} clips = {cold:.1f} clips/s")
+        print(f"  warm (read the cache):             setup {warm_setup:.2f} s + epoch "
+              f"{warm_epoch:.2f} s for {clips} clips = {warm:.1f} clips/s")
+        print(f"  warm / cold = {warm / cold:.1f}x (target >= 10x)")
+
+        print(f"\n4. loader (2 workers) vs a tiny BasicVSR training step, {args.steps} batches")
+        module = data_module(root, cache_dir, num_workers=2, persistent_workers=True)
+        module.setup("fit")
+        batches = cycle(module.train_dataloader())
+        next(batches)  # workers started
+        start = time.perf_counter()
+        held = [next(batches) for _ in range(args.steps)]
+        loader_s = (time.perf_counter() - start) / args.steps
+        print(f"  loader alone: {loader_s * 1000:.1f} ms/batch "
+              f"(lq {tuple(held[0]['lq'].shape)}, gt {tuple(held[0]['gt'].shape)})")
+        step = train_step_factory()
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            step(held[0])  # warm-up
+            step_s = timed(lambda: [step(batch) for batch in held]) / args.steps
+            fed_s = timed(lambda: [step(next(batches)) for _ in range(args.steps)]) / args.steps
+            print(f"  torch threads {threads}: training step {step_s * 1000:.1f} ms "
+                  f"(batches in memory) = {step_s / loader_s:.1f}x the loader's time per "
+                  f"batch; fed by the loader {fed_s * 1000:.1f} ms/step "
+                  f"({fed_s / step_s:.2f}x)")
+
+if __name__ == "__main__":
+    main()
