@@ -210,11 +210,11 @@ class ClipDataset(Dataset):
             )
         if record.labels is not None:
             labels = _load_labels(record.labels)
-            if labels.shape != video.frames.shape[:3]:
+            if labels.dtype != np.uint8 or labels.shape != video.frames.shape[:3]:
                 raise MediaError(
                     record.labels,
-                    f"label maps {labels.shape} do not match the video's frames "
-                    f"{video.frames.shape[:3]} ({record.path})",
+                    f"label maps must be uint8 {video.frames.shape[:3]} like the video's "
+                    f"frames ({record.path}), got {labels.dtype} {labels.shape}",
                 )
         return UsableClip(
             record, video.key, first, stop, video.height, video.width, video.audio is not None
