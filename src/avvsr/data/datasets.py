@@ -86,7 +86,8 @@ class UsableClip:
     """A record that decoded and passed the data set's checks.
 
     ``cache_key`` names its decode-cache entry; frames ``first .. stop - 1`` lie in the
-    record's event window (all frames without one).
+    record's event window (all frames without one); ``height`` x ``width`` is the frame
+    size in pixels.
     """
 
     record: ClipRecord
@@ -95,7 +96,6 @@ class UsableClip:
     stop: int
     height: int
     width: int
-    has_audio: bool
 
 
 class SampleRequest(NamedTuple):
@@ -216,9 +216,7 @@ class ClipDataset(Dataset):
                     f"label maps must be uint8 {video.frames.shape[:3]} like the video's "
                     f"frames ({record.path}), got {labels.dtype} {labels.shape}",
                 )
-        return UsableClip(
-            record, video.key, first, stop, video.height, video.width, video.audio is not None
-        )
+        return UsableClip(record, video.key, first, stop, video.height, video.width)
 
     # ------------------------------------------------------------ loading
     def _video(self, clip: UsableClip) -> DecodedVideo:
