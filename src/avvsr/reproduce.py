@@ -7,7 +7,7 @@
    of the MS-AVF runs on test clips.
 
 Profiles: ``cpu`` (the full grid on this machine's CPUs), ``quick`` (a smaller grid),
-``paper`` (paper-size models on GPUs; pass the data, e.g. ``data=ave data.root=...``).
+``paper`` (paper-size models on GPUs; pass the data, e.g. ``data=ave data.train.root=...``).
 """
 
 from __future__ import annotations
