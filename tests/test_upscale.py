@@ -28,7 +28,17 @@ from avvsr.inference import (
     upscale_video,
     window_starts,
 )
-from media import tone, write_garbage, write_test_video, write_vfr_video, write_video_without_audio
+from media import (
+    frame_level,
+    moving_pattern,
+    onset,
+    tone,
+    write_av,
+    write_garbage,
+    write_test_video,
+    write_vfr_video,
+    write_video_without_audio,
+)
 
 FPS = 25.0
 TRAIN_STEPS = 60
@@ -259,6 +269,32 @@ def test_audio_features_of_a_chunk_are_those_of_its_frames(fusion_model, tmp_pat
     assert not torch.equal(everything[0], everything[15])
 
 
+def test_each_window_gets_the_audio_of_its_frames(fusion_model, tmp_path, monkeypatch):
+    from avvsr.inference import frame_audio_for
+
+    num_frames = 20
+    source = write_av(tmp_path / "in.mp4", moving_pattern(num_frames, 16, 24), fps=FPS,
+                      audio=onset(0.3, num_frames / FPS))  # silence, then a tone
+    info = probe_video(source)
+    everything = frame_audio_for(fusion_model, source, True, info.timestamps_s, False).features(
+        0, num_frames
+    )
+    levels = torch.tensor([frame_level(i) for i in range(num_frames)], dtype=torch.float32)
+    forward, seen = fusion_model.net.forward, set()
+
+    def check_audio(lq, audio):
+        # Which frames these are, from each frame's background grey level (media.frame_level).
+        frames = (lq[0, :, :, 0, 0].mean(1)[:, None] * 255 - levels).abs().argmin(1)
+        torch.testing.assert_close(audio[0], everything[frames])
+        seen.update(frames.tolist())
+        return forward(lq, audio)
+
+    monkeypatch.setattr(fusion_model.net, "forward", check_audio)
+    upscale_video(source, tmp_path / "out.mp4", fusion_model, FAST, progress=False)
+    assert seen == set(range(num_frames))
+    assert not torch.equal(everything[0], everything[-1])  # the audio does change over time
+
+
 # --------------------------------------------------------------------------------------------
 # Whole files
 
@@ -318,11 +354,11 @@ def test_plain_model_upscales_video_without_audio(plain_model, tmp_path):
     assert (out.num_frames, out.width, out.height) == (20, 4 * 24, 4 * 16)
 
 
-def test_odd_frame_size_gives_scale_times_input_size(plain_model, tmp_path):
+def test_odd_frame_size_gives_scale_times_input_size(fusion_model, tmp_path):
     source = write_test_video(
         tmp_path / "odd.mkv", num_frames=12, height=13, width=19, pix_fmt="yuv444p"
     )
-    report = upscale_video(source, tmp_path / "out.mkv", plain_model, FAST, progress=False)
+    report = upscale_video(source, tmp_path / "out.mkv", fusion_model, FAST, progress=False)
     out = probe_video(report.path)
     assert (out.width, out.height) == (4 * 19, 4 * 13)
     assert out.num_frames == 12

@@ -21,16 +21,15 @@ sequence costs the frames near a cut the context beyond it. That context's influ
 a few frames (each step warps and refines the state), so a frame more than a few frames from a
 cut is almost unaffected. With an overlap of 8 the cross-fade gives the frames nearest a cut
 little weight, and a window of 32 frames keeps the share of frames near a cut small; both are
-measured by ``tests/test_upscale.py`` (chunked vs whole-sequence PSNR). Sliding-window backbones
-(EDVR) only need the overlap to exceed half their temporal window.
+measured by ``tests/test_upscale.py`` (chunked vs whole-sequence PSNR). A sliding-window
+backbone (EDVR, window ``2r + 1``) sees reflected neighbours only within ``r`` frames of a cut,
+and the cross-fade gives those frames little weight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import math
 import os
 import time
 import uuid
@@ -46,14 +45,9 @@ from torch import Tensor
 
 from avvsr.errors import AVVSRError, MissingAudioError, WeightsError
 
-log = logging.getLogger(__name__)
-
 DEFAULT_CHUNK = 32
 DEFAULT_OVERLAP = 8
 DEFAULT_TILE_OVERLAP = 16
-# LR frames (or tiles) are padded to a multiple of this before the network: EDVR's pyramid
-# halves the LR size twice, and the other backbones take any size.
-SIZE_MULTIPLE = 4
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_SUFFIX = ".safetensors"
 EXPORT_FORMAT = "avvsr-net/1"
@@ -355,6 +349,12 @@ class InferenceSettings:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(f"not a torch device: {self.device!r} ({error})") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here")
 
 
 @dataclass
@@ -394,29 +394,18 @@ class ChunkedUpscaler:
 
     @torch.inference_mode()
     def forward(self, lq: Tensor, audio: Tensor | None):
-        """One clip through the network, padded to :data:`SIZE_MULTIPLE` and cropped back.
+        """One clip through the network: ``lq`` (T, 3, h, w) in [0, 1], ``audio``
+        (T, n_mels, n_frames) or None -> :class:`~avvsr.models.avvsr_net.AVVSROutput` with
+        ``sr`` (1, T, 3, s*h, s*w) and masks ``(1, T, 1, h_s, w_s)``, float32 on the CPU.
 
-        ``lq`` (T, 3, h, w) in [0, 1], ``audio`` (T, n_mels, n_frames) or None ->
-        :class:`~avvsr.models.avvsr_net.AVVSROutput` with ``sr`` (1, T, 3, s*h, s*w) float32
-        on the CPU and masks ``(1, T, 1, h_s, w_s)`` cropped to the unpadded frame.
+        Any frame size works: backbones that need a multiple (EDVR's pyramid) pad and crop
+        inside, and MS-AVF's pyramid rounds odd sizes up.
         """
-        from avvsr.models.backbones.blocks import pad_to_multiple
-
-        height, width = lq.shape[-2:]
-        padded = pad_to_multiple(lq.to(self.device), SIZE_MULTIPLE)
         batch_audio = audio[None].to(self.device) if audio is not None else None
         with self._autocast():
-            out = self.net(padded[None], batch_audio)
-        out.sr = out.sr[..., : self.scale * height, : self.scale * width].float().cpu()
-        padded_height, padded_width = padded.shape[-2:]
-        out.masks = [
-            mask[
-                ...,
-                : math.ceil(height * mask.shape[-2] / padded_height),
-                : math.ceil(width * mask.shape[-1] / padded_width),
-            ].float().cpu()
-            for mask in out.masks
-        ]
+            out = self.net(lq[None].to(self.device), batch_audio)
+        out.sr = out.sr.float().cpu()
+        out.masks = [mask.float().cpu() for mask in out.masks]
         return out
 
     def upscale_window(self, lq: Tensor, audio: Tensor | None) -> Tensor:
