@@ -21,9 +21,8 @@ from avvsr.models.backbones.blocks import (
     PixelShuffleHead,
     SPyNet,
     apply_feature_hook,
-    flow_warp,
     leaky_relu,
-    propagation_order,
+    recurrent_branch,
 )
 
 
@@ -73,13 +72,11 @@ class BasicVSR(VSRBackbone):
 
     def _propagate(self, lq: Tensor, flows: Tensor, trunk: nn.Module, reverse: bool) -> Tensor:
         """One recurrent branch over ``lq`` (B, T, 3, h, w) -> features (B, T, C, h, w)."""
-        batch, num_frames, _, height, width = lq.shape
-        frames, step_flows = propagation_order(num_frames, flows, reverse)
-        state = lq.new_zeros(batch, self.fusion_channels, height, width)
-        outputs: list[Tensor] = [state] * num_frames
-        for step, frame in enumerate(frames):
-            if step > 0:
-                state = flow_warp(state, step_flows[:, step - 1])
-            state = trunk(torch.cat([lq[:, frame], state], dim=1))
-            outputs[frame] = state
-        return torch.stack(outputs, dim=1)
+        batch, _, _, height, width = lq.shape
+        initial = lq.new_zeros(batch, self.fusion_channels, height, width)
+        return recurrent_branch(
+            flows,
+            reverse,
+            initial,
+            lambda frame, state: trunk(torch.cat([lq[:, frame], state], dim=1)),
+        )

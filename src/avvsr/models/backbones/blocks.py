@@ -2,7 +2,7 @@
 
 Residual blocks without batch norm, flow warping, the SPyNet optical-flow network, a modulated
 deformable convolution, the pixel-shuffle reconstruction head, and the small helpers every
-backbone needs (spatial padding, the fusion-point hook, recurrent propagation order).
+backbone needs (spatial padding, the fusion-point hook, recurrent propagation).
 
 Flows are ``(N, 2, h, w)`` in pixels, channel 0 the horizontal (x) and channel 1 the vertical
 (y) displacement; ``flow_warp(x, flow)`` samples ``x`` at ``p + flow(p)``.
@@ -201,6 +201,28 @@ def propagation_order(num_frames: int, flows: Tensor, reverse: bool) -> tuple[li
     if reverse:
         return frames[::-1], flows.flip(1)
     return frames, flows
+
+
+def recurrent_branch(
+    flows: Tensor, reverse: bool, initial: Tensor, update: Callable[[int, Tensor], Tensor]
+) -> Tensor:
+    """One first-order recurrent branch over the T = ``flows.shape[1] + 1`` frames.
+
+    Visits the frames in time order (or reversed); at each, the state (B, C, h, w) is warped
+    from the previously visited frame and ``update(frame, warped_state)`` gives the new state.
+    ``initial`` is the state before the first frame. Returns the states (B, T, C, h, w) in frame
+    order.
+    """
+    num_frames = flows.shape[1] + 1
+    frames, step_flows = propagation_order(num_frames, flows, reverse)
+    state = initial
+    outputs: list[Tensor] = [initial] * num_frames
+    for step, frame in enumerate(frames):
+        if step > 0:
+            state = flow_warp(state, step_flows[:, step - 1])
+        state = update(frame, state)
+        outputs[frame] = state
+    return torch.stack(outputs, dim=1)
 
 
 class ModulatedDeformConv2d(nn.Module):

@@ -188,6 +188,56 @@ class TSAFusion(nn.Module):
         return feat * torch.sigmoid(attn) * 2 + self.attn_add(attn)
 
 
+class WindowFusion(nn.Module):
+    """EDVR's front end: per-frame pyramid features, PCD alignment and TSA fusion of windows.
+
+    ``forward(lq (B, T, 3, h, w), targets)`` -> (B, K, C, h, w): the fused feature of each of
+    the K ``targets`` (frame indices; all T frames when None), from the window of
+    ``num_frames`` frames around it (reflected at the clip ends, see :func:`window_indices`).
+    """
+
+    def __init__(
+        self, num_feat: int, num_frames: int, deformable_groups: int, num_extract_blocks: int
+    ) -> None:
+        super().__init__()
+        if num_frames % 2 == 0:
+            raise ValueError(f"num_frames must be odd, got {num_frames}")
+        self.num_frames = num_frames
+        self.feat_extract = ConvResidualBlocks(3, num_feat, num_extract_blocks)
+        self.downsample = nn.ModuleList(
+            nn.Sequential(
+                conv3x3(num_feat, num_feat, stride=2),
+                leaky_relu_layer(),
+                conv3x3(num_feat, num_feat),
+                leaky_relu_layer(),
+            )
+            for _ in range(NUM_LEVELS - 1)
+        )
+        self.pcd_align = PCDAlignment(num_feat, deformable_groups)
+        self.tsa_fusion = TSAFusion(num_feat, num_frames)
+
+    def forward(self, lq: Tensor, targets: list[int] | None = None) -> Tensor:
+        batch, num_frames, _, height, width = lq.shape
+        targets = list(range(num_frames)) if targets is None else targets
+        padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
+        pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
+        for downsample in self.downsample:
+            pyramid.append(downsample(pyramid[-1]))
+
+        windows = window_indices(num_frames, self.num_frames)[targets].to(lq.device)  # (K, W)
+        neighbour, reference = [], []
+        for level in pyramid:
+            per_frame = level.unflatten(0, (batch, num_frames))  # (B, T, C, h_l, w_l)
+            gathered = per_frame[:, windows]  # (B, K, W, C, h_l, w_l)
+            neighbour.append(gathered.flatten(0, 2))
+            centres = per_frame[:, targets].unsqueeze(2)  # (B, K, 1, C, h_l, w_l)
+            reference.append(centres.expand_as(gathered).flatten(0, 2))
+        aligned = self.pcd_align(neighbour, reference)  # (B*K*W, C, h_pad, w_pad)
+        windowed = aligned.unflatten(0, (batch * len(targets), self.num_frames))
+        fused = self.tsa_fusion(windowed, centre=self.num_frames // 2)
+        return fused[..., :height, :width].unflatten(0, (batch, len(targets)))
+
+
 class EDVR(VSRBackbone):
     """EDVR for every frame of a clip. EDVR-M (defaults, scale 4) has 3.3M parameters; EDVR-L
     (``num_feat=128, num_reconstruct_blocks=40``) 20.6M.
@@ -213,23 +263,12 @@ class EDVR(VSRBackbone):
         hr_channels: int = 64,
     ) -> None:
         super().__init__()
-        if num_frames % 2 == 0:
-            raise ValueError(f"num_frames must be odd, got {num_frames}")
         self.scale = scale
         self.fusion_channels = num_feat
         self.num_frames = num_frames
-        self.feat_extract = ConvResidualBlocks(3, num_feat, num_extract_blocks)
-        self.downsample = nn.ModuleList(
-            nn.Sequential(
-                conv3x3(num_feat, num_feat, stride=2),
-                leaky_relu_layer(),
-                conv3x3(num_feat, num_feat),
-                leaky_relu_layer(),
-            )
-            for _ in range(NUM_LEVELS - 1)
+        self.window_fusion = WindowFusion(
+            num_feat, num_frames, deformable_groups, num_extract_blocks
         )
-        self.pcd_align = PCDAlignment(num_feat, deformable_groups)
-        self.tsa_fusion = TSAFusion(num_feat, num_frames)
         self.reconstruction = make_layer(
             lambda: ResidualBlockNoBN(num_feat), num_reconstruct_blocks
         )
@@ -237,24 +276,7 @@ class EDVR(VSRBackbone):
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
-        batch, num_frames, _, height, width = lq.shape
-        padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
-        pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
-        for downsample in self.downsample:
-            pyramid.append(downsample(pyramid[-1]))
-
-        windows = window_indices(num_frames, self.num_frames).to(lq.device)  # (T, W)
-        neighbour, reference = [], []
-        for level in pyramid:
-            per_frame = level.unflatten(0, (batch, num_frames))  # (B, T, C, h_l, w_l)
-            gathered = per_frame[:, windows]  # (B, T, W, C, h_l, w_l)
-            neighbour.append(gathered.flatten(0, 2))
-            reference.append(per_frame.unsqueeze(2).expand_as(gathered).flatten(0, 2))
-        aligned = self.pcd_align(neighbour, reference)  # (B*T*W, C, h_pad, w_pad)
-        fused = self.tsa_fusion(
-            aligned.unflatten(0, (batch * num_frames, self.num_frames)), centre=self.num_frames // 2
-        )
-        feat = fused[..., :height, :width].unflatten(0, (batch, num_frames))
-        feat = apply_feature_hook(feat, feature_hook).flatten(0, 1)
+        batch, num_frames = lq.shape[:2]
+        feat = apply_feature_hook(self.window_fusion(lq), feature_hook).flatten(0, 1)
         sr = self.head(self.reconstruction(feat), lq.flatten(0, 1))
         return sr.unflatten(0, (batch, num_frames))
