@@ -33,6 +33,7 @@ from media import (
     moving_pattern,
     onset,
     tone,
+    truncate_tail,
     write_av,
     write_garbage,
     write_test_video,
@@ -373,6 +374,13 @@ def test_variable_frame_rate_keeps_input_frame_times(fusion_model, tmp_path):
     out_times = probe_video(report.path).timestamps_s
     np.testing.assert_allclose(out_times, probe_video(source).timestamps_s, rtol=0, atol=tick)
     np.testing.assert_allclose(out_times, times, rtol=0, atol=tick + 1e-3)  # ms in the source
+
+
+def test_cut_off_file_upscales_what_remains(plain_model, tmp_path):
+    source = truncate_tail(write_test_video(tmp_path / "cut.mkv", height=16, width=24), 0.9)
+    report = upscale_video(source, tmp_path / "out.mkv", plain_model, FAST, progress=False)
+    assert probe_video(report.path).num_frames == probe_video(source).num_frames
+    assert audio_packets(report.path) == audio_packets(source)
 
 
 def test_unreadable_input_is_reported_and_nothing_written(tmp_path, tiny_checkpoints):

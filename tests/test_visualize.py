@@ -94,7 +94,7 @@ def test_manifest_clip_figure(checkpoints, synthetic_set, tmp_path, capsys):
 def test_labels_and_ids_give_the_manifest_figure(checkpoints, synthetic_set, tmp_path):
     entry = load_manifest(synthetic_set).splits["train"][0]
     sounding = [str(obj.id) for obj in entry.objects if obj.sounding]
-    common = ["--ckpt", str(checkpoints["msavf"]), "--degrade", "BI"]
+    common = ["--ckpt", str(checkpoints["msavf"]), "--degrade"]  # BI when no kind is named
     visualize_cli.main([*common, "--manifest", str(synthetic_set), "--key", "train/0000",
                         "--out", str(tmp_path / "a")])
     visualize_cli.main([*common, "--video", str(synthetic_set / entry.video),

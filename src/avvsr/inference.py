@@ -29,6 +29,7 @@ and the cross-fade gives those frames little weight.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -160,13 +161,17 @@ def _load_export(path: Path) -> tuple[torch.nn.Module, dict, dict | None]:
         raise WeightsError(path, f"not a readable safetensors file ({error})") from error
     if metadata.get("format") != EXPORT_FORMAT or "avvsr_model_config" not in metadata:
         raise WeightsError(path, "no avvsr model config in its metadata: not an avvsr-export file")
-    model_config = json.loads(metadata["avvsr_model_config"])
+    try:
+        model_config = json.loads(metadata["avvsr_model_config"])
+        features = json.loads(metadata.get("avvsr_audio_features", "null"))
+    except json.JSONDecodeError as error:
+        raise WeightsError(path, f"its metadata is not valid JSON ({error})") from error
     net = build_lit_module(path, model_config).net
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise WeightsError(path, f"the weights do not fit the model config ({error})") from error
-    return net, model_config, json.loads(metadata.get("avvsr_audio_features", "null"))
+    return net, model_config, features
 
 
 def build_lit_module(source: str | Path, model_config: dict):
@@ -200,7 +205,7 @@ def export_model(
     metadata = {
         "format": EXPORT_FORMAT,
         "avvsr_model_config": json.dumps(model.model_config),
-        "avvsr_audio_features": json.dumps(features.__dict__ if features else None),
+        "avvsr_audio_features": json.dumps(dataclasses.asdict(features) if features else None),
     }
     tensors = {key: value.contiguous() for key, value in model.net.state_dict().items()}
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -603,8 +608,13 @@ class UpscaledVideoWriter:
         import av
 
         while True:
-            packet = self._audio_next or next(self._audio_packets, None)
-            self._audio_next = None
+            packet, self._audio_next = self._audio_next, None
+            if packet is None:
+                try:
+                    packet = next(self._audio_packets, None)
+                except av.FFmpegError as error:  # a damaged end of the source file
+                    warnings.warn(f"{self._source.name}: audio ends early ({error})", stacklevel=2)
+                    packet = None
             if packet is None:
                 break
             if packet.dts is None:  # the demuxer's empty end-of-stream packet

@@ -9,7 +9,7 @@ source where it is known. Writes ``DIR/grid.png`` (a few frames, one row each) a
     avvsr-visualize --ckpt m.ckpt --video c.mp4 --labels c_labels.npy --sounding-ids 2 --out fig
     avvsr-visualize --ckpt m.ckpt --video lr_clip.mp4 --out fig   # the video itself is the LR
 
-With ``--degrade BI|BD`` the clip is HR ground truth and the LR input is made from it
+With ``--degrade [BI|BD]`` the clip is HR ground truth and the LR input is made from it
 (:func:`avvsr.data.degradations.degrade`); without it the clip is the LR input.
 Label maps (the synthetic set's ``*_labels.npy``: uint8 object id per pixel, ``(T, H, W)``) are
 at the clip's size.
@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sounding-ids", type=int, nargs="+", help="ids of the sounding objects in --labels")
     add("--manifest", type=Path, help="root of a synthetic set (with manifest.json)")
     add("--key", help="clip of the synthetic set, e.g. train/0000")
-    add("--degrade", choices=("BI", "BD"), help="the clip is HR: make the LR input this way")
+    add(
+        "--degrade", nargs="?", const="BI", choices=("BI", "BD"),
+        help="the clip is HR ground truth: make the LR input from it (BI, the default, or BD)",
+    )
     add("--start", type=int, default=0, help="first frame")
     add("--frames", type=int, default=32, help="frames to run (from --start)")
     add("--rows", type=int, default=4, help="frames shown in the grid")
