@@ -70,6 +70,16 @@ def build(name: str, scale: int = 4):
     return instantiate(config.model.backbone)
 
 
+def build_trained(name: str, scale: int = 4):
+    """A backbone whose zero-initialised layers (output conv, offset convs, SPyNet's flow
+    outputs) are nudged away from zero, as after training, so every path carries signal."""
+    model = build(name, scale)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    return model
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -125,7 +135,7 @@ def test_hook_is_called_once_on_all_frames_at_the_lr_size(name: str) -> None:
 
 @pytest.mark.parametrize("name", TINY)
 def test_identity_hook_leaves_the_output_unchanged(name: str) -> None:
-    model = build(name)
+    model = build_trained(name)
     lq = torch.rand(1, 3, 3, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(model(lq, feature_hook=lambda feat: feat), model(lq))
@@ -135,7 +145,7 @@ def test_identity_hook_leaves_the_output_unchanged(name: str) -> None:
 def test_hook_output_is_what_gets_reconstructed(name: str) -> None:
     """With the hook replacing the features by a fixed tensor, the output minus the bilinear LR
     base no longer depends on the input; zeroing the features changes the output."""
-    model = build(name)
+    model = build_trained(name)
     lq_a, lq_b = torch.rand(2, 1, 3, 3, 6, 6)
     replacement = torch.randn(1, 3, model.fusion_channels, 6, 6)
     with torch.no_grad():
@@ -145,6 +155,13 @@ def test_hook_output_is_what_gets_reconstructed(name: str) -> None:
         plain = model(lq_a)
     torch.testing.assert_close(residual_a, residual_b)
     assert not torch.allclose(zeroed, plain)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_untrained_backbone_outputs_the_bilinear_upsampling(name: str) -> None:
+    lq = torch.rand(1, 3, 3, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(build(name)(lq), bilinear(lq, 4))
 
 
 def test_hook_must_keep_the_shape() -> None:
@@ -175,7 +192,7 @@ def test_edvr_has_no_flow_parameters() -> None:
 
 @pytest.mark.parametrize("name", WITH_SPYNET)
 def test_gradients_reach_spynet(name: str) -> None:
-    model = build(name)
+    model = build_trained(name)
     lq = torch.rand(1, 3, 3, 6, 6)
     model(lq).sub(bilinear(torch.rand_like(lq), 4)).abs().mean().backward()
     grads = [p.grad for p in model.flow_parameters()]
@@ -184,10 +201,7 @@ def test_gradients_reach_spynet(name: str) -> None:
 
 
 def test_edvr_frame_depends_only_on_its_window() -> None:
-    model = build("edvr_tiny")
-    with torch.no_grad():  # bring the zero-initialised offset convs to life: every path counts
-        for parameter in model.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
+    model = build_trained("edvr_tiny")
     radius = model.num_frames // 2
     num_frames = 2 * model.num_frames + 1
     lq = torch.rand(1, num_frames, 3, 6, 6)
