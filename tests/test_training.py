@@ -95,3 +95,17 @@ def test_a_tiny_model_overfits_one_synthetic_batch(synth_root: Path, tmp_path: P
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 2, losses
+
+
+def test_offline_wandb_run_holds_metrics_and_images(synth_root: Path, tmp_path: Path) -> None:
+    from avvsr.train import train
+
+    train(compose_train(synth_root, tmp_path, ["logger=wandb", "experiment_name=unit"]))
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    assert "val/psnr_y" in summary and "test/true/psnr_y" in summary and "train/loss" in summary
+    images = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
+    assert images, "no sample/attention-mask image was logged"
+    config = (runs[0] / "files" / "config.yaml").read_text()
+    assert "unit" in config  # the experiment name, W&B's group

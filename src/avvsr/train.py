@@ -94,6 +94,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
         metrics |= scalar_metrics(trainer.callback_metrics)
 
+    for logger in loggers:  # close W&B runs so the next run in this process starts clean
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         write_json_atomic(

@@ -63,9 +63,10 @@ def save_png(image: Tensor, path) -> None:
     import os
     from pathlib import Path
 
-    from torchvision.io import write_png
+    from PIL import Image
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    write_png((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu(), str(tmp))
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(pixels).save(tmp, format="PNG")
     os.replace(tmp, path)

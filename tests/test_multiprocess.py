@@ -1,0 +1,189 @@
+"""The entry points as users run them, in subprocesses: resume after a kill, DDP on 2 CPU
+processes, and a multirun sweep aggregated into a table. Slow (minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training_helpers import make_small_synthetic_set
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_small_synthetic_set(tmp_path_factory.mktemp("data") / "synth_av")
+
+
+def paths(synth_root: Path, workdir: Path) -> list[str]:
+    return [
+        f"paths.root_dir={workdir}",
+        f"paths.data_dir={synth_root.parent}",
+        f"paths.cache_dir={workdir / 'cache'}",
+        "data.num_workers=0",
+    ]
+
+
+def train_command(synth_root: Path, workdir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "avvsr.train",
+        *paths(synth_root, workdir),
+        "data.batch_size=2",
+        "trainer.check_val_every_n_epoch=1",
+        "model.warmup_steps=1",
+        *overrides,
+    ]
+
+
+def eval_command(synth_root: Path, workdir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "avvsr.evaluate", *paths(synth_root, workdir), *overrides]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_a_killed_run_resumes_from_last_and_finishes_its_steps(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    command = train_command(
+        synth_root,
+        tmp_path,
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=12",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "trainer.check_val_every_n_epoch=100",
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(
+        command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists(), "no checkpoint before the kill"
+    interrupted_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < interrupted_at < 12
+    assert not (run_dir / "metrics.json").exists()
+
+    subprocess.run([*command, "ckpt_path=last"], env=env(), check=True, capture_output=True)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["steps"] == 12
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(synth_root: Path, tmp_path: Path) -> None:
+    common = ["trainer.max_steps=6", "model/fusion=msavf"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(
+        train_command(synth_root, tmp_path, f"hydra.run.dir={single}", *common),
+        env=env(),
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run(
+        train_command(
+            synth_root,
+            tmp_path,
+            f"hydra.run.dir={ddp}",
+            *common,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "data.batch_size=1",
+        ),
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(tmp_path.glob("logs/**/metrics.json")), "DDP must not create extra run folders"
+    one = json.loads((single / "metrics.json").read_text())["metrics"]
+    two = json.loads((ddp / "metrics.json").read_text())["metrics"]
+    # Same global batch (1 clip x 2 processes vs 2 clips), same steps: the models differ only
+    # by sampling order, and the test metrics are synchronised over both processes' clips.
+    for key in ("test/true/psnr_y", "test/silent/psnr_y"):
+        assert abs(one[key] - two[key]) < 1.0, (key, one[key], two[key])
+
+    # The same checkpoint evaluated by 2 processes and by 1 gives the same numbers.
+    ckpt = json.loads((single / "metrics.json").read_text())["best_checkpoint"]
+    evals = {}
+    for name, extra in (
+        ("one", []),
+        (
+            "two",
+            [
+                "trainer=ddp",
+                "trainer.accelerator=cpu",
+                "trainer.devices=2",
+                "trainer.precision=32-true",
+            ],
+        ),
+    ):
+        folder = tmp_path / f"eval_{name}"
+        result = subprocess.run(
+            eval_command(
+                synth_root,
+                tmp_path,
+                f"hydra.run.dir={folder}",
+                f"ckpt_path={ckpt}",
+                "data.eval_batch_size=1",
+                *extra,
+            ),
+            env=env(),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        evals[name] = json.loads((folder / "metrics.json").read_text())["metrics"]
+    for key, value in evals["one"].items():
+        if key.startswith("test/") and "ms_per_frame" not in key:
+            assert evals["two"][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_a_sweep_runs_the_grid_and_reports_a_table(synth_root: Path, tmp_path: Path) -> None:
+    from avvsr.report import load_runs, write_report
+
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        train_command(
+            synth_root,
+            tmp_path,
+            "-m",
+            "experiment=av_ablation",
+            "trainer.max_steps=2",
+            "model/fusion=none,msavf",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep_dir}",
+        ),
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run 4/4" in result.stdout + result.stderr  # the sweep's progress line
+    runs = load_runs(sweep_dir)
+    assert sorted((r.fusion, r.seed) for r in runs) == [
+        ("msavf-s3", 0),
+        ("msavf-s3", 1),
+        ("none", 0),
+        ("none", 1),
+    ]
+    text = write_report(sweep_dir, tmp_path / "report", title="sweep").read_text()
+    assert "| basicvsr_tiny | none | 2 |" in text and "| basicvsr_tiny | msavf-s3 | 2 |" in text

@@ -1,0 +1,81 @@
+"""Results aggregation: rows, mean +- std over seeds, paired gains, the three output files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from avvsr.report import load_runs, write_report
+
+
+def write_run(folder: Path, backbone: str, fusion: str, seed: int, **metrics: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "backbone": backbone,
+                "fusion": fusion,
+                "seed": seed,
+                "metrics": metrics,
+                "wall_time_s": 1.0,
+                "best_checkpoint": "",
+            }
+        )
+    )
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    values = {  # seed -> (none inside, msavf inside)
+        0: (30.0, 31.0),
+        1: (30.5, 32.0),
+        2: (31.0, 33.0),
+    }
+    for seed, (plain, fused) in values.items():
+        write_run(
+            tmp_path / f"n{seed}",
+            "basicvsr_tiny",
+            "none",
+            seed,
+            **{"test/true/psnr_y_inside": plain, "test/params": 1e5},
+        )
+        write_run(
+            tmp_path / f"m{seed}",
+            "basicvsr_tiny",
+            "msavf-s3",
+            seed,
+            **{
+                "test/true/psnr_y_inside": fused,
+                "test/shuffled/psnr_y_inside": plain,
+                "test/silent/psnr_y_inside": plain,
+                "test/params": 1.2e5,
+            },
+        )
+    (tmp_path / "unfinished").mkdir()  # a run that died writes no metrics.json
+    return tmp_path
+
+
+def test_runs_are_grouped_into_rows_with_mean_std_and_paired_gain(
+    sweep: Path, tmp_path: Path
+) -> None:
+    assert len(load_runs(sweep)) == 6
+    out = tmp_path / "report"
+    path = write_report(sweep, out, title="t")
+    text = path.read_text()
+    none_row = next(line for line in text.splitlines() if "| none |" in line)
+    fused_row = next(line for line in text.splitlines() if "| msavf-s3 |" in line)
+    # means and sample standard deviations of the values above
+    assert "30.50 ± 0.50" in none_row and "32.00 ± 1.00" in fused_row
+    # paired gains 1.0, 1.5, 2.0 -> 1.50 ± 0.50
+    assert fused_row.rstrip(" |").endswith("1.50 ± 0.50")
+    controls = text.split("## Audio controls")[1]
+    assert "32.00 ± 1.00 | 30.50 ± 0.50 | 30.50 ± 0.50" in controls
+    assert (out / "results.csv").read_text().count("\n") > 4
+    assert "\\begin{tabular}" in (out / "results.tex").read_text()
+
+
+def test_no_finished_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no run wrote metrics.json"):
+        write_report(tmp_path, tmp_path / "out", title="t")
