@@ -21,6 +21,7 @@ from avvsr.models.backbones.blocks import (
     PixelShuffleHead,
     SPyNet,
     apply_feature_hook,
+    conv,
     leaky_relu,
     recurrent_branch,
 )
@@ -52,7 +53,7 @@ class BasicVSR(VSRBackbone):
         self.spynet = SPyNet(**(spynet or {}))
         self.backward_trunk = ConvResidualBlocks(num_feat + 3, num_feat, num_blocks)
         self.forward_trunk = ConvResidualBlocks(num_feat + 3, num_feat, num_blocks)
-        self.fusion = nn.Conv2d(2 * num_feat, num_feat, 1)
+        self.fusion = conv(2 * num_feat, num_feat, 1)
         self.head = PixelShuffleHead(num_feat, scale, hr_channels)
 
     def flow_parameters(self) -> Iterator[nn.Parameter]:

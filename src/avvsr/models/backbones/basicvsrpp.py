@@ -24,7 +24,7 @@ from avvsr.models.backbones.blocks import (
     PixelShuffleHead,
     SPyNet,
     apply_feature_hook,
-    conv3x3,
+    conv,
     flow_warp,
     leaky_relu_layer,
     propagation_order,
@@ -50,13 +50,13 @@ class SecondOrderDeformableAlignment(nn.Module):
         self.max_residue_magnitude = max_residue_magnitude
         self.deform = ModulatedDeformConv2d(2 * channels, channels, deformable_groups)
         self.offset_net = nn.Sequential(
-            conv3x3(3 * channels + 4, channels),
+            conv(3 * channels + 4, channels),
             leaky_relu_layer(),
-            conv3x3(channels, channels),
+            conv(channels, channels),
             leaky_relu_layer(),
-            conv3x3(channels, channels),
+            conv(channels, channels),
             leaky_relu_layer(),
-            conv3x3(channels, self.deform.offset_mask_channels),
+            conv(channels, self.deform.offset_mask_channels),
         )
         last = self.offset_net[-1]
         nn.init.zeros_(last.weight)  # start from the flow itself, all taps at half weight

@@ -33,9 +33,20 @@ def leaky_relu_layer() -> nn.LeakyReLU:
     return nn.LeakyReLU(LEAKY_SLOPE)
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with bias, padded to keep the size (halved with ``stride=2``)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+def conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
+    """Convolution with bias, padded to keep the size (halved with ``stride=2``).
+
+    Kaiming-normal weights for a leaky ReLU (fan-in) and zero bias keep the signal's variance
+    through chains of convs. PyTorch's default shrinks it about threefold per conv, and through
+    EDVR's alignment chain that left tiny EDVR unable to learn in 300 steps (29.59 dB, bilinear
+    29.63; 31.75 dB with this initialisation; tiny BasicVSR 32.01 -> 32.29 dB).
+    """
+    layer = nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2
+    )
+    nn.init.kaiming_normal_(layer.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -47,12 +58,11 @@ class ResidualBlockNoBN(nn.Module):
 
     def __init__(self, num_feat: int) -> None:
         super().__init__()
-        self.conv1 = conv3x3(num_feat, num_feat)
-        self.conv2 = conv3x3(num_feat, num_feat)
-        for conv in (self.conv1, self.conv2):
-            nn.init.kaiming_normal_(conv.weight)
-            conv.weight.data.mul_(0.1)
-            nn.init.zeros_(conv.bias)
+        self.conv1 = conv(num_feat, num_feat)
+        self.conv2 = conv(num_feat, num_feat)
+        with torch.no_grad():
+            self.conv1.weight.mul_(0.1)
+            self.conv2.weight.mul_(0.1)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv2(F.relu(self.conv1(x)))
@@ -71,7 +81,7 @@ class ConvResidualBlocks(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int) -> None:
         super().__init__(
-            conv3x3(in_channels, out_channels),
+            conv(in_channels, out_channels),
             leaky_relu_layer(),
             *make_layer(lambda: ResidualBlockNoBN(out_channels), num_blocks),
         )
@@ -332,12 +342,12 @@ class PixelShuffleHead(nn.Module):
         channels = in_channels
         for index, factor in enumerate(factors):
             out_channels = hr_channels if index == len(factors) - 1 else in_channels
-            stages += [conv3x3(channels, out_channels * factor**2), nn.PixelShuffle(factor)]
+            stages += [conv(channels, out_channels * factor**2), nn.PixelShuffle(factor)]
             stages += [leaky_relu_layer()]
             channels = out_channels
         self.upsample = nn.Sequential(*stages)
-        self.conv_hr = conv3x3(hr_channels, hr_channels)
-        self.conv_last = conv3x3(hr_channels, 3)
+        self.conv_hr = conv(hr_channels, hr_channels)
+        self.conv_last = conv(hr_channels, 3)
         nn.init.zeros_(self.conv_last.weight)
         nn.init.zeros_(self.conv_last.bias)
 

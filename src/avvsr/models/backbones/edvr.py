@@ -9,9 +9,9 @@ its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal an
 attention); the fused centre-frame feature is the fusion point, followed by the reconstruction
 trunk and the pixel-shuffle head.
 
-The pyramid needs sizes divisible by ``2 ** (num_levels - 1)``: frames are replicate-padded at
-the bottom/right for PCD and TSA, and the fused features are cropped back to the LR size before
-the hook and the reconstruction.
+The 3-level pyramid needs sizes divisible by 4: frames are replicate-padded at the bottom and
+right for PCD and TSA, and the fused features are cropped back to the LR size before the hook
+and the reconstruction.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from avvsr.models.backbones.blocks import (
     PixelShuffleHead,
     ResidualBlockNoBN,
     apply_feature_hook,
-    conv3x3,
+    conv,
     leaky_relu,
     leaky_relu_layer,
     make_layer,
@@ -67,7 +67,7 @@ class FeatureGuidedDeformConv(nn.Module):
     def __init__(self, num_feat: int, deformable_groups: int) -> None:
         super().__init__()
         self.deform = ModulatedDeformConv2d(num_feat, num_feat, deformable_groups)
-        self.conv_offset = conv3x3(num_feat, self.deform.offset_mask_channels)
+        self.conv_offset = conv(num_feat, self.deform.offset_mask_channels)
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
 
@@ -95,21 +95,19 @@ class PCDAlignment(nn.Module):
         self.merge = nn.ModuleList()  # coarser levels have nothing to merge
         for level in range(num_levels):
             coarsest = level == 0
-            self.offset_in.append(
-                nn.Sequential(conv3x3(2 * num_feat, num_feat), leaky_relu_layer())
-            )
+            self.offset_in.append(nn.Sequential(conv(2 * num_feat, num_feat), leaky_relu_layer()))
             if coarsest:
-                refine = [conv3x3(num_feat, num_feat), leaky_relu_layer()]
+                refine = [conv(num_feat, num_feat), leaky_relu_layer()]
             else:  # also takes the upsampled offsets of the coarser level
-                refine = [conv3x3(2 * num_feat, num_feat), leaky_relu_layer()]
-                refine += [conv3x3(num_feat, num_feat), leaky_relu_layer()]
-                self.merge.append(conv3x3(2 * num_feat, num_feat))
+                refine = [conv(2 * num_feat, num_feat), leaky_relu_layer()]
+                refine += [conv(num_feat, num_feat), leaky_relu_layer()]
+                self.merge.append(conv(2 * num_feat, num_feat))
             self.offset_refine.append(nn.Sequential(*refine))
             self.deform.append(FeatureGuidedDeformConv(num_feat, deformable_groups))
         self.cascade_offset = nn.Sequential(
-            conv3x3(2 * num_feat, num_feat),
+            conv(2 * num_feat, num_feat),
             leaky_relu_layer(),
-            conv3x3(num_feat, num_feat),
+            conv(num_feat, num_feat),
             leaky_relu_layer(),
         )
         self.cascade_deform = FeatureGuidedDeformConv(num_feat, deformable_groups)
@@ -145,19 +143,19 @@ class TSAFusion(nn.Module):
     def __init__(self, num_feat: int, num_frames: int) -> None:
         super().__init__()
         window_channels = num_frames * num_feat
-        self.embed_centre = conv3x3(num_feat, num_feat)
-        self.embed_neighbour = conv3x3(num_feat, num_feat)
-        self.fuse = nn.Conv2d(window_channels, num_feat, 1)
-        self.attn_in = nn.Conv2d(window_channels, num_feat, 1)
-        self.attn_pooled = nn.Conv2d(2 * num_feat, num_feat, 1)
-        self.attn_level_in = nn.Conv2d(num_feat, num_feat, 1)
-        self.attn_level_pooled = conv3x3(2 * num_feat, num_feat)
-        self.attn_level_out = conv3x3(num_feat, num_feat)
-        self.attn_mid = conv3x3(num_feat, num_feat)
-        self.attn_mid_1x1 = nn.Conv2d(num_feat, num_feat, 1)
-        self.attn_out = conv3x3(num_feat, num_feat)
+        self.embed_centre = conv(num_feat, num_feat)
+        self.embed_neighbour = conv(num_feat, num_feat)
+        self.fuse = conv(window_channels, num_feat, 1)
+        self.attn_in = conv(window_channels, num_feat, 1)
+        self.attn_pooled = conv(2 * num_feat, num_feat, 1)
+        self.attn_level_in = conv(num_feat, num_feat, 1)
+        self.attn_level_pooled = conv(2 * num_feat, num_feat)
+        self.attn_level_out = conv(num_feat, num_feat)
+        self.attn_mid = conv(num_feat, num_feat)
+        self.attn_mid_1x1 = conv(num_feat, num_feat, 1)
+        self.attn_out = conv(num_feat, num_feat)
         self.attn_add = nn.Sequential(
-            nn.Conv2d(num_feat, num_feat, 1), leaky_relu_layer(), nn.Conv2d(num_feat, num_feat, 1)
+            conv(num_feat, num_feat, 1), leaky_relu_layer(), conv(num_feat, num_feat, 1)
         )
 
     @staticmethod
@@ -206,9 +204,9 @@ class WindowFusion(nn.Module):
         self.feat_extract = ConvResidualBlocks(3, num_feat, num_extract_blocks)
         self.downsample = nn.ModuleList(
             nn.Sequential(
-                conv3x3(num_feat, num_feat, stride=2),
+                conv(num_feat, num_feat, stride=2),
                 leaky_relu_layer(),
-                conv3x3(num_feat, num_feat),
+                conv(num_feat, num_feat),
                 leaky_relu_layer(),
             )
             for _ in range(NUM_LEVELS - 1)

@@ -24,7 +24,7 @@ from avvsr.models.backbones.blocks import (
     PixelShuffleHead,
     SPyNet,
     apply_feature_hook,
-    conv3x3,
+    conv,
     recurrent_branch,
 )
 from avvsr.models.backbones.edvr import WindowFusion
@@ -66,8 +66,8 @@ class IconVSR(VSRBackbone):
         self.keyframe_fusion = WindowFusion(
             num_feat, num_frames, deformable_groups, num_extract_blocks
         )
-        self.backward_refill = conv3x3(2 * num_feat, num_feat)
-        self.forward_refill = conv3x3(2 * num_feat, num_feat)
+        self.backward_refill = conv(2 * num_feat, num_feat)
+        self.forward_refill = conv(2 * num_feat, num_feat)
         self.backward_trunk = ConvResidualBlocks(num_feat + 3, num_feat, num_blocks)
         self.forward_trunk = ConvResidualBlocks(2 * num_feat + 3, num_feat, num_blocks)
         self.head = PixelShuffleHead(num_feat, scale, hr_channels)
