@@ -16,7 +16,8 @@ class LogValidationSamples(Callback):
     over the output (with the sound-source outline where known).
 
     Goes to every logger with a ``log_image`` method (W&B); without one, PNG files are written
-    to ``<trainer.log_dir or default_root_dir>/samples/``.
+    to ``<trainer.default_root_dir>/samples/``. Runs on the global-zero process only, so it
+    must not touch anything collective (``trainer.log_dir`` broadcasts under DDP).
     """
 
     def __init__(self, every_n_validations: int = 1, max_clips: int = 2) -> None:
@@ -59,6 +60,6 @@ class LogValidationSamples(Callback):
                 "val/samples", images=[image], step=trainer.global_step, caption=[caption]
             )
         if not loggers:
-            folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+            folder = Path(trainer.default_root_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)
             save_png(image, folder / f"step{trainer.global_step:06d}.png")
