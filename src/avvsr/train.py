@@ -69,6 +69,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     started = time.time()
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("run_name") is None:
         cfg.run_name = f"{backbone_label(cfg)}-{fusion_label(cfg.model.fusion)}-seed{cfg.seed}"
