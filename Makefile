@@ -40,7 +40,7 @@ bench-data: setup
 	$(BIN)/python benchmarks/bench_data.py
 
 bench-model: setup
-	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_model.py --train-step
 
 bench-upscale: setup
 	$(BIN)/python benchmarks/bench_upscale.py

@@ -5,7 +5,9 @@ parameters, GFLOPs per output frame (``torch.utils.flop_counter``; torchvision's
 convolution is not counted by it, so BasicVSR++/EDVR figures are lower bounds), CPU forward time
 per output frame, and the forward pass's peak memory (growth of the process's resident-set
 high-water mark, measured in a fresh subprocess per configuration). Then the MS-AVF/none ratios
-of parameters and time, against the target of at most 1.10 at paper size.
+of parameters and time, against the target of at most 1.10 at paper size. With ``--train-step``
+it also times a training step (forward, backward, Adam) of the tiny configs at the CPU
+study's training shape (4 clips x 5 frames, 16x16 LR crops).
 """
 
 from __future__ import annotations
@@ -44,7 +46,27 @@ def build(backbone: str, fusion: str):
     )
 
 
-def measure(backbone: str, fusion: str, frames: int, size: int, repeats: int) -> dict:
+def train_step_seconds(net, repeats: int) -> float:
+    """Seconds per training step at the CPU study's shape: 4 clips x 5 frames, 16x16 LR."""
+    import torch
+
+    lq, gt = torch.rand(4, 5, 3, 16, 16), torch.rand(4, 5, 3, 64, 64)
+    audio = torch.randn(4, 5, 64, 33) - 5
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    net.train()
+    for step in range(repeats + 1):
+        if step == 1:  # the first step warms up
+            start = time.perf_counter()
+        loss = (net(lq, audio).sr - gt).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(
+    backbone: str, fusion: str, frames: int, size: int, repeats: int, train_step: bool
+) -> dict:
     """Run in a fresh process: parameters, GFLOPs/frame, ms/frame, peak forward memory."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -69,7 +91,9 @@ def measure(backbone: str, fusion: str, frames: int, size: int, repeats: int) ->
         for _ in range(repeats):
             net(lq, audio)
         seconds = (time.perf_counter() - start) / repeats
+    step_s = train_step_seconds(net, repeats) if train_step else float("nan")
     return {
+        "train_step_s": step_s,
         "params": params,
         "fusion_params": count(net.fusion),
         "audio_encoder_params": count(net.audio_encoder),
@@ -85,6 +109,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="LR height = width (pixels)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-step", action="store_true", help="also time training steps")
     parser.add_argument("--only", nargs="*", default=BACKBONES, help="backbone configs to measure")
     parser.add_argument("--child", nargs=2, metavar=("BACKBONE", "FUSION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,16 +118,18 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(measure(*args.child, args.frames, args.size, args.repeats)))
+        train_step = args.train_step and args.child[0].endswith("_tiny")
+        print(json.dumps(measure(*args.child, args.frames, args.size, args.repeats, train_step)))
         return
 
     print(
         f"x4, LR {args.size}x{args.size}, {args.frames} frames, batch 1, "
-        f"{args.threads} CPU threads, forward only (inference mode)"
+        f"{args.threads} CPU threads, forward only (inference mode); train s/step: tiny "
+        "configs with --train-step (4 clips x 5 frames, 16x16 LR, forward+backward+Adam)"
     )
     header = (
         f"{'backbone':<16}{'fusion':<8}{'params':>12}{'GFLOPs/frame':>14}"
-        f"{'ms/frame':>10}{'peak MiB':>10}"
+        f"{'ms/frame':>10}{'peak MiB':>10}{'train s/step':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -123,12 +150,13 @@ def main() -> None:
                 str(args.repeats),
                 "--threads",
                 str(args.threads),
+                *(["--train-step"] if args.train_step else []),
             ]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             r = results[backbone, fusion] = json.loads(out.strip().splitlines()[-1])
             print(
                 f"{backbone:<16}{fusion:<8}{r['params']:>12,}{r['gflops_per_frame']:>14.2f}"
-                f"{r['ms_per_frame']:>10.1f}{r['peak_mib']:>10.0f}",
+                f"{r['ms_per_frame']:>10.1f}{r['peak_mib']:>10.0f}{r['train_step_s']:>14.2f}",
                 flush=True,
             )
     print()

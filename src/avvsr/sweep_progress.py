@@ -1,10 +1,16 @@
-"""A Hydra callback that shows a multirun's progress: which run of how many, and an ETA."""
+"""A Hydra callback that shows a multirun's progress: which run of how many, and an ETA.
+
+Works with launchers that run jobs side by side in other processes (joblib, SLURM): each
+finished job leaves a marker file in ``<sweep dir>/.progress/``, and the ETA is the elapsed
+time per finished job times the jobs left.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -28,6 +34,10 @@ class SweepProgress(Callback):
         self.total = 0
         self.started = 0.0
 
+    @staticmethod
+    def _markers(config: DictConfig) -> Path:
+        return Path(config.hydra.sweep.dir) / ".progress"
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         params = config.hydra.sweeper.get("params") or {}
         command_line = list(config.hydra.overrides.task)
@@ -35,19 +45,28 @@ class SweepProgress(Callback):
         merged = command_line + [f"{k}={v}" for k, v in params.items() if k not in given]
         self.total = count_sweep_jobs(merged)
         self.started = time.time()
+        self._markers(config).mkdir(parents=True, exist_ok=True)
         log.info("sweep of %d runs into %s", self.total, config.hydra.sweep.dir)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.total:
             return
-        done = int(config.hydra.job.num)
+        markers = self._markers(config)
+        finished = len(list(markers.glob("*.done"))) if markers.is_dir() else 0
         elapsed = time.time() - self.started
-        eta = f"{elapsed / done * (self.total - done) / 60:.1f} min" if done else "unknown"
+        left = self.total - finished
+        eta = f"{elapsed / finished * left / 60:.1f} min" if finished else "after the first run"
         log.info(
-            "run %d/%d (%s) | elapsed %.1f min | ETA %s",
-            done + 1,
+            "run %d/%d (%s) | %d finished | elapsed %.1f min | ETA %s",
+            int(config.hydra.job.num) + 1,
             self.total,
             config.hydra.job.override_dirname,
+            finished,
             elapsed / 60,
             eta,
         )
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        markers = self._markers(config)
+        if self.total and markers.is_dir():
+            (markers / f"{int(config.hydra.job.num)}.done").touch()
