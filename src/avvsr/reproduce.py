@@ -1,13 +1,14 @@
 """``make reproduce-table``: from nothing to ``experiments/<study>/results.md``.
 
 1. generates the synthetic data set if it is absent (CPU profiles);
-2. runs the study's sweep (``conf/sweep/<profile>.yaml``) through ``avvsr-train -m``, each run
-   fitting, then testing its best checkpoint with the true/shuffled/silent audio controls;
+2. runs the profile's sweeps (``conf/sweep/<name>.yaml``, see ``PROFILES``) through
+   ``avvsr-train -m``, each run fitting, then testing its best checkpoint with the
+   true/shuffled/silent audio controls;
 3. aggregates the runs' ``metrics.json`` into results.md/.csv/.tex and draws the attention masks
    of the MS-AVF runs on test clips.
 
-Profiles: ``cpu`` (the full grid on this machine's CPUs), ``quick`` (a smaller grid),
-``paper`` (paper-size models on GPUs; pass the data, e.g. ``data=ave data.train.root=...``).
+Profiles: ``cpu`` (the study on this machine's CPUs), ``quick`` (a smaller grid), ``paper``
+(paper-size models on GPUs; pass the data, e.g. ``data=ave data.train.root=...``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from avvsr.report import Run, load_runs, write_report
 
 ROOT = Path.cwd()
+# The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
+PROFILES = {"cpu": ["cpu", "cpu_backbones"], "quick": ["quick"], "paper": ["paper"]}
 
 
 def hardware() -> str:
@@ -48,20 +51,13 @@ def ensure_synthetic_data(root: Path) -> None:
     generate(SynthConfig(), root)
 
 
-def run_sweep(study: str, profile: str, sweep_dir: Path, extra: list[str]) -> list[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "avvsr.train",
-        "-m",
-        f"experiment={study}",
-        f"sweep={profile}",
-        f"hydra.sweep.dir={sweep_dir}",
-        *extra,
-    ]
+def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
+    """Run one sweep into ``sweep_dir``; return the command as a user would type it."""
+    overrides = [f"experiment={study}", f"sweep={sweep}", f"hydra.sweep.dir={sweep_dir}", *extra]
+    command = [sys.executable, "-m", "avvsr.train", "-m", *overrides]
     print("+", shlex.join(command), flush=True)
     subprocess.run(command, check=True)
-    return command
+    return shlex.join(["avvsr-train", "-m", *overrides])
 
 
 def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
@@ -132,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
             ensure_synthetic_data(ROOT / args.data_root)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = ROOT / "logs" / "reproduce" / args.study / args.profile / stamp
-        command = shlex.join(run_sweep(args.study, args.profile, sweep_dir, args.overrides))
+        command = "\n    ".join(
+            run_sweep(args.study, sweep, sweep_dir / sweep, args.overrides)
+            for sweep in PROFILES[args.profile]
+        )
     wall_min = (time.time() - started) / 60
     runs = load_runs(sweep_dir)
     figure = (
