@@ -18,7 +18,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +25,12 @@ from avvsr.report import Run, load_runs, write_report
 
 ROOT = Path.cwd()
 # The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
-PROFILES = {"cpu": ["cpu", "cpu_backbones"], "quick": ["quick"], "paper": ["paper"]}
+PROFILES = {
+    "cpu": ["cpu"],
+    "cpu_backbones": ["cpu_backbones"],
+    "quick": ["quick"],
+    "paper": ["paper"],
+}
 
 
 def hardware() -> str:
@@ -60,6 +64,22 @@ def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
     return shlex.join(["avvsr-train", "-m", *overrides])
 
 
+def sweep_record(sweep_dir: Path) -> tuple[list[str], float]:
+    """What ran under ``sweep_dir``, read from its files: the ``avvsr-train -m`` command of
+    each sweep (Hydra's ``multirun.yaml``) and the minutes from the first sweep's start to the
+    last run's ``metrics.json``."""
+    from omegaconf import OmegaConf
+
+    manifests = sorted(Path(sweep_dir).rglob("multirun.yaml"), key=lambda p: p.stat().st_mtime)
+    results = [p.stat().st_mtime for p in Path(sweep_dir).rglob("metrics.json")]
+    commands = [
+        shlex.join(["avvsr-train", "-m", *OmegaConf.load(p).hydra.overrides.task])
+        for p in manifests
+    ]
+    wall_min = (max(results) - manifests[0].stat().st_mtime) / 60 if manifests and results else 0
+    return commands, wall_min
+
+
 def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
     """Draw LR | output | HR | masks for the first test clips of each backbone's MS-AVF run
     with the most scales (lowest seed). Returns False when no run has attention masks."""
@@ -79,6 +99,9 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
     rows = []
     for _, run in sorted(chosen.items()):
         config = OmegaConf.load(run.path / ".hydra" / "config.yaml")
+        # Saved unresolved: give the Hydra-runtime paths their values for this run.
+        config.paths.root_dir = str(ROOT)
+        config.paths.output_dir = str(run.path)
         config.data.num_workers = 0
         datamodule = hydra.utils.instantiate(config.data)
         datamodule.setup("test")
@@ -109,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", default="cpu", choices=["cpu", "quick", "paper"])
+    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--study", default="av_ablation")
     parser.add_argument("--data-root", default="data/synth_av")
     parser.add_argument(
@@ -119,32 +142,37 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     out_dir = ROOT / "experiments" / args.study / ("" if args.profile == "cpu" else args.profile)
-    started = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         sweep_dir = Path(args.report_only)
-        command = "(report only)"
     else:
-        if args.profile != "paper":
+        if not args.profile.startswith("paper"):
             ensure_synthetic_data(ROOT / args.data_root)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = ROOT / "logs" / "reproduce" / args.study / args.profile / stamp
-        command = "\n    ".join(
+        for sweep in PROFILES[args.profile]:
             run_sweep(args.study, sweep, sweep_dir / sweep, args.overrides)
-            for sweep in PROFILES[args.profile]
-        )
-    wall_min = (time.time() - started) / 60
+    commands, wall_min = sweep_record(sweep_dir)
+    command = "\n    ".join(commands)
     runs = load_runs(sweep_dir)
     figure = (
         "attention_masks.png" if attention_figure(runs, out_dir / "attention_masks.png") else None
     )
+    make = f"make reproduce-table{'' if args.profile == 'cpu' else f' PROFILE={args.profile}'}"
+    made_by = (
+        f"Table rebuilt from existing runs (`python -m avvsr.reproduce --report-only "
+        f"{display_path(sweep_dir)}`); the runs' sweep commands"
+        if args.report_only
+        else f"Produced by `{make}`, which ran"
+    )
     preamble = f"""
-Study `{args.study}`, profile `{args.profile}`, {len(runs)} runs. Produced by
-`make reproduce-table{"" if args.profile == "cpu" else f" PROFILE={args.profile}"}`, which ran
+Study `{args.study}`, profile `{args.profile}`, {len(runs)} runs. {made_by}:
 
     {command}
 
-on {hardware()}; wall time {wall_min:.1f} min (data generation, training, testing),
-finished {datetime.now():%Y-%m-%d %H:%M}. Runs: `{display_path(sweep_dir)}`.
+on {hardware()}; {wall_min:.1f} min from the start of the sweep to its last run's metrics
+(training and testing; read from the run files). Report written {datetime.now():%Y-%m-%d %H:%M}.
+Runs: `{display_path(sweep_dir)}`.
 
 **Controlled testbed.** Unless the profile says otherwise, the data is the synthetic
 audio-visual benchmark (`avvsr-synth`), whose sounding objects carry a texture that only the
