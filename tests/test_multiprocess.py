@@ -161,21 +161,17 @@ def test_a_sweep_runs_the_grid_and_reports_a_table(synth_root: Path, tmp_path: P
     from avvsr.report import load_runs, write_report
 
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
-        train_command(
-            synth_root,
-            tmp_path,
-            "-m",
-            "experiment=av_ablation",
-            "trainer.max_steps=2",
-            "model/fusion=none,msavf",
-            "seed=0,1",
-            f"hydra.sweep.dir={sweep_dir}",
-        ),
-        env=env(),
-        capture_output=True,
-        text=True,
+    command = train_command(
+        synth_root,
+        tmp_path,
+        "experiment=av_ablation",
+        "trainer.max_steps=2",
+        "model/fusion=none,msavf",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
     )
+    command.insert(3, "-m")  # Hydra's flags go before the overrides
+    result = subprocess.run(command, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "run 4/4" in result.stdout + result.stderr  # the sweep's progress line
     runs = load_runs(sweep_dir)
