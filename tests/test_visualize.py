@@ -13,27 +13,24 @@ from avvsr.data.io import probe_video, read_frames
 from avvsr.data.synthetic import SynthConfig, generate, load_manifest, sound_source_mask
 from avvsr.visualization import OUTLINE_COLOUR
 from media import write_video_without_audio
-from test_upscale import single_thread, tiny_checkpoint_files
+from test_upscale import _one_thread, tiny_checkpoints  # noqa: F401  (shared fixtures)
 
 SIZE = 64  # HR side of the generated clips
 FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    return tiny_checkpoint_files(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
 def synthetic_set(tmp_path_factory) -> Path:
-    config = SynthConfig(num_train=1, num_val=1, num_test=1, num_frames=FRAMES, height=SIZE,
-                         width=SIZE, object_radius_min_px=10, object_radius_max_px=12)
+    config = SynthConfig(
+        num_train=1,
+        num_val=1,
+        num_test=1,
+        num_frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        object_radius_min_px=10,
+        object_radius_max_px=12,
+    )
     return generate(config, tmp_path_factory.mktemp("synth") / "set", progress=False)
 
 
@@ -58,14 +55,32 @@ def outline_pixels(panel: np.ndarray) -> np.ndarray:
     return (panel == colour).all(axis=0)
 
 
-def test_manifest_clip_figure(checkpoints, synthetic_set, tmp_path, capsys):
+def test_manifest_clip_figure(tiny_checkpoints, synthetic_set, tmp_path, capsys):
     out = tmp_path / "figure"
-    args = ["--ckpt", str(checkpoints["msavf"]), "--manifest", str(synthetic_set),
-            "--key", "train/0000", "--degrade", "BI", "--out", str(out), "--rows", "3"]
+    args = [
+        "--ckpt",
+        str(tiny_checkpoints["msavf"]),
+        "--manifest",
+        str(synthetic_set),
+        "--key",
+        "train/0000",
+        "--degrade",
+        "BI",
+        "--out",
+        str(out),
+        "--rows",
+        "3",
+    ]
     assert visualize_cli.main(args) == 0
     printed = capsys.readouterr().out
-    columns = ["LR input", "output", "HR", "attention, scale 0", "attention, scale 1",
-               "attention, scale 2"]  # the fusion config's three MS-AVF scales
+    columns = [
+        "LR input",
+        "output",
+        "HR",
+        "attention, scale 0",
+        "attention, scale 1",
+        "attention, scale 2",
+    ]  # the fusion config's three MS-AVF scales
     assert " | ".join(columns) in printed
 
     grid = read_png(out / "grid.png")
@@ -91,46 +106,86 @@ def test_manifest_clip_figure(checkpoints, synthetic_set, tmp_path, capsys):
     np.testing.assert_array_equal(grid[:, :SIZE, 2 * SIZE : 3 * SIZE], hr)  # HR: the clip
 
 
-def test_labels_and_ids_give_the_manifest_figure(checkpoints, synthetic_set, tmp_path):
+def test_labels_and_ids_give_the_manifest_figure(tiny_checkpoints, synthetic_set, tmp_path):
     entry = load_manifest(synthetic_set).splits["train"][0]
     sounding = [str(obj.id) for obj in entry.objects if obj.sounding]
-    common = ["--ckpt", str(checkpoints["msavf"]), "--degrade"]  # BI when no kind is named
-    visualize_cli.main([*common, "--manifest", str(synthetic_set), "--key", "train/0000",
-                        "--out", str(tmp_path / "a")])
-    visualize_cli.main([*common, "--video", str(synthetic_set / entry.video),
-                        "--labels", str(synthetic_set / entry.labels), "--sounding-ids", *sounding,
-                        "--out", str(tmp_path / "b")])
+    common = ["--ckpt", str(tiny_checkpoints["msavf"]), "--degrade"]  # BI when no kind is named
+    visualize_cli.main(
+        [
+            *common,
+            "--manifest",
+            str(synthetic_set),
+            "--key",
+            "train/0000",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
+    visualize_cli.main(
+        [
+            *common,
+            "--video",
+            str(synthetic_set / entry.video),
+            "--labels",
+            str(synthetic_set / entry.labels),
+            "--sounding-ids",
+            *sounding,
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     np.testing.assert_array_equal(
         read_png(tmp_path / "a" / "grid.png"), read_png(tmp_path / "b" / "grid.png")
     )
 
 
-def test_video_as_lr_without_masks(checkpoints, synthetic_set, tmp_path, capsys):
+def test_video_as_lr_without_masks(tiny_checkpoints, synthetic_set, tmp_path, capsys):
     entry = load_manifest(synthetic_set).splits["train"][0]
     out = tmp_path / "figure"
-    visualize_cli.main(["--ckpt", str(checkpoints["none"]), "--video",
-                        str(synthetic_set / entry.video), "--out", str(out), "--frames", "4",
-                        "--rows", "2"])
+    visualize_cli.main(
+        [
+            "--ckpt",
+            str(tiny_checkpoints["none"]),
+            "--video",
+            str(synthetic_set / entry.video),
+            "--out",
+            str(out),
+            "--frames",
+            "4",
+            "--rows",
+            "2",
+        ]
+    )
     assert "columns: LR input | output\n" in capsys.readouterr().out
     grid = read_png(out / "grid.png")
     assert grid.shape == (3, 2 * 4 * SIZE, 2 * 4 * SIZE)  # output is 4x the clip
     assert probe_video(out / "panels.mp4").num_frames == 4
 
 
-def test_bad_input_is_named(checkpoints, synthetic_set, tmp_path, capsys):
+def test_bad_input_is_named(tiny_checkpoints, synthetic_set, tmp_path, capsys):
     entry = load_manifest(synthetic_set).splits["train"][0]
     wrong_labels = tmp_path / "wrong_labels.npy"
     np.save(wrong_labels, np.zeros((FRAMES, SIZE // 2, SIZE), dtype=np.uint8))
     cases = [
-        (["--video", str(synthetic_set / entry.video), "--labels", str(wrong_labels),
-          "--sounding-ids", "1"], "wrong_labels.npy"),
+        (
+            [
+                "--video",
+                str(synthetic_set / entry.video),
+                "--labels",
+                str(wrong_labels),
+                "--sounding-ids",
+                "1",
+            ],
+            "wrong_labels.npy",
+        ),
         (["--manifest", str(synthetic_set), "--key", "train/9999"], "train/9999"),
         (["--video", str(write_video_without_audio(tmp_path / "mute.mp4"))], "--allow-silent"),
     ]
     for extra, expected in cases:
         with pytest.raises(SystemExit) as exit_info:
-            visualize_cli.main(["--ckpt", str(checkpoints["msavf"]), "--out",
-                                str(tmp_path / "never"), *extra])
+            visualize_cli.main(
+                ["--ckpt", str(tiny_checkpoints["msavf"]), "--out", str(tmp_path / "never"), *extra]
+            )
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
