@@ -79,3 +79,28 @@ def test_runs_are_grouped_into_rows_with_mean_std_and_paired_gain(
 def test_no_finished_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no run wrote metrics.json"):
         write_report(tmp_path, tmp_path / "out", title="t")
+
+
+def test_sweep_job_count_is_the_product_of_the_sweeps() -> None:
+    from avvsr.sweep_progress import count_sweep_jobs
+
+    assert (
+        count_sweep_jobs(["model/fusion=none,concat,msavf", "seed=0,1", "trainer.max_steps=3"]) == 6
+    )
+    assert count_sweep_jobs(["seed=0"]) == 1
+
+
+def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep: Path) -> None:
+    import os
+
+    from avvsr.reproduce import sweep_record
+
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [experiment=av_ablation, sweep=cpu]\n"
+    )
+    os.utime(sweep / "multirun.yaml", (1000.0, 1000.0))
+    for index, path in enumerate(sorted(sweep.rglob("metrics.json"))):
+        os.utime(path, (1000.0 + 60 * index, 1000.0 + 60 * index))
+    commands, wall_min = sweep_record(sweep)
+    assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu"]
+    assert wall_min == 5.0  # six runs, the last one 300 s after the sweep started
