@@ -29,7 +29,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 
 data: setup
 	$(BIN)/avvsr-synth --out $(DATA_ROOT)

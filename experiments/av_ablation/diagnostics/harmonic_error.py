@@ -1,0 +1,109 @@
+"""Where a no-fusion model's error inside the sound source comes from.
+
+For each test clip of a synthetic set, the clip is rendered again with its sounding object in
+every class. Inside the sounding object (split into the *core*, where the grating has full
+contrast, and the *rim*: the fade and the edge), it prints the RMS Y error (grey levels) of
+
+- the model's output vs the HR frames,
+- the model's output vs the fundamental-only render (class ``sine``): small when the model
+  draws the grating's fundamental but none of its harmonics,
+- the per-pixel mean over classes vs the HR frames: the error left by the best audio-free
+  guess of the harmonics, i.e. what knowing the class could remove at most.
+
+Usage::
+
+    python experiments/av_ablation/diagnostics/harmonic_error.py CKPT [--data data/synth_av]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avvsr.data import synthetic
+from avvsr.data.degradations import degrade
+from avvsr.data.io import read_frames
+from avvsr.evaluate import load_lit_module
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 Y of ``(..., 3)`` RGB in grey levels 0..255."""
+    return 0.257 * rgb[..., 0] + 0.504 * rgb[..., 1] + 0.098 * rgb[..., 2] + 16.0
+
+
+class SquaredErrors:
+    """Sums of squared errors and pixel counts per named region."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[float]] = {}
+
+    def add(self, name: str, difference: np.ndarray, region: np.ndarray) -> None:
+        total = self.sums.setdefault(name, [0.0, 0])
+        total[0] += float((difference[region] ** 2).sum())
+        total[1] += int(region.sum())
+
+    def print(self) -> None:
+        for name, (squared, count) in self.sums.items():
+            print(f"{name:40s} RMS {np.sqrt(squared / count):6.2f}  ({count} px)")
+
+
+def renders_by_class(spec: synthetic.ClipSpec, sounding_id: int) -> tuple[dict, np.ndarray]:
+    """Y renders ``{class: (T, H, W)}`` with the sounding object in each class; label maps."""
+    renders = {}
+    for name in spec.config.classes:
+        objects = tuple(
+            dataclasses.replace(o, class_name=name) if o.id == sounding_id else o
+            for o in spec.objects
+        )
+        frames, labels = synthetic.render_frames(dataclasses.replace(spec, objects=objects))
+        renders[name] = luma(frames.astype(np.float64))
+    return renders, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="an avvsr-train checkpoint without fusion")
+    parser.add_argument("--data", type=Path, default=Path("data/synth_av"))
+    parser.add_argument("--clips", type=int, default=8, help="test clips to use")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    net = load_lit_module(args.checkpoint).net.eval()
+    if net.uses_audio:
+        raise SystemExit(f"{args.checkpoint}: this diagnostic takes a model without fusion")
+    manifest = json.loads((args.data / "manifest.json").read_text())
+    fields = {f.name for f in dataclasses.fields(synthetic.SynthConfig)}
+    config = synthetic.SynthConfig(**{k: v for k, v in manifest["params"].items() if k in fields})
+    if "sine" not in config.classes:
+        raise SystemExit(f"{args.data}: needs the 'sine' class (the fundamental-only render)")
+    errors = SquaredErrors()
+    for index, clip in enumerate(manifest["splits"]["test"][: args.clips]):
+        spec = synthetic.sample_clip(config, "test", index)
+        sounding = next(o for o in spec.objects if o.sounding)
+        renders, labels = renders_by_class(spec, sounding.id)
+        hr = read_frames(args.data / clip["video"])
+        lq = degrade(torch.from_numpy(hr).permute(0, 3, 1, 2).float() / 255, net.scale, "BI")
+        with torch.no_grad():
+            sr = net(lq.clamp(0, 1)[None]).sr[0].clamp(0, 1)
+        output = luma(sr.permute(0, 2, 3, 1).double().numpy() * 255)
+        truth = luma(hr.astype(np.float64))
+        class_mean = np.mean(list(renders.values()), axis=0)
+        fundamental = renders["sine"]
+        rows, cols = np.mgrid[0 : config.height, 0 : config.width] + 0.5
+        centres = sounding.centres_xy_px(config.frame_times_s())
+        distance = np.hypot(cols - centres[:, 0, None, None], rows - centres[:, 1, None, None])
+        inside = labels == sounding.id
+        core = distance < sounding.radius_px - config.texture_fade_px - 1
+        for region_name, region in (("core", core), ("rim", inside & ~core)):
+            errors.add(f"{region_name}: model vs HR", output - truth, region)
+            errors.add(f"{region_name}: model vs fundamental only", output - fundamental, region)
+            errors.add(f"{region_name}: class mean vs HR", class_mean - truth, region)
+    errors.print()
+
+
+if __name__ == "__main__":
+    main()
