@@ -11,40 +11,38 @@ uses the class shows it as a true-vs-shuffled gap. Usage (any ``avvsr-train`` ov
         model/fusion=msavf trainer.max_steps=1500 threads=1 \
         hydra.run.dir=logs/investigate/oracle_1500
 
-``AVVSR_ORACLE_DATA`` is the synthetic set's root (its ``manifest.json`` gives the classes);
+``AVVSR_ORACLE_DATA`` is the synthetic set's root (its manifest gives the classes);
 pass the same root as ``data.train.root`` when it is not the default.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 
 from avvsr import train
 from avvsr.data import datasets
 from avvsr.data.audio_features import SILENCE_LOG_MEL
+from avvsr.data.synthetic import load_manifest
 
 BANDS_PER_CLASS = 16
 CODE_LEVEL = 10.0  # natural-log units above silence
 
 
-def sounding_class_by_video(manifest_path: Path) -> dict[str, int]:
-    """``{video path relative to the root: class index of its sounding object}``."""
-    manifest = json.loads(manifest_path.read_text())
-    classes = manifest["classes"]
+def sounding_class_by_video(data_root: str | os.PathLike) -> dict[str, int]:
+    """``{video path relative to the root: class index of its (first) sounding object}``."""
+    manifest = load_manifest(data_root)
     return {
-        clip["video"]: classes.index(next(o["class"] for o in clip["objects"] if o["sounding"]))
-        for clips in manifest["splits"].values()
+        clip.video: manifest.classes.index(next(o.class_name for o in clip.objects if o.sounding))
+        for clips in manifest.splits.values()
         for clip in clips
     }
 
 
-def install_class_code(manifest_path: Path) -> None:
+def install_class_code(data_root: str | os.PathLike) -> None:
     """Patch ``ClipDataset._load`` so each item's ``audio`` is its class code."""
-    class_of = sounding_class_by_video(manifest_path)
+    class_of = sounding_class_by_video(data_root)
     load = datasets.ClipDataset._load
 
     def load_with_class_code(self, clip, *args, **kwargs):
@@ -59,5 +57,5 @@ def install_class_code(manifest_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    install_class_code(Path(os.environ.get("AVVSR_ORACLE_DATA", "data/synth_av")) / "manifest.json")
+    install_class_code(os.environ.get("AVVSR_ORACLE_DATA", "data/synth_av"))
     train.main()

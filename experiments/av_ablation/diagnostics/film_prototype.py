@@ -14,7 +14,7 @@ source pixels of the split pooled). Usage::
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import hydra
@@ -23,9 +23,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
+from avvsr.data.synthetic import load_manifest
 from avvsr.models.backbones.blocks import PixelShuffleHead, conv, leaky_relu
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(Path(__file__).parent))
+from class_oracle_train import sounding_class_by_video  # noqa: E402
 
 
 class FiLMPrototype(nn.Module):
@@ -71,13 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    manifest = json.loads((Path(args.data) / "manifest.json").read_text())
-    classes = manifest["classes"]
-    class_of = {
-        clip["video"]: classes.index(next(o["class"] for o in clip["objects"] if o["sounding"]))
-        for clips in manifest["splits"].values()
-        for clip in clips
-    }
+    class_of = sounding_class_by_video(args.data)
+    num_classes = len(load_manifest(args.data).classes)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         overrides = ["experiment=av_ablation", f"data.train.root={args.data}",
                      f"paths.root_dir={ROOT}", "paths.output_dir=unused"]
@@ -88,10 +86,10 @@ def main() -> None:
 
     def codes(batch: dict, shift: int = 0) -> Tensor:
         labels = torch.tensor([class_of[key.rsplit(":", 1)[0]] for key in batch["key"]])
-        one_hot = F.one_hot(labels.roll(shift), len(classes)).float()
+        one_hot = F.one_hot(labels.roll(shift), num_classes).float()
         return one_hot.repeat_interleave(batch["lq"].shape[1], dim=0)  # one per frame
 
-    net = FiLMPrototype(len(classes), args.film)
+    net = FiLMPrototype(num_classes, args.film)
     optimizer = torch.optim.Adam(net.parameters(), 5e-4, betas=(0.9, 0.99))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-4, args.steps, pct_start=0.02)
     step = 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +74,16 @@ def main() -> None:
     net = load_lit_module(args.checkpoint).net.eval()
     if net.uses_audio:
         raise SystemExit(f"{args.checkpoint}: this diagnostic takes a model without fusion")
-    manifest = json.loads((args.data / "manifest.json").read_text())
-    fields = {f.name for f in dataclasses.fields(synthetic.SynthConfig)}
-    config = synthetic.SynthConfig(**{k: v for k, v in manifest["params"].items() if k in fields})
+    manifest = synthetic.load_manifest(args.data)
+    config = synthetic.SynthConfig(**manifest.params)
     if "sine" not in config.classes:
         raise SystemExit(f"{args.data}: needs the 'sine' class (the fundamental-only render)")
     errors = SquaredErrors()
-    for index, clip in enumerate(manifest["splits"]["test"][: args.clips]):
+    for index, clip in enumerate(manifest.splits["test"][: args.clips]):
         spec = synthetic.sample_clip(config, "test", index)
         sounding = next(o for o in spec.objects if o.sounding)
         renders, labels = renders_by_class(spec, sounding.id)
-        hr = read_frames(args.data / clip["video"])
+        hr = read_frames(args.data / clip.video)
         lq = degrade(torch.from_numpy(hr).permute(0, 3, 1, 2).float() / 255, net.scale, "BI")
         with torch.no_grad():
             sr = net(lq.clamp(0, 1)[None]).sr[0].clamp(0, 1)
