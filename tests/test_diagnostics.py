@@ -42,7 +42,7 @@ def test_renders_by_class_reproduce_the_video_and_differ_only_in_the_sounding_ob
     spec = synthetic.sample_clip(config, "test", 0)
     sounding = next(o for o in spec.objects if o.sounding)
     renders, labels = harmonic_error.renders_by_class(spec, sounding.id)
-    decoded = harmonic_error.luma(read_frames(synth_root / "test/0000.mp4").astype(np.float64))
+    decoded = harmonic_error.luma(read_frames(synth_root / "test/0000.mp4"))
     own = renders[sounding.class_name]
     assert np.sqrt(np.mean((own - decoded) ** 2)) < 1.0  # grey levels, lossless encode
     outside = labels != sounding.id

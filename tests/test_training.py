@@ -114,3 +114,27 @@ def test_offline_wandb_run_holds_metrics_and_images(synth_root: Path, tmp_path: 
     assert b"unit" in records  # the experiment name, W&B's group
     images = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert images, "no sample/attention-mask image was logged"
+
+
+def test_the_report_figure_draws_each_msavf_run_with_its_masks(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from avvsr.report import load_runs
+    from avvsr.reproduce import attention_figure
+    from avvsr.train import train
+
+    for fusion in ("none", "msavf"):
+        workdir = tmp_path / fusion
+        cfg = compose_train(synth_root, workdir, [f"model/fusion={fusion}"])
+        train(cfg)
+        (workdir / "out" / ".hydra").mkdir()
+        OmegaConf.save(cfg, workdir / "out" / ".hydra" / "config.yaml")  # as Hydra saves it
+    figure = tmp_path / "masks.png"
+    assert not attention_figure(load_runs(tmp_path / "none"), figure)
+    assert not figure.exists()
+    assert attention_figure(load_runs(tmp_path), figure, clips=2)
+    # One row per test clip: LR | output | HR | the masks of MS-AVF's 3 scales, 96x96 each.
+    assert Image.open(figure).size == (6 * 96, 2 * 96)

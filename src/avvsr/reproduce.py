@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         sweep_dir = Path(args.report_only)
     else:
-        if not args.profile.startswith("paper"):
+        if args.profile != "paper":
             ensure_synthetic_data(ROOT / args.data_root)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = ROOT / "logs" / "reproduce" / args.study / args.profile / stamp

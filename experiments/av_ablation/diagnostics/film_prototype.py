@@ -5,8 +5,8 @@ net on a simpler synthetic set). A 32-channel, 4-block residual net whose blocks
 modulated by a FiLM from the sounding object's class as a one-hot code (``--film``), or not
 modulated, is trained on frames of the study's DataModule (64x64 HR crops, Charbonnier loss,
 Adam with one-cycle rate) and tested on the test clips with the true and a shuffled class code
-(each clip gets its batch neighbour's). It prints the Y-PSNR inside the sound source (all
-source pixels of the split pooled). Usage::
+(each clip gets its batch neighbour's). It prints the Y-PSNR inside the sound source as the
+study's table computes it (``avvsr.metrics.RegionPSNR``). Usage::
 
     python experiments/av_ablation/diagnostics/film_prototype.py --film --steps 1500
 """
@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
 from avvsr.data.synthetic import load_manifest
+from avvsr.metrics import RegionPSNR
 from avvsr.models.backbones.blocks import PixelShuffleHead, conv, leaky_relu
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -59,11 +60,6 @@ class FiLMPrototype(nn.Module):
                 residual = residual * (1 + gamma) + beta
             x = x + residual
         return self.head(x, lq)
-
-
-def luma(rgb: Tensor) -> Tensor:
-    """BT.601 Y (without the offset) of ``(N, 3, H, W)`` in [0, 1], in grey levels."""
-    return (0.257 * rgb[:, 0] + 0.504 * rgb[:, 1] + 0.098 * rgb[:, 2]) * 255
 
 
 def main() -> None:
@@ -106,15 +102,12 @@ def main() -> None:
                 break
     net.eval()
     for control, shift in (("true", 0), ("shuffled", 1)):
-        squared, count = 0.0, 0
+        psnr_inside = RegionPSNR(region="inside", test_y_channel=True)
         for batch in datamodule.test_dataloader():
             with torch.no_grad():
-                out = net(batch["lq"].flatten(0, 1), codes(batch, shift)).clamp(0, 1)
-            error = luma(out) - luma(batch["gt"].flatten(0, 1))
-            inside = batch["mask"].flatten(0, 1)[:, 0] > 0.5
-            squared += float((error[inside] ** 2).sum())
-            count += int(inside.sum())
-        psnr = 10 * torch.log10(torch.tensor(255.0**2 * count / squared))
+                out = net(batch["lq"].flatten(0, 1), codes(batch, shift))
+            psnr_inside.update(out.unflatten(0, batch["lq"].shape[:2]), batch["gt"], batch["mask"])
+        psnr = psnr_inside.compute()
         print(f"film={args.film} steps={args.steps} {control}: PSNR-Y in source {psnr:.2f} dB")
 
 

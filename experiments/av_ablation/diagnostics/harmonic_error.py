@@ -28,11 +28,15 @@ from avvsr.data import synthetic
 from avvsr.data.degradations import degrade
 from avvsr.data.io import read_frames
 from avvsr.evaluate import load_lit_module
+from avvsr.metrics import to_metric_space
 
 
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 Y of ``(..., 3)`` RGB in grey levels 0..255."""
-    return 0.257 * rgb[..., 0] + 0.504 * rgb[..., 1] + 0.098 * rgb[..., 2] + 16.0
+def luma(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    """BT.601 Y, as the study's metrics compute it, of uint8 ``(T, H, W, 3)`` frames or of
+    ``(T, 3, H, W)`` RGB in [0, 1] -> float64 ``(T, H, W)`` in grey levels."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames).permute(0, 3, 1, 2) / 255.0
+    return to_metric_space(frames, test_y_channel=True)[:, 0].numpy()
 
 
 class SquaredErrors:
@@ -60,7 +64,7 @@ def renders_by_class(spec: synthetic.ClipSpec, sounding_id: int) -> tuple[dict, 
             for o in spec.objects
         )
         frames, labels = synthetic.render_frames(dataclasses.replace(spec, objects=objects))
-        renders[name] = luma(frames.astype(np.float64))
+        renders[name] = luma(frames)
     return renders, labels
 
 
@@ -86,9 +90,9 @@ def main() -> None:
         hr = read_frames(args.data / clip.video)
         lq = degrade(torch.from_numpy(hr).permute(0, 3, 1, 2).float() / 255, net.scale, "BI")
         with torch.no_grad():
-            sr = net(lq.clamp(0, 1)[None]).sr[0].clamp(0, 1)
-        output = luma(sr.permute(0, 2, 3, 1).double().numpy() * 255)
-        truth = luma(hr.astype(np.float64))
+            sr = net(lq.clamp(0, 1)[None]).sr[0]
+        output = luma(sr)
+        truth = luma(hr)
         class_mean = np.mean(list(renders.values()), axis=0)
         fundamental = renders["sine"]
         rows, cols = np.mgrid[0 : config.height, 0 : config.width] + 0.5
