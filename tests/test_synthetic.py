@@ -491,6 +491,18 @@ def test_crowded_frames_raise_a_clear_error():
         sample_clip(crowded, "train", 0)
 
 
+def test_objects_whose_path_fills_the_frame_are_placed_inside_it():
+    # Radius 18-24 px in 64 px frames: fast paths are shortened to exactly the room left, which
+    # rounding once made negative (test clip 12 of this set raised numpy's "high - low < 0").
+    tight = SynthConfig(num_objects=1, height=64, width=64, object_radius_min_px=18,
+                        object_radius_max_px=24)
+    for index in range(16):
+        clip = sample_clip(tight, "test", index)
+        radius = clip.objects[0].radius_px
+        centres = clip.objects[0].centres_xy_px(tight.frame_times_s())
+        assert centres.min() >= radius - 1e-9 and centres.max() <= 63 - radius + 1e-9
+
+
 def test_cli_takes_every_config_field_and_is_idempotent(tmp_path, capsys, caplog):
     out = tmp_path / "cli_set"
     arguments = ["--out", str(out), "--no-progress", "--num-classes", "2", "--num-train", "1",

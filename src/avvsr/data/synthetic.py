@@ -343,7 +343,10 @@ def _sample_motion(
     # Shorten paths longer than the room the frame leaves (small frames, fast objects).
     shrink = min(1.0, float(np.min((high - low) / np.maximum(np.abs(displacement), 1e-9))))
     velocity, displacement = velocity * shrink, displacement * shrink
-    start = rng.uniform(low - np.minimum(displacement, 0), high - np.maximum(displacement, 0))
+    start_low = low - np.minimum(displacement, 0)
+    # A path that fills the room exactly can leave high < low by a rounding error.
+    start_high = np.maximum(high - np.maximum(displacement, 0), start_low)
+    start = rng.uniform(start_low, start_high)
     return (float(start[0]), float(start[1])), (float(velocity[0]), float(velocity[1]))
 
 
