@@ -1,6 +1,7 @@
-"""The study's diagnostics (experiments/av_ablation/diagnostics/) rest on two assumptions that
-are checked here: re-rendering a synthetic clip reproduces its decoded video, and the class-oracle
-patch gives every item the code of its clip's sounding class."""
+"""The study's diagnostics (experiments/av_ablation/diagnostics/) rest on assumptions that are
+checked here: re-rendering a synthetic clip reproduces its decoded video, the class-oracle patch
+gives every item the code of its clip's sounding class, and the learnability probe's patches carry
+the coded grating where it scores them and nowhere else."""
 
 from __future__ import annotations
 
@@ -71,3 +72,23 @@ def test_class_oracle_gives_each_item_its_sounding_class_code(
         expected = torch.zeros_like(loud)
         expected[:, first : first + oracle.BANDS_PER_CLASS, :] = True
         assert torch.equal(loud, expected), clip.video
+
+
+@pytest.mark.parametrize("layout", ["full", "disc", "distractor"])
+def test_probe_patches_carry_the_coded_grating_where_they_are_scored(layout: str) -> None:
+    probe = load_script("learnability_probe")
+    lq, hr, labels, region = probe.render_patches(np.random.default_rng(0), 6, layout, radius=16)
+    assert lq.shape == (6, 3, 16, 16) and hr.shape == (6, 3, 64, 64)
+    assert labels.shape == (6,) and region.shape == (6, 64, 64)
+    again = probe.render_patches(np.random.default_rng(0), 6, layout, radius=16)
+    assert torch.equal(again[1], hr)  # seeded
+    for image, scored in zip(hr, region, strict=True):
+        swing = image[0][scored].max() - image[0][scored].min()
+        assert swing > 40 / 255  # the grating (amplitude 40 grey levels, tinted) is there
+        if layout == "disc":  # flat beyond the disc
+            assert image[:, ~scored].std(dim=1).max() < 1e-6
+            assert 0.15 < scored.float().mean() < 0.25  # pi 16^2 / 64^2
+        else:
+            assert scored[:8].sum() == 0 and scored[:, :8].sum() == 0  # no border
+        if layout == "distractor":
+            assert scored[:, 32 - 6 :].sum() == 0  # left half only
