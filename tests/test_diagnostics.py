@@ -92,3 +92,15 @@ def test_probe_patches_carry_the_coded_grating_where_they_are_scored(layout: str
             assert scored[:8].sum() == 0 and scored[:, :8].sum() == 0  # no border
         if layout == "distractor":
             assert scored[:, 32 - 6 :].sum() == 0  # left half only
+
+
+def test_probe_background_surrounds_the_same_disc() -> None:
+    probe = load_script("learnability_probe")
+    flat = probe.render_patches(np.random.default_rng(0), 1, "disc", radius=16)
+    scenic = probe.render_patches(np.random.default_rng(0), 1, "disc", radius=16, background={})
+    inside = flat[3][0]
+    assert torch.equal(scenic[3], flat[3])
+    assert torch.equal(scenic[1][0][:, inside], flat[1][0][:, inside])
+    assert scenic[1][0][:, ~inside].std(dim=1).min() > 1 / 255  # the benchmark's waves
+    with pytest.raises(ValueError, match="disc"):
+        probe.render_patches(np.random.default_rng(0), 1, "full", background={})

@@ -12,6 +12,10 @@ x4 bicubic LR. The film prototype (``film_prototype.FiLMPrototype``) learns with
 - ``distractor``: the right half of every patch carries a grating of another, unknown class
   (a silent distractor that a global code cannot single out).
 
+``--background`` puts the disc on the benchmark's own background (``render_background``)
+instead of a flat patch; ``--pool N`` draws N patches once and trains on them again and again,
+as a data set of N objects does.
+
 It prints the Y-PSNR over the coded grating (``avvsr.metrics.RegionPSNR``; ``full``: the patch
 without an 8 px border, ``disc``: the disc, ``distractor``: the left half without 8 px at the
 border and the seam) on 256 held-out patches, with the true and a shuffled code. Usage::
@@ -33,7 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avvsr.data.degradations import bicubic_downsample
-from avvsr.data.synthetic import SynthConfig, harmonic_coefficients, harmonic_series
+from avvsr.data.synthetic import (
+    SynthConfig,
+    harmonic_coefficients,
+    harmonic_series,
+    render_background,
+    sample_clip,
+)
 from avvsr.metrics import RegionPSNR
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,11 +55,20 @@ BORDER_PX = 8  # left out of the score: the net sees no context beyond the patch
 
 
 def render_patches(
-    rng: np.random.Generator, count: int, layout: str, size: int = 64, radius: float = 16.0
+    rng: np.random.Generator, count: int, layout: str, size: int = 64, radius: float = 16.0,
+    background: dict[str, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``count`` patches -> (lq (N, 3, size/4, size/4), hr (N, 3, size, size) in [0, 1],
-    class labels (N,), scored region (N, size, size) bool)."""
+    class labels (N,), scored region (N, size, size) bool).
+
+    ``background``: None for a flat patch around the disc, else the benchmark's background made
+    with these :class:`SynthConfig` fields changed (``{}``: as the benchmark makes it).
+    """
     config = SynthConfig()  # the benchmark's grating period, amplitude, classes, harmonics
+    if background is not None and layout != "disc":
+        raise ValueError("a background shows only around a disc (layout='disc')")
+    scene = SynthConfig(height=size, width=size, num_frames=1, num_objects=0, num_sounding=0,
+                        **(background or {}))
     coefficients = [harmonic_coefficients(name, config.num_harmonics) for name in config.classes]
     y, x = np.mgrid[0:size, 0:size] + 0.5
     labels = rng.integers(config.num_classes, size=count)
@@ -76,7 +95,11 @@ def render_patches(
             raise ValueError(f"unknown layout {layout!r}")
         level = config.object_level + rng.uniform(-20, 20)
         tint = rng.uniform(0.6, 1.0, (3, 1, 1))
-        images.append(tint * (level + config.grating_amplitude * profile) / 255)
+        image = tint * (level + config.grating_amplitude * profile)
+        if background is not None:
+            scenery = render_background(sample_clip(scene, "train", int(rng.integers(2**31))))
+            image = np.where(region, image, scenery[0].transpose(2, 0, 1))
+        images.append(image / 255)
         regions.append(region)
     hr = torch.from_numpy(np.stack(images)).float()
     return bicubic_downsample(hr, SCALE), hr, torch.from_numpy(labels), torch.from_numpy(
@@ -90,6 +113,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="patches per step")
     parser.add_argument("--layout", choices=["full", "disc", "distractor"], default="full")
     parser.add_argument("--radius", type=float, default=16.0, help="disc radius, HR px")
+    parser.add_argument("--background", action="store_true", help="the benchmark's background")
+    parser.add_argument("--background-period-min-px", type=float, default=None,
+                        help="shortest background wave period (default: the benchmark's)")
+    parser.add_argument("--background-contrast", type=float, default=None,
+                        help="background wave amplitude, grey levels (default: the benchmark's)")
+    parser.add_argument("--pool", type=int, default=0, help="train on this many patches (0: fresh)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -98,8 +127,23 @@ def main() -> None:
     optimizer = torch.optim.Adam(net.parameters(), 5e-4, betas=(0.9, 0.99))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-4, args.steps, pct_start=0.02)
     train_rng = np.random.default_rng(1)
+
+    background = None
+    if args.background:
+        changes = {"background_period_min_px": args.background_period_min_px,
+                   "background_contrast": args.background_contrast}
+        background = {name: value for name, value in changes.items() if value is not None}
+
+    def draw(rng: np.random.Generator, count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return render_patches(rng, count, args.layout, radius=args.radius, background=background)
+
+    pool = draw(train_rng, args.pool) if args.pool else None
     for _ in range(args.steps):
-        lq, hr, labels, _ = render_patches(train_rng, args.batch, args.layout, radius=args.radius)
+        if pool is None:
+            lq, hr, labels, _ = draw(train_rng, args.batch)
+        else:
+            chosen = torch.from_numpy(train_rng.integers(args.pool, size=args.batch))
+            lq, hr, labels, _ = (tensor[chosen] for tensor in pool)
         out = net(lq, F.one_hot(labels, num_classes).float())
         loss = torch.sqrt((out - hr) ** 2 + 1e-6).mean()
         optimizer.zero_grad()
@@ -107,15 +151,15 @@ def main() -> None:
         optimizer.step()
         schedule.step()
     net.eval()
-    lq, hr, labels, region = render_patches(np.random.default_rng(99), 256, args.layout,
-                                            radius=args.radius)
+    lq, hr, labels, region = draw(np.random.default_rng(99), 256)
     for control, shift in (("true", 0), ("shuffled", 1)):
         psnr = RegionPSNR(region="inside", test_y_channel=True)
         with torch.no_grad():
             out = net(lq, F.one_hot(labels.roll(shift), num_classes).float())
         psnr.update(out[:, None], hr[:, None], region[:, None, None].float())
-        print(f"layout={args.layout} radius={args.radius} batch={args.batch} film={args.film} "
-              f"steps={args.steps} {control}: PSNR-Y on the coded grating {psnr.compute():.2f} dB")
+        print(f"layout={args.layout} radius={args.radius} background={background} "
+              f"pool={args.pool} batch={args.batch} film={args.film} steps={args.steps} "
+              f"{control}: PSNR-Y on the coded grating {psnr.compute():.2f} dB")
 
 
 if __name__ == "__main__":
