@@ -117,7 +117,8 @@ def main() -> None:
     parser.add_argument("--background-period-min-px", type=float, default=None,
                         help="shortest background wave period (default: the benchmark's)")
     parser.add_argument("--background-contrast", type=float, default=None,
-                        help="background wave amplitude, grey levels (default: the benchmark's)")
+                        help="sum of the background waves' amplitudes, grey levels "
+                             "(default: the benchmark's)")
     parser.add_argument("--pool", type=int, default=0, help="train on this many patches (0: fresh)")
     args = parser.parse_args()
     torch.set_num_threads(1)
