@@ -81,26 +81,51 @@ def test_probe_patches_carry_the_coded_grating_where_they_are_scored(layout: str
     assert lq.shape == (6, 3, 16, 16) and hr.shape == (6, 3, 64, 64)
     assert labels.shape == (6,) and region.shape == (6, 64, 64)
     again = probe.render_patches(np.random.default_rng(0), 6, layout, radius=16)
-    assert torch.equal(again[1], hr)  # seeded
+    assert torch.equal(again[1], hr) and torch.equal(again[2], labels)  # seeded
     for image, scored in zip(hr, region, strict=True):
         swing = image[0][scored].max() - image[0][scored].min()
-        assert swing > 40 / 255  # the grating (amplitude 40 grey levels, tinted) is there
-        if layout == "disc":  # flat beyond the disc
-            assert image[:, ~scored].std(dim=1).max() < 1e-6
-            assert 0.15 < scored.float().mean() < 0.25  # pi 16^2 / 64^2
+        assert swing > 30 / 255  # the grating (amplitude 40 grey levels, tinted) is there
+        if layout == "disc":  # the benchmark's object: a disc of the given radius
+            assert 0.17 < scored.float().mean() < 0.22  # pi 16^2 / 64^2
         else:
             assert scored[:8].sum() == 0 and scored[:, :8].sum() == 0  # no border
         if layout == "distractor":
             assert scored[:, 32 - 6 :].sum() == 0  # left half only
 
 
-def test_probe_background_surrounds_the_same_disc() -> None:
+def test_probe_disc_is_the_benchmark_object_on_the_chosen_background() -> None:
     probe = load_script("learnability_probe")
-    flat = probe.render_patches(np.random.default_rng(0), 1, "disc", radius=16)
-    scenic = probe.render_patches(np.random.default_rng(0), 1, "disc", radius=16, background={})
-    inside = flat[3][0]
-    assert torch.equal(scenic[3], flat[3])
-    assert torch.equal(scenic[1][0][:, inside], flat[1][0][:, inside])
-    assert scenic[1][0][:, ~inside].std(dim=1).min() > 1 / 255  # the benchmark's waves
+    _, hr, _, region = probe.render_patches(np.random.default_rng(0), 4, "disc",
+                                            scene={"background_contrast": 0.0})
+    for image, scored in zip(hr, region, strict=True):
+        outside = image[:, ~scored & ~torch.from_numpy(_rim(scored.numpy()))]
+        assert outside.std(dim=1).max() < 1e-6  # flat background
+    _, hr, _, region = probe.render_patches(np.random.default_rng(0), 4, "disc")
+    assert hr[0][:, ~region[0]].std(dim=1).min() > 1 / 255  # the benchmark's waves
+    assert torch.equal(torch.round(hr * 255), hr * 255)  # 8-bit frames, as decoded
     with pytest.raises(ValueError, match="disc"):
-        probe.render_patches(np.random.default_rng(0), 1, "full", background={})
+        probe.render_patches(np.random.default_rng(0), 1, "full", scene={"background_contrast": 0})
+
+
+def _rim(inside: np.ndarray) -> np.ndarray:
+    """Pixels next to ``inside`` (the disc's antialiased edge mixes object and background)."""
+    grown = inside.copy()
+    for axis in (0, 1):
+        for shift in (-1, 1):
+            grown |= np.roll(inside, shift, axis=axis)
+    return grown & ~inside
+
+
+def test_probe_pool_picks_whole_patches_and_main_runs(capsys: pytest.CaptureFixture) -> None:
+    probe = load_script("learnability_probe")
+    pool = probe.render_patches(np.random.default_rng(0), 5, "full")
+    picked = probe.pick(pool, np.random.default_rng(1), 12)
+    for lq, hr, label, region in zip(*picked, strict=True):
+        same = [i for i in range(5) if torch.equal(pool[1][i], hr)]
+        assert len(same) == 1
+        assert torch.equal(pool[0][same[0]], lq) and pool[2][same[0]] == label
+        assert torch.equal(pool[3][same[0]], region)
+    probe.main(["--film", "--steps", "2", "--batch", "2", "--test-patches", "4",
+                "--layout", "disc", "--pool", "3", "--background-contrast", "0"])
+    printed = capsys.readouterr().out
+    assert "true: PSNR-Y on the coded grating" in printed and "shuffled:" in printed

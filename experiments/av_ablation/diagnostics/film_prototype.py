@@ -24,10 +24,12 @@ from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
 from avvsr.data.synthetic import load_manifest
+from avvsr.lit_module import charbonnier_loss
 from avvsr.metrics import RegionPSNR
 from avvsr.models.backbones.blocks import PixelShuffleHead, conv, leaky_relu
 
 ROOT = Path(__file__).resolve().parents[3]
+LOSS_EPS = 1e-3  # Charbonnier epsilon
 sys.path.insert(0, str(Path(__file__).parent))
 from class_oracle_train import sounding_class_by_video  # noqa: E402
 
@@ -62,6 +64,12 @@ class FiLMPrototype(nn.Module):
         return self.head(x, lq)
 
 
+def one_cycle_adam(net: nn.Module, steps: int, lr: float = 5e-4):
+    """Adam (the study's betas) with a one-cycle rate over ``steps`` -> (optimizer, schedule)."""
+    optimizer = torch.optim.Adam(net.parameters(), lr, betas=(0.9, 0.99))
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, steps, pct_start=0.02)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--film", action="store_true", help="modulate by the class code")
@@ -86,13 +94,12 @@ def main() -> None:
         return one_hot.repeat_interleave(batch["lq"].shape[1], dim=0)  # one per frame
 
     net = FiLMPrototype(num_classes, args.film)
-    optimizer = torch.optim.Adam(net.parameters(), 5e-4, betas=(0.9, 0.99))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-4, args.steps, pct_start=0.02)
+    optimizer, schedule = one_cycle_adam(net, args.steps)
     step = 0
     while step < args.steps:
         for batch in datamodule.train_dataloader():
             out = net(batch["lq"].flatten(0, 1), codes(batch))
-            loss = torch.sqrt((out - batch["gt"].flatten(0, 1)) ** 2 + 1e-6).mean()
+            loss = charbonnier_loss(out, batch["gt"].flatten(0, 1), LOSS_EPS)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
