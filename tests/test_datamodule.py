@@ -28,13 +28,14 @@ from avvsr.data.datasets import (
     TrainClipDataset,
 )
 from avvsr.data.degradations import crop_to_scale, degrade
-from avvsr.data.sources import AVE_HEADER, FolderSource, SyntheticSource
+from avvsr.data.sources import FolderSource, SyntheticSource
 from avvsr.data.synthetic import SynthConfig, generate
 from avvsr.errors import DatasetError, MediaError
 from media import (
     onset,
     truncate_tail,
     write_audio_only,
+    write_ave_folder,
     write_empty_video,
     write_garbage,
     write_test_video,
@@ -492,14 +493,11 @@ def test_folder_config_with_split_lists(tmp_path: Path) -> None:
 
 
 def test_ave_config_reads_annotations_and_splits(tmp_path: Path) -> None:
-    root = tmp_path / "data" / "AVE_Dataset"
-    (root / "AVE").mkdir(parents=True)
-    for video_id in ("v1", "v2"):
-        write_test_video(root / "AVE" / f"{video_id}.mp4", num_frames=30, height=128, width=128)
-    (root / "Annotations.txt").write_text(f"{AVE_HEADER}\nDog&v1&good&0&3\nCat&v2&good&1&2\n")
-    (root / "trainSet.txt").write_text("Dog&v1&good&0&3\n")
-    (root / "valSet.txt").write_text("Cat&v2&good&1&2\n")
-    (root / "testSet.txt").write_text("Cat&v2&good&1&2\n")
+    write_ave_folder(
+        tmp_path / "data" / "AVE_Dataset",
+        {"train": ["Dog&v1&good&0&3"], "val": ["Cat&v2&good&1&2"], "test": ["Cat&v2&good&1&2"]},
+        num_frames=30, height=128, width=128,
+    )
     module = compose("ave", tmp_path / "data", tmp_path / "cache", num_workers=0)
     module.setup("fit")
     module.setup("test")

@@ -4,6 +4,7 @@ processes, and a multirun sweep aggregated into a table. Slow (minutes)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from training_helpers import make_small_synthetic_set
+from media import write_ave_folder
+from training_helpers import CONF_DIR, make_small_synthetic_set
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +186,52 @@ def test_a_sweep_runs_the_grid_and_reports_a_table(synth_root: Path, tmp_path: P
     ]
     text = write_report(sweep_dir, tmp_path / "report", title="sweep").read_text()
     assert "| basicvsr_tiny | none | 2 |" in text and "| basicvsr_tiny | msavf-s3 | 2 |" in text
+
+
+def test_the_paper_profile_trains_and_tests_its_backbones_on_ave(tmp_path: Path) -> None:
+    """``sweep=paper`` (paper-size models, bf16 autocast) on a small AVE-shaped set, one step
+    each on the CPU: every backbone of the profile fits, tests with the audio controls and
+    records its metrics. CUDA itself is not exercised here."""
+    ave_root = write_ave_folder(
+        tmp_path / "data" / "AVE_Dataset",
+        {"train": ["Dog&v1&good&0&2"], "val": ["Cat&v2&good&0&1"], "test": ["Cat&v2&good&0&1"]},
+        num_frames=20, height=32, width=32,
+    )
+    sweep_dir = tmp_path / "sweep"
+    command = train_command(
+        ave_root,
+        tmp_path,
+        "experiment=av_ablation",
+        "sweep=paper",
+        "data=ave",
+        "model/backbone=basicvsr,basicvsrpp,edvr",  # the grid's axes, one fusion and seed
+        "model/fusion=msavf",
+        "seed=0",
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=1",
+        "data.batch_size=1",
+        "data.crop_size=32",
+        "data.clip_len=3",
+        "data.eval_max_frames=3",
+        "logger=csv",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    command.insert(3, "-m")
+    result = subprocess.run(command, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {r["backbone"]: (r, folder) for folder, r in read_run_records(sweep_dir)}
+    assert sorted(runs) == ["basicvsr", "basicvsrpp", "edvr"]
+    for record, folder in runs.values():
+        assert record["steps"] == 1 and record["fusion"] == "msavf-s3"
+        metrics = record["metrics"]
+        assert metrics["test/params"] > 1_000_000  # paper size, not a tiny config
+        for control in ("true", "shuffled", "silent"):
+            assert math.isfinite(metrics[f"test/{control}/psnr_y"]), control
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        assert config.trainer.precision == "bf16-mixed"
+        paper_encoder = OmegaConf.load(Path(CONF_DIR) / "model" / "audio_encoder" / "paper.yaml")
+        assert config.model.audio_encoder == paper_encoder
+
+
+def read_run_records(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    return [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.glob("*/metrics.json"))]

@@ -1,0 +1,96 @@
+"""The reproduce profiles' sweeps and the scale-out configs compose into what they promise:
+every grid point of every ``conf/sweep/*.yaml`` builds its model (tiny on the CPU profiles,
+paper-size on ``paper``), ``trainer=ddp_multinode`` reads the SLURM allocation, and
+``hydra/launcher=slurm`` builds the submitit launcher. Nothing here trains; the paper profile's
+runs train on the CPU in tests/test_multiprocess.py."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+# The tiny configs train on a 2-core CPU; the paper sizes are millions of parameters.
+TINY_MAX_PARAMS = 1_000_000
+
+
+def compose_study(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train", overrides=["experiment=av_ablation", *overrides], return_hydra_config=True
+        )
+
+
+def grid_points(sweep: str) -> list[list[str]]:
+    """The overrides of every run ``avvsr-train -m experiment=av_ablation sweep=<sweep>``
+    launches, seeds left out, expanded by Hydra's own override parser."""
+    params = compose_study(f"sweep={sweep}").hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides(
+        [f"{key}={value}" for key, value in params.items() if key != "seed"]
+    )
+    axes = [
+        [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+        for o in parsed
+    ]
+    return [list(point) for point in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_grid_point_of_every_profile_builds_its_model(sweep: str) -> None:
+    points = grid_points(sweep)
+    assert points, f"conf/sweep/{sweep}.yaml sweeps nothing"
+    for point in points:
+        cfg = compose_study(f"sweep={sweep}", *point)
+        net = instantiate(cfg.model).net
+        params = sum(p.numel() for p in net.parameters())
+        choice = dict(p.split("=", 1) for p in point)
+        assert type(net.backbone).__name__ == cfg.model.backbone._target_.rsplit(".", 1)[-1]
+        assert (net.fusion is None) == (choice["model/fusion"] == "none"), point
+        if sweep == "paper":
+            assert params > TINY_MAX_PARAMS, (point, params)
+            assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+        else:
+            assert params < TINY_MAX_PARAMS, (point, params)
+            assert cfg.trainer.accelerator == "cpu"
+
+
+def test_multinode_trainer_reads_the_slurm_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    trainer = compose_study("trainer=ddp_multinode").trainer
+    assert (trainer.num_nodes, trainer.devices, trainer.strategy) == (2, 4, "ddp")
+    assert trainer.accelerator == "gpu" and trainer.sync_batchnorm
+
+
+def test_multinode_trainer_defaults_to_one_node_outside_slurm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SLURM_NNODES", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    trainer = compose_study("trainer=ddp_multinode").trainer
+    assert (trainer.num_nodes, trainer.devices) == (1, 1)
+
+
+def test_slurm_launcher_config_builds_the_submitit_launcher() -> None:
+    cfg = compose_study(
+        "sweep=paper", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+        "hydra.launcher.gpus_per_node=4",
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == 4  # one task per GPU, as Lightning's DDP expects
+    assert (launcher.partition, launcher.max_num_timeout) == ("gpu", 3)
+    HydraConfig.instance().set_config(cfg)  # its submitit folder lies in the sweep folder
+    built = instantiate(launcher)
+    assert type(built).__name__ == "SlurmLauncher"
+    assert built.params["gpus_per_node"] == 4 and built.params["timeout_min"] == 1440
+    assert built.params["submitit_folder"].startswith(cfg.hydra.sweep.dir)
