@@ -36,17 +36,19 @@ def paths(synth_root: Path, workdir: Path) -> list[str]:
     ]
 
 
-def train_command(synth_root: Path, workdir: Path, *overrides: str) -> list[str]:
+def train_overrides(synth_root: Path, workdir: Path, *overrides: str) -> list[str]:
+    """Quick-run overrides for ``avvsr-train`` on the set at ``synth_root``."""
     return [
-        sys.executable,
-        "-m",
-        "avvsr.train",
         *paths(synth_root, workdir),
         "data.batch_size=2",
         "trainer.check_val_every_n_epoch=1",
         "model.warmup_steps=1",
         *overrides,
     ]
+
+
+def train_command(synth_root: Path, workdir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "avvsr.train", *train_overrides(synth_root, workdir, *overrides)]
 
 
 def eval_command(synth_root: Path, workdir: Path, *overrides: str) -> list[str]:
@@ -188,21 +190,20 @@ def test_a_sweep_runs_the_grid_and_reports_a_table(synth_root: Path, tmp_path: P
     assert "| basicvsr_tiny | none | 2 |" in text and "| basicvsr_tiny | msavf-s3 | 2 |" in text
 
 
-def test_the_paper_profile_trains_and_tests_its_backbones_on_ave(tmp_path: Path) -> None:
-    """``sweep=paper`` (paper-size models, bf16 autocast) on a small AVE-shaped set, one step
-    each on the CPU: every backbone of the profile fits, tests with the audio controls and
-    records its metrics. CUDA itself is not exercised here."""
+def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: Path) -> None:
+    """``make reproduce-table PROFILE=paper`` (paper-size models, bf16 autocast) on a small
+    AVE-shaped set, narrowed to one step of MS-AVF on each backbone, on the CPU: no synthetic
+    set is generated, every backbone fits and tests with the audio controls, and the report
+    lists them. CUDA itself is not exercised here."""
     ave_root = write_ave_folder(
         tmp_path / "data" / "AVE_Dataset",
         {"train": ["Dog&v1&good&0&2"], "val": ["Cat&v2&good&0&1"], "test": ["Cat&v2&good&0&1"]},
         num_frames=20, height=32, width=32,
     )
-    sweep_dir = tmp_path / "sweep"
-    command = train_command(
+    synth_root, out_dir, runs_dir = tmp_path / "synth_av", tmp_path / "report", tmp_path / "runs"
+    overrides = train_overrides(
         ave_root,
         tmp_path,
-        "experiment=av_ablation",
-        "sweep=paper",
         "data=ave",
         "model/backbone=basicvsr,basicvsrpp,edvr",  # the grid's axes, one fusion and seed
         "model/fusion=msavf",
@@ -214,12 +215,18 @@ def test_the_paper_profile_trains_and_tests_its_backbones_on_ave(tmp_path: Path)
         "data.clip_len=3",
         "data.eval_max_frames=3",
         "logger=csv",
-        f"hydra.sweep.dir={sweep_dir}",
     )
-    command.insert(3, "-m")
-    result = subprocess.run(command, env=env(), capture_output=True, text=True)
+    command = [
+        sys.executable, "-m", "avvsr.reproduce", "--profile", "paper", f"--data-root={synth_root}",
+        f"--out-dir={out_dir}", f"--runs-dir={runs_dir}", *overrides,
+    ]
+    result = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = {r["backbone"]: (r, folder) for folder, r in read_run_records(sweep_dir)}
+    assert not synth_root.exists(), "the paper profile must not generate the synthetic set"
+    records = [
+        (path.parent, json.loads(path.read_text())) for path in runs_dir.rglob("metrics.json")
+    ]
+    runs = {record["backbone"]: (record, folder) for folder, record in records}
     assert sorted(runs) == ["basicvsr", "basicvsrpp", "edvr"]
     for record, folder in runs.values():
         assert record["steps"] == 1 and record["fusion"] == "msavf-s3"
@@ -231,7 +238,7 @@ def test_the_paper_profile_trains_and_tests_its_backbones_on_ave(tmp_path: Path)
         assert config.trainer.precision == "bf16-mixed"
         paper_encoder = OmegaConf.load(Path(CONF_DIR) / "model" / "audio_encoder" / "paper.yaml")
         assert config.model.audio_encoder == paper_encoder
-
-
-def read_run_records(sweep_dir: Path) -> list[tuple[Path, dict]]:
-    return [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    report = (out_dir / "results.md").read_text()
+    for backbone in runs:
+        assert f"| {backbone} | msavf-s3 | 1 |" in report, backbone
+    assert (out_dir / "attention_masks.png").is_file()

@@ -24,6 +24,8 @@ from pathlib import Path
 from avvsr.report import Run, load_runs, write_report
 
 ROOT = Path.cwd()
+# Where conf/data/synth_av.yaml reads the synthetic set (paths.data_dir/synth_av).
+DEFAULT_SYNTH_ROOT = Path("data") / "synth_av"
 # The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
 PROFILES = {
     "cpu": ["cpu"],
@@ -134,24 +136,41 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--study", default="av_ablation")
-    parser.add_argument("--data-root", default="data/synth_av")
+    parser.add_argument(
+        "--data-root", type=Path,
+        help="CPU profiles: generate the synthetic set here if absent and train on it "
+        f"(default: the data config's, {DEFAULT_SYNTH_ROOT})",
+    )
     parser.add_argument(
         "--report-only", metavar="SWEEP_DIR", help="only aggregate an existing sweep"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path,
+        help="where the report goes (default: experiments/<study>, /<profile> but for cpu)",
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=ROOT / "logs" / "reproduce",
+        help="the sweeps run in <runs-dir>/<study>/<profile>/<time stamp>",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
 
-    out_dir = ROOT / "experiments" / args.study / ("" if args.profile == "cpu" else args.profile)
+    out_dir = args.out_dir or (
+        ROOT / "experiments" / args.study / ("" if args.profile == "cpu" else args.profile)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         sweep_dir = Path(args.report_only)
     else:
+        overrides = list(args.overrides)
         if args.profile != "paper":
-            ensure_synthetic_data(ROOT / args.data_root)
+            ensure_synthetic_data(ROOT / (args.data_root or DEFAULT_SYNTH_ROOT))
+            if args.data_root:
+                overrides.append(f"data.train.root={args.data_root.resolve()}")
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        sweep_dir = ROOT / "logs" / "reproduce" / args.study / args.profile / stamp
+        sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
         for sweep in PROFILES[args.profile]:
-            run_sweep(args.study, sweep, sweep_dir / sweep, args.overrides)
+            run_sweep(args.study, sweep, sweep_dir / sweep, overrides)
     commands, wall_min = sweep_record(sweep_dir)
     command = "\n    ".join(commands)
     runs = load_runs(sweep_dir)
