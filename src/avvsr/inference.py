@@ -9,7 +9,9 @@ Three parts, used by ``avvsr-upscale``, ``avvsr-export`` and ``avvsr-visualize``
 - **Inference** (:class:`ChunkedUpscaler`): frames stream in, the network runs on overlapping
   temporal windows (and optionally overlapping spatial tiles), overlaps are blended with linear
   ramps (a cross-fade in time, feathering in space), and finished frames stream out. Only one
-  window of LR frames and its HR output are held, so memory does not grow with video length.
+  window of LR frames and its HR output are held, so frame memory does not grow with video
+  length. A fusion model's soundtrack is decoded whole (:func:`frame_audio_for`; mono float32
+  at the model's rate, 230 MB an hour at 16 kHz).
 - **Writing** (:class:`UpscaledVideoWriter`): frames are encoded at the source frame times
   (variable frame rate is kept) and the source's audio packets are copied unchanged when the
   output container takes their codec, re-encoded otherwise; the file appears under its name

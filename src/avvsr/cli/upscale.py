@@ -2,9 +2,10 @@
 
 The video streams through the model in overlapping temporal windows (``--chunk``/``--overlap``,
 frames) and optionally overlapping spatial tiles (``--tile``/``--tile-overlap``, LR pixels), so
-memory does not grow with the video's length. OUT keeps the input's frame times; its audio is
-the input's audio stream, copied unchanged where OUT's container takes the codec (re-encoded
-otherwise). ``--ckpt`` takes a training checkpoint or an ``avvsr-export`` file.
+frame memory does not grow with the video's length (a fusion model's soundtrack is decoded
+whole, mono at the model's rate: 230 MB an hour at 16 kHz). OUT keeps the input's frame
+times; its audio is the input's audio stream, copied unchanged where OUT's container takes the
+codec (re-encoded otherwise). ``--ckpt`` takes a training checkpoint or an ``avvsr-export`` file.
 """
 
 from __future__ import annotations
