@@ -56,9 +56,15 @@ def test_a_checkpoint_evaluates_with_the_audio_controls(synth_root: Path, tmp_pa
 
     train(compose_train(synth_root, tmp_path / "train"))
     ckpt = read_metrics(tmp_path / "train")["best_checkpoint"]
-    evaluate(
-        compose_train(synth_root, tmp_path / "eval", [f"ckpt_path={ckpt}"], config_name="eval")
-    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        evaluate(compose_train(
+            synth_root, tmp_path / "eval", [f"ckpt_path={ckpt}", "threads=1"], config_name="eval"
+        ))
+        assert torch.get_num_threads() == 1  # as avvsr-train, for evaluations side by side
+    finally:
+        torch.set_num_threads(threads)
     metrics = read_metrics(tmp_path / "eval")["metrics"]
     trained = read_metrics(tmp_path / "train")["metrics"]
     for control in ("true", "shuffled", "silent"):

@@ -12,7 +12,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from avvsr.train import CONFIG_DIR, instantiate_list, scalar_metrics, write_json_atomic
+from avvsr.train import (
+    CONFIG_DIR,
+    apply_threads,
+    instantiate_list,
+    scalar_metrics,
+    write_json_atomic,
+)
 
 
 def load_lit_module(ckpt_path: str | Path, **overrides: object):
@@ -44,6 +50,7 @@ def load_lit_module(ckpt_path: str | Path, **overrides: object):
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
+    apply_threads(cfg)
     L.seed_everything(cfg.seed, workers=True)
     model = load_lit_module(cfg.ckpt_path, audio_controls=list(cfg.audio_controls))
     if model.net.scale != cfg.model.scale:

@@ -60,6 +60,14 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def apply_threads(cfg: DictConfig) -> None:
+    """Limit torch's CPU threads to ``cfg.threads`` when set (jobs running side by side)."""
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
@@ -69,10 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     started = time.time()
-    if cfg.get("threads"):
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+    apply_threads(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("run_name") is None:
         cfg.run_name = f"{backbone_label(cfg)}-{fusion_label(cfg.model.fusion)}-seed{cfg.seed}"
