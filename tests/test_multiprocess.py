@@ -242,3 +242,19 @@ def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: 
     for backbone in runs:
         assert f"| {backbone} | msavf-s3 | 1 |" in report, backbone
     assert (out_dir / "attention_masks.png").is_file()
+
+
+def test_reproduce_trains_on_the_synthetic_set_it_generates(tmp_path: Path) -> None:
+    """``--data-root``: the default synthetic set is generated there and the runs read it."""
+    synth_root, runs_dir = tmp_path / "elsewhere" / "synth", tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "avvsr.reproduce", "--profile", "quick",
+        f"--data-root={synth_root}", f"--out-dir={tmp_path / 'report'}", f"--runs-dir={runs_dir}",
+        f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+        "model/fusion=none", "seed=0", "trainer.max_steps=1", "model.warmup_steps=1",
+    ]
+    result = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (synth_root / "manifest.json").is_file()
+    (run_config,) = runs_dir.rglob(".hydra/config.yaml")
+    assert Path(OmegaConf.load(run_config).data.train.root) == synth_root
