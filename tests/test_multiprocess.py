@@ -16,6 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from avvsr.data.synthetic import MANIFEST_NAME
+from avvsr.report import load_runs
 from media import write_ave_folder
 from training_helpers import CONF_DIR, make_small_synthetic_set
 
@@ -223,24 +225,21 @@ def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: 
     result = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not synth_root.exists(), "the paper profile must not generate the synthetic set"
-    records = [
-        (path.parent, json.loads(path.read_text())) for path in runs_dir.rglob("metrics.json")
+    runs = load_runs(runs_dir)
+    assert sorted((run.backbone, run.fusion) for run in runs) == [
+        ("basicvsr", "msavf-s3"), ("basicvsrpp", "msavf-s3"), ("edvr", "msavf-s3"),
     ]
-    runs = {record["backbone"]: (record, folder) for folder, record in records}
-    assert sorted(runs) == ["basicvsr", "basicvsrpp", "edvr"]
-    for record, folder in runs.values():
-        assert record["steps"] == 1 and record["fusion"] == "msavf-s3"
-        metrics = record["metrics"]
-        assert metrics["test/params"] > 1_000_000  # paper size, not a tiny config
+    paper_encoder = OmegaConf.load(Path(CONF_DIR) / "model" / "audio_encoder" / "paper.yaml")
+    for run in runs:
+        assert run.metrics["test/params"] > 1_000_000  # paper size, not a tiny config
         for control in ("true", "shuffled", "silent"):
-            assert math.isfinite(metrics[f"test/{control}/psnr_y"]), control
-        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
-        assert config.trainer.precision == "bf16-mixed"
-        paper_encoder = OmegaConf.load(Path(CONF_DIR) / "model" / "audio_encoder" / "paper.yaml")
+            assert math.isfinite(run.metrics[f"test/{control}/psnr_y"]), control
+        config = OmegaConf.load(run.path / ".hydra" / "config.yaml")
+        assert config.trainer.precision == "bf16-mixed" and config.trainer.max_steps == 1
         assert config.model.audio_encoder == paper_encoder
     report = (out_dir / "results.md").read_text()
-    for backbone in runs:
-        assert f"| {backbone} | msavf-s3 | 1 |" in report, backbone
+    for run in runs:
+        assert f"| {run.backbone} | msavf-s3 | 1 |" in report, run.backbone
     assert (out_dir / "attention_masks.png").is_file()
 
 
@@ -255,6 +254,6 @@ def test_reproduce_trains_on_the_synthetic_set_it_generates(tmp_path: Path) -> N
     ]
     result = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (synth_root / "manifest.json").is_file()
+    assert (synth_root / MANIFEST_NAME).is_file()
     (run_config,) = runs_dir.rglob(".hydra/config.yaml")
     assert Path(OmegaConf.load(run_config).data.train.root) == synth_root

@@ -6,11 +6,11 @@ runs train on the CPU in tests/test_multiprocess.py."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
@@ -31,18 +31,13 @@ def compose_study(*overrides: str) -> DictConfig:
 
 def grid_points(sweep: str) -> list[list[str]]:
     """The overrides of every run ``avvsr-train -m experiment=av_ablation sweep=<sweep>``
-    launches, seeds left out, expanded by Hydra's own override parser."""
+    launches, seeds left out, expanded as Hydra's basic sweeper expands them."""
     params = compose_study(f"sweep={sweep}").hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides(
         [f"{key}={value}" for key, value in params.items() if key != "seed"]
     )
-    axes = [
-        [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
-        if o.is_sweep_override()
-        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
-        for o in parsed
-    ]
-    return [list(point) for point in itertools.product(*axes)]
+    (points,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return points
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)

@@ -34,7 +34,11 @@ from avvsr.models.backbones.base import VSRBackbone
 AUDIO_CONTROLS = ("true", "shuffled", "silent")
 
 
-def charbonnier_loss(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+# Charbonnier epsilon on [0, 1] pixels (the default of conf/model/default.yaml loss_eps).
+DEFAULT_LOSS_EPS = 1e-3
+
+
+def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = DEFAULT_LOSS_EPS) -> Tensor:
     """Mean of ``sqrt((pred - target)^2 + eps^2)``: a differentiable L1."""
     return torch.sqrt((pred - target).pow(2) + eps * eps).mean()
 
@@ -84,7 +88,7 @@ class AVVSRLitModule(LightningModule):
         min_lr_ratio: float = 0.01,
         flow_lr_ratio: float = 0.125,
         flow_freeze_steps: int = 0,
-        loss_eps: float = 1e-3,
+        loss_eps: float = DEFAULT_LOSS_EPS,
         audio_dropout: float = 0.15,
         crop_border: int = 0,
         audio_controls: Sequence[str] = AUDIO_CONTROLS,

@@ -29,7 +29,6 @@ from avvsr.metrics import RegionPSNR
 from avvsr.models.backbones.blocks import PixelShuffleHead, conv, leaky_relu
 
 ROOT = Path(__file__).resolve().parents[3]
-LOSS_EPS = 1e-3  # Charbonnier epsilon
 sys.path.insert(0, str(Path(__file__).parent))
 from class_oracle_train import sounding_class_by_video  # noqa: E402
 
@@ -99,7 +98,7 @@ def main() -> None:
     while step < args.steps:
         for batch in datamodule.train_dataloader():
             out = net(batch["lq"].flatten(0, 1), codes(batch))
-            loss = charbonnier_loss(out, batch["gt"].flatten(0, 1), LOSS_EPS)
+            loss = charbonnier_loss(out, batch["gt"].flatten(0, 1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -49,11 +49,13 @@ from avvsr.lit_module import charbonnier_loss
 from avvsr.metrics import RegionPSNR
 
 sys.path.insert(0, str(Path(__file__).parent))
-from film_prototype import LOSS_EPS, FiLMPrototype, one_cycle_adam  # noqa: E402
+from film_prototype import FiLMPrototype, one_cycle_adam  # noqa: E402
 
 SCALE = 4
 BORDER_PX = 8  # left out of the score: the net sees no context beyond the patch
 BENCHMARK = SynthConfig()  # the grating period, amplitude, classes and harmonics
+CLASS_COEFFICIENTS = [harmonic_coefficients(name, BENCHMARK.num_harmonics)
+                      for name in BENCHMARK.classes]
 Patches = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -61,17 +63,15 @@ def _grating_patch(
     rng: np.random.Generator, label: int, size: int, distractor: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole-patch grating of class ``label`` -> (RGB (3, size, size) 0..255, scored region)."""
-    coefficients = [harmonic_coefficients(name, BENCHMARK.num_harmonics)
-                    for name in BENCHMARK.classes]
     y, x = np.mgrid[0:size, 0:size] + 0.5
     angle, phase = rng.uniform(0, math.pi), rng.uniform(0, 1)
     period = rng.uniform(BENCHMARK.grating_period_min_px, BENCHMARK.grating_period_max_px)
     u = (x * math.cos(angle) + y * math.sin(angle)) / period + phase
-    profile = harmonic_series(coefficients[label], u)
+    profile = harmonic_series(CLASS_COEFFICIENTS[label], u)
     region = np.zeros((size, size), dtype=bool)
     region[BORDER_PX:-BORDER_PX, BORDER_PX:-BORDER_PX] = True
     if distractor:
-        other = harmonic_series(coefficients[rng.integers(BENCHMARK.num_classes)], u)
+        other = harmonic_series(CLASS_COEFFICIENTS[rng.integers(BENCHMARK.num_classes)], u)
         right = 1 / (1 + np.exp(-(x - size / 2) / 2))
         profile = profile * (1 - right) + other * right
         region[:, size // 2 - 6 :] = False
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch = pick(pool, train_rng, args.batch) if pool else draw(train_rng, args.batch)
         lq, hr, labels, _ = batch
         out = net(lq, F.one_hot(labels, BENCHMARK.num_classes).float())
-        loss = charbonnier_loss(out, hr, LOSS_EPS)
+        loss = charbonnier_loss(out, hr)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
