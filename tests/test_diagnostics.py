@@ -129,3 +129,17 @@ def test_probe_pool_picks_whole_patches_and_main_runs(capsys: pytest.CaptureFixt
                 "--layout", "disc", "--pool", "3", "--background-contrast", "0"])
     printed = capsys.readouterr().out
     assert "true: PSNR-Y on the coded grating" in printed and "shuffled:" in printed
+
+
+def test_prototype_film_blocks_modulates_only_the_last_blocks() -> None:
+    prototype = load_script("film_prototype")
+    torch.manual_seed(0)
+    net = prototype.FiLMPrototype(num_classes=4, film=True, film_blocks=1)
+    torch.nn.init.normal_(net.head.conv_last.weight)  # make the output depend on the features
+    lq, code = torch.rand(2, 3, 8, 8), torch.eye(4)[:2]
+    plain = net(lq, code)
+    for modulation in net.modulations[:-1]:
+        torch.nn.init.normal_(modulation.bias)
+    assert torch.equal(net(lq, code), plain)  # the first blocks are not modulated
+    torch.nn.init.normal_(net.modulations[-1].bias)
+    assert not torch.allclose(net(lq, code), plain)

@@ -34,11 +34,17 @@ from class_oracle_train import sounding_class_by_video  # noqa: E402
 
 
 class FiLMPrototype(nn.Module):
-    """``(lq (N, 3, h, w), code (N, K)) -> (N, 3, 4h, 4w)``; FiLM per block when ``film``."""
+    """``(lq (N, 3, h, w), code (N, K)) -> (N, 3, 4h, 4w)``; FiLM per block when ``film``.
 
-    def __init__(self, num_classes: int, film: bool, channels: int = 32, blocks: int = 4):
+    ``film_blocks``: modulate only the last this many blocks (None: every block); 1 is the
+    closest to MS-AVF, which modulates once, at the fusion point before the upsampling head.
+    """
+
+    def __init__(self, num_classes: int, film: bool, channels: int = 32, blocks: int = 4,
+                 film_blocks: int | None = None):
         super().__init__()
         self.film = film
+        self.first_film_block = blocks - (blocks if film_blocks is None else film_blocks)
         self.first = conv(3, channels)
         self.blocks = nn.ModuleList(
             nn.Sequential(conv(channels, channels), nn.LeakyReLU(0.1), conv(channels, channels))
@@ -54,9 +60,10 @@ class FiLMPrototype(nn.Module):
 
     def forward(self, lq: Tensor, code: Tensor) -> Tensor:
         x = leaky_relu(self.first(lq))
-        for block, modulation in zip(self.blocks, self.modulations, strict=True):
+        layers = enumerate(zip(self.blocks, self.modulations, strict=True))
+        for index, (block, modulation) in layers:
             residual = block(x)
-            if self.film:
+            if self.film and index >= self.first_film_block:
                 gamma, beta = modulation(code)[:, :, None, None].chunk(2, dim=1)
                 residual = residual * (1 + gamma) + beta
             x = x + residual

@@ -124,6 +124,8 @@ def pick(pool: Patches, rng: np.random.Generator, count: int) -> Patches:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--film", action="store_true", help="modulate by the class code")
+    parser.add_argument("--film-blocks", type=int, default=None,
+                        help="modulate only the last N of the 4 blocks (default: all)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=16, help="patches per step")
     parser.add_argument("--layout", choices=["full", "disc", "distractor"], default="full")
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def draw(rng: np.random.Generator, count: int) -> Patches:
         return render_patches(rng, count, args.layout, radius=args.radius, scene=scene)
 
-    net = FiLMPrototype(BENCHMARK.num_classes, args.film)
+    net = FiLMPrototype(BENCHMARK.num_classes, args.film, film_blocks=args.film_blocks)
     optimizer, schedule = one_cycle_adam(net, args.steps)
     train_rng = np.random.default_rng(1)
     pool = draw(train_rng, args.pool) if args.pool else None
@@ -166,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             out = net(lq, F.one_hot(labels.roll(shift), BENCHMARK.num_classes).float())
         psnr.update(out[:, None], hr[:, None], region[:, None, None].float())
         print(f"layout={args.layout} radius={args.radius} scene={scene} pool={args.pool} "
-              f"batch={args.batch} film={args.film} steps={args.steps} "
+              f"batch={args.batch} film={args.film} film_blocks={args.film_blocks} "
+              f"steps={args.steps} "
               f"{control}: PSNR-Y on the coded grating {psnr.compute():.2f} dB")
 
 
