@@ -143,3 +143,13 @@ def test_prototype_film_blocks_modulates_only_the_last_blocks() -> None:
     assert torch.equal(net(lq, code), plain)  # the first blocks are not modulated
     torch.nn.init.normal_(net.modulations[-1].bias)
     assert not torch.allclose(net(lq, code), plain)
+
+
+def test_prototype_main_takes_study_overrides(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    prototype = load_script("film_prototype")
+    prototype.main(["--film", "--film-blocks", "1", "--steps", "2", "--data", str(synth_root),
+                    "data.batch_size=3", "data.clip_len=1", f"paths.cache_dir={tmp_path}"])
+    printed = capsys.readouterr().out
+    assert "film_blocks=1 steps=2 true: PSNR-Y in source" in printed and "shuffled:" in printed

@@ -9,12 +9,14 @@ Adam with one-cycle rate) and tested on the test clips with the true and a shuff
 study's table computes it (``avvsr.metrics.RegionPSNR``). Usage::
 
     python experiments/av_ablation/diagnostics/film_prototype.py --film --steps 1500
+    python experiments/av_ablation/diagnostics/film_prototype.py --film data.batch_size=16
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -76,19 +78,23 @@ def one_cycle_adam(net: nn.Module, steps: int, lr: float = 5e-4):
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, steps, pct_start=0.02)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--film", action="store_true", help="modulate by the class code")
+    parser.add_argument("--film-blocks", type=int, default=None,
+                        help="modulate only the last N of the 4 blocks (default: all)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--data", default=str(ROOT / "data" / "synth_av"))
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides of the study's config, e.g. data.batch_size=16")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     class_of = sounding_class_by_video(args.data)
     num_classes = len(load_manifest(args.data).classes)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         overrides = ["experiment=av_ablation", f"data.train.root={args.data}",
-                     f"paths.root_dir={ROOT}", "paths.output_dir=unused"]
+                     f"paths.root_dir={ROOT}", "paths.output_dir=unused", *args.overrides]
         config = compose("train", overrides=overrides)
     datamodule = hydra.utils.instantiate(config.data)
     datamodule.setup("fit")
@@ -99,7 +105,7 @@ def main() -> None:
         one_hot = F.one_hot(labels.roll(shift), num_classes).float()
         return one_hot.repeat_interleave(batch["lq"].shape[1], dim=0)  # one per frame
 
-    net = FiLMPrototype(num_classes, args.film)
+    net = FiLMPrototype(num_classes, args.film, film_blocks=args.film_blocks)
     optimizer, schedule = one_cycle_adam(net, args.steps)
     step = 0
     while step < args.steps:
@@ -121,7 +127,8 @@ def main() -> None:
                 out = net(batch["lq"].flatten(0, 1), codes(batch, shift))
             psnr_inside.update(out.unflatten(0, batch["lq"].shape[:2]), batch["gt"], batch["mask"])
         psnr = psnr_inside.compute()
-        print(f"film={args.film} steps={args.steps} {control}: PSNR-Y in source {psnr:.2f} dB")
+        print(f"film={args.film} film_blocks={args.film_blocks} steps={args.steps} "
+              f"{control}: PSNR-Y in source {psnr:.2f} dB")
 
 
 if __name__ == "__main__":
