@@ -153,3 +153,27 @@ def test_prototype_main_takes_study_overrides(
                     "data.batch_size=3", "data.clip_len=1", f"paths.cache_dir={tmp_path}"])
     printed = capsys.readouterr().out
     assert "film_blocks=1 steps=2 true: PSNR-Y in source" in printed and "shuffled:" in printed
+
+
+def test_audio_class_probe_saves_an_encoder_that_init_weights_loads(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    from avvsr.models.avvsr_net import AVVSRNet
+    from avvsr.models.backbones.basicvsr import BasicVSR
+    from avvsr.models.fusion import MSAVF
+    from avvsr.models.weights import load_partial, read_state_dict
+
+    probe = load_script("audio_class_probe")
+    saved = tmp_path / "encoder.pt"
+    accuracy = probe.main(["--steps", "2", "--data", str(synth_root), "--save", str(saved),
+                           "data.batch_size=2", f"paths.cache_dir={tmp_path}"])
+    assert 0.0 <= accuracy <= 1.0 and "test accuracy" in capsys.readouterr().out
+    encoder_config = DIAGNOSTICS.parents[2] / "conf" / "model" / "audio_encoder" / "tiny.yaml"
+    encoder = hydra.utils.instantiate(OmegaConf.load(encoder_config))  # what the probe trains
+    net = AVVSRNet(BasicVSR(num_feat=8, num_blocks=1, hr_channels=8), encoder, MSAVF)
+    kept = load_partial(net, read_state_dict(saved))
+    assert not any(key.startswith("audio_encoder.") for key in kept)
+    assert any(key.startswith("backbone.") for key in kept)
