@@ -23,15 +23,11 @@ from pathlib import Path
 import hydra
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
-
-from avvsr.data.synthetic import load_manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).parent))
-from class_oracle_train import sounding_class_by_video  # noqa: E402
-from film_prototype import one_cycle_adam  # noqa: E402
+from film_prototype import Study  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> float:
@@ -44,37 +40,16 @@ def main(argv: Sequence[str] | None = None) -> float:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    class_of = sounding_class_by_video(args.data)
-    num_classes = len(load_manifest(args.data).classes)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        overrides = ["experiment=av_ablation", f"data.train.root={args.data}",
-                     f"paths.root_dir={ROOT}", "paths.output_dir=unused", *args.overrides]
-        config = compose("train", overrides=overrides)
-    datamodule = hydra.utils.instantiate(config.data)
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    encoder = hydra.utils.instantiate(config.model.audio_encoder)
-    classifier = nn.Linear(encoder.embed_dim, num_classes)
-    net = nn.Sequential(encoder, classifier)
+    study = Study(args.data, args.overrides)
+    datamodule, num_classes = study.datamodule, study.num_classes
+    encoder = hydra.utils.instantiate(study.config.model.audio_encoder)
+    net = nn.Sequential(encoder, nn.Linear(encoder.embed_dim, num_classes))
 
     def labels(batch: dict) -> Tensor:
-        per_clip = torch.tensor([class_of[key.rsplit(":", 1)[0]] for key in batch["key"]])
-        return per_clip.repeat_interleave(batch["audio"].shape[1])  # one per frame
+        return study.clip_classes(batch).repeat_interleave(batch["audio"].shape[1])  # per frame
 
-    optimizer, schedule = one_cycle_adam(net, args.steps)
-    step = 0
-    while step < args.steps:
-        for batch in datamodule.train_dataloader():
-            logits = net(batch["audio"]).flatten(0, 1)
-            loss = F.cross_entropy(logits, labels(batch))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if step >= args.steps:
-                break
-    net.eval()
+    study.fit(net, args.steps,
+              lambda batch: F.cross_entropy(net(batch["audio"]).flatten(0, 1), labels(batch)))
     correct = total = 0
     for batch in datamodule.test_dataloader():
         with torch.no_grad():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
@@ -72,6 +72,43 @@ class FiLMPrototype(nn.Module):
         return self.head(x, lq)
 
 
+class Study:
+    """The study's config composed for the set at ``data`` (plus Hydra ``overrides``), its
+    DataModule set up for fitting and testing, and the set's sounding class of every clip."""
+
+    def __init__(self, data: str, overrides: Sequence[str] = ()) -> None:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            self.config = compose("train", overrides=[
+                "experiment=av_ablation", f"data.train.root={data}", f"paths.root_dir={ROOT}",
+                "paths.output_dir=unused", *overrides])
+        self.datamodule = hydra.utils.instantiate(self.config.data)
+        self.datamodule.setup("fit")
+        self.datamodule.setup("test")
+        self.class_of = sounding_class_by_video(data)
+        self.num_classes = len(load_manifest(data).classes)
+
+    def fit(self, net: nn.Module, steps: int, loss_of: Callable[[dict], Tensor]) -> None:
+        """``steps`` steps of Adam with a one-cycle rate on the training batches' ``loss_of``,
+        then ``net.eval()``."""
+        optimizer, schedule = one_cycle_adam(net, steps)
+        step = 0
+        while step < steps:
+            for batch in self.datamodule.train_dataloader():
+                loss = loss_of(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                if step >= steps:
+                    break
+        net.eval()
+
+    def clip_classes(self, batch: dict) -> Tensor:
+        """The sounding class of each clip of ``batch``: (B,) int64."""
+        return torch.tensor([self.class_of[key.rsplit(":", 1)[0]] for key in batch["key"]])
+
+
 def one_cycle_adam(net: nn.Module, steps: int, lr: float = 5e-4):
     """Adam (the study's betas) with a one-cycle rate over ``steps`` -> (optimizer, schedule)."""
     optimizer = torch.optim.Adam(net.parameters(), lr, betas=(0.9, 0.99))
@@ -90,36 +127,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    class_of = sounding_class_by_video(args.data)
-    num_classes = len(load_manifest(args.data).classes)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        overrides = ["experiment=av_ablation", f"data.train.root={args.data}",
-                     f"paths.root_dir={ROOT}", "paths.output_dir=unused", *args.overrides]
-        config = compose("train", overrides=overrides)
-    datamodule = hydra.utils.instantiate(config.data)
-    datamodule.setup("fit")
-    datamodule.setup("test")
+    study = Study(args.data, args.overrides)
+    datamodule, num_classes = study.datamodule, study.num_classes
 
     def codes(batch: dict, shift: int = 0) -> Tensor:
-        labels = torch.tensor([class_of[key.rsplit(":", 1)[0]] for key in batch["key"]])
-        one_hot = F.one_hot(labels.roll(shift), num_classes).float()
+        one_hot = F.one_hot(study.clip_classes(batch).roll(shift), num_classes).float()
         return one_hot.repeat_interleave(batch["lq"].shape[1], dim=0)  # one per frame
 
     net = FiLMPrototype(num_classes, args.film, film_blocks=args.film_blocks)
-    optimizer, schedule = one_cycle_adam(net, args.steps)
-    step = 0
-    while step < args.steps:
-        for batch in datamodule.train_dataloader():
-            out = net(batch["lq"].flatten(0, 1), codes(batch))
-            loss = charbonnier_loss(out, batch["gt"].flatten(0, 1))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if step >= args.steps:
-                break
-    net.eval()
+    study.fit(net, args.steps, lambda batch: charbonnier_loss(
+        net(batch["lq"].flatten(0, 1), codes(batch)), batch["gt"].flatten(0, 1)))
     for control, shift in (("true", 0), ("shuffled", 1)):
         psnr_inside = RegionPSNR(region="inside", test_y_channel=True)
         for batch in datamodule.test_dataloader():
