@@ -125,10 +125,12 @@ def test_probe_pool_picks_whole_patches_and_main_runs(capsys: pytest.CaptureFixt
         assert len(same) == 1
         assert torch.equal(pool[0][same[0]], lq) and pool[2][same[0]] == label
         assert torch.equal(pool[3][same[0]], region)
-    probe.main(["--film", "--steps", "2", "--batch", "2", "--test-patches", "4",
+    probe.main(["--film", "--film-blocks", "1", "--steps", "2", "--batch", "2",
+                "--test-patches", "4",
                 "--layout", "disc", "--pool", "3", "--background-contrast", "0"])
     printed = capsys.readouterr().out
-    assert "true: PSNR-Y on the coded grating" in printed and "shuffled:" in printed
+    assert "film_blocks=1" in printed and "true: PSNR-Y on the coded grating" in printed
+    assert "shuffled:" in printed
 
 
 def test_prototype_film_blocks_modulates_only_the_last_blocks() -> None:
