@@ -186,6 +186,23 @@ def test_training_crops_align_lr_hr_and_mask(data_dir: Path, tmp_path: Path) -> 
         assert {n for n, _, _ in find_crop(clip[first : first + 3], as_uint8(item["gt"]))} == {0}
 
 
+def test_the_synthetic_config_trains_on_crops_that_are_not_flipped(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """conf/data/synth_av.yaml leaves out the flips and transposes: they would turn the
+    sawtooth class's texture into one of no class (tests/test_synthetic.py says why)."""
+    module = compose("synth_av", data_dir, tmp_path / "cache", num_workers=0)
+    module.setup("fit")
+    source = synth_source(data_dir)
+    for seed in range(8):
+        item = module.datasets["train"][(seed % len(source.records), seed)]
+        path, first = item["key"].rsplit(":", 1)
+        record = next(r for r in source if r.key == path)
+        clip = torch.from_numpy(io.read_frames(record.path)).permute(0, 3, 1, 2)
+        found = find_crop(clip[int(first) : int(first) + module.clip_len], as_uint8(item["gt"]))
+        assert {number for number, _, _ in found} == {0}, item["key"]
+
+
 def test_evaluation_clips_are_whole_frames_cropped_to_the_scale(tmp_path: Path) -> None:
     """50x70 frames (not multiples of 4) -> HR 48x68, LR 12x17, all frames or the first N."""
     (tmp_path / "v").mkdir()

@@ -250,6 +250,28 @@ def test_decoded_hr_texture_identifies_the_class(class_variants):
             )
 
 
+def test_a_vertical_flip_turns_the_sawtooth_into_a_texture_of_another_class(class_variants):
+    """Why the synthetic set trains without flips (conf/data/synth_av.yaml): a grating's
+    orientation lies in [0, pi), so a vertical flip reverses its profile along that direction.
+    Reversal only shifts the symmetric waveforms, but turns the sawtooth's second harmonic
+    around: a flipped sawtooth has the texture the class table gives no class (nearest: square),
+    and training on flips would teach that the class leaves that harmonic's sign to chance."""
+    config, variants = class_variants
+    for index, by_class in variants.items():
+        for class_name, (frames, sounding) in by_class.items():
+            flipped = dataclasses.replace(
+                sounding,
+                centre_xy_px=[[x, config.height - 1 - y] for x, y in sounding.centre_xy_px],
+                grating_orientation_rad=np.pi - sounding.grating_orientation_rad,
+                grating_phase_cycles=-sounding.grating_phase_cycles,
+            )
+            coefficients = fit_harmonics(frames[:, ::-1], flipped, config)
+            harmonics = np.arange(1, len(coefficients) + 1)
+            aligned = coefficients * np.exp(-1j * harmonics * np.angle(coefficients[0]))
+            seen_as = nearest_class(aligned, use_phase=True)
+            assert (seen_as != class_name) == (class_name == "sawtooth"), (index, class_name)
+
+
 def test_lr_frames_after_bicubic_degradation_are_class_blind(class_variants):
     _, variants = class_variants
     for index, by_class in variants.items():
