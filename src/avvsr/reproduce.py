@@ -1,6 +1,8 @@
 """``make reproduce-table``: from nothing to ``experiments/<study>/results.md``.
 
-1. generates the synthetic data set if it is absent (CPU profiles);
+1. generates the study's synthetic data set if it is absent (CPU profiles): where its data
+   config reads it (``data.train.root``), with the generator parameters that config names
+   (``synthetic_set``, e.g. ``conf/data/synth_fill.yaml``; the generator's defaults without);
 2. runs the profile's sweeps (``conf/sweep/<name>.yaml``, see ``PROFILES``) through
    ``avvsr-train -m``, each run fitting, then testing its best checkpoint with the
    true/shuffled/silent audio controls;
@@ -14,6 +16,7 @@ Profiles: ``cpu`` (the study on this machine's CPUs), ``quick`` (a smaller grid)
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import subprocess
@@ -24,8 +27,6 @@ from pathlib import Path
 from avvsr.report import Run, load_runs, write_report
 
 ROOT = Path.cwd()
-# Where conf/data/synth_av.yaml reads the synthetic set (paths.data_dir/synth_av).
-DEFAULT_SYNTH_ROOT = Path("data") / "synth_av"
 # The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
 PROFILES = {
     "cpu": ["cpu"],
@@ -51,10 +52,30 @@ def display_path(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def ensure_synthetic_data(root: Path) -> None:
-    from avvsr.data.synthetic import SynthConfig, generate
+# Overrides that decide where the study's synthetic set lives and how it is generated.
+SYNTHETIC_SET_KEYS = ("paths.", "data.train.root=", "synthetic_set.")
 
-    generate(SynthConfig(), root)
+
+def ensure_synthetic_data(study: str, overrides: list[str]) -> Path:
+    """Generate the study's synthetic set if absent; return where its runs read it.
+
+    Composes ``train`` with ``experiment=<study>`` and those ``overrides`` that start with one
+    of ``SYNTHETIC_SET_KEYS`` (the others may hold sweep lists that a single config cannot).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from avvsr.data.synthetic import SynthConfig, generate
+    from avvsr.train import CONFIG_DIR
+
+    relevant = [o for o in overrides if o.startswith(SYNTHETIC_SET_KEYS)]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = compose("train", overrides=[
+            f"experiment={study}", f"paths.root_dir={os.environ.get('AVVSR_ROOT', ROOT)}",
+            "paths.output_dir=unused", *relevant,
+        ])
+    root = Path(config.data.train.root)
+    generate(SynthConfig(**config.get("synthetic_set", {})), root)
+    return root
 
 
 def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
@@ -138,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default="av_ablation")
     parser.add_argument(
         "--data-root", type=Path,
-        help="CPU profiles: generate the synthetic set here if absent and train on it "
-        f"(default: the data config's, {DEFAULT_SYNTH_ROOT})",
+        help="CPU profiles: generate the study's synthetic set here if absent and train on it "
+        "(default: where the study's data config reads it)",
     )
     parser.add_argument(
         "--report-only", metavar="SWEEP_DIR", help="only aggregate an existing sweep"
@@ -163,10 +184,10 @@ def main(argv: list[str] | None = None) -> None:
         sweep_dir = Path(args.report_only)
     else:
         overrides = list(args.overrides)
+        if args.data_root:
+            overrides.append(f"data.train.root={args.data_root.resolve()}")
         if args.profile != "paper":
-            ensure_synthetic_data(ROOT / (args.data_root or DEFAULT_SYNTH_ROOT))
-            if args.data_root:
-                overrides.append(f"data.train.root={args.data_root.resolve()}")
+            ensure_synthetic_data(args.study, overrides)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
         for sweep in PROFILES[args.profile]:
@@ -194,8 +215,10 @@ on {hardware()}; {wall_min:.1f} min from the start of the sweep to its last run'
 Runs: `{display_path(sweep_dir)}`.
 
 **Controlled testbed.** Unless the profile says otherwise, the data is the synthetic
-audio-visual benchmark (`avvsr-synth`), whose sounding objects carry a texture that only the
-audio identifies. It tests whether the models can use audio; it is not a substitute for real
+audio-visual benchmark (`avvsr-synth`; the study's data config names the set and its generator
+parameters, which the set's `manifest.json` records), whose sounding objects carry a texture
+that only the audio identifies. It tests whether the models can use audio; it is not a
+substitute for real
 audio-visual video.
 """
     path = write_report(
