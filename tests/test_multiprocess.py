@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avvsr.data.synthetic import MANIFEST_NAME
+from avvsr.data.synthetic import load_manifest
 from avvsr.report import load_runs
 from media import write_ave_folder
 from training_helpers import CONF_DIR, make_small_synthetic_set
@@ -33,6 +33,7 @@ def paths(synth_root: Path, workdir: Path) -> list[str]:
     return [
         f"paths.root_dir={workdir}",
         f"paths.data_dir={synth_root.parent}",
+        f"data.train.root={synth_root}",  # the study (experiment=...) may name another set
         f"paths.cache_dir={workdir / 'cache'}",
         "data.num_workers=0",
     ]
@@ -244,16 +245,19 @@ def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: 
 
 
 def test_reproduce_trains_on_the_synthetic_set_it_generates(tmp_path: Path) -> None:
-    """``--data-root``: the default synthetic set is generated there and the runs read it."""
+    """``--data-root``: the study's synthetic set (made small by overrides) is generated there
+    and the runs read it."""
     synth_root, runs_dir = tmp_path / "elsewhere" / "synth", tmp_path / "runs"
+    small = ["synthetic_set.num_train=2", "+synthetic_set.num_val=1", "+synthetic_set.num_test=1",
+             "+synthetic_set.num_frames=6"]
     command = [
         sys.executable, "-m", "avvsr.reproduce", "--profile", "quick",
         f"--data-root={synth_root}", f"--out-dir={tmp_path / 'report'}", f"--runs-dir={runs_dir}",
-        f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *small,
         "model/fusion=none", "seed=0", "trainer.max_steps=1", "model.warmup_steps=1",
     ]
     result = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (synth_root / MANIFEST_NAME).is_file()
+    assert load_manifest(synth_root).params["num_train"] == 2  # tests/test_profiles.py: the rest
     (run_config,) = runs_dir.rglob(".hydra/config.yaml")
     assert Path(OmegaConf.load(run_config).data.train.root) == synth_root

@@ -89,3 +89,24 @@ def test_slurm_launcher_config_builds_the_submitit_launcher() -> None:
     assert type(built).__name__ == "SlurmLauncher"
     assert built.params["gpus_per_node"] == 4 and built.params["timeout_min"] == 1440
     assert built.params["submitit_folder"].startswith(cfg.hydra.sweep.dir)
+
+
+def test_reproduce_generates_the_set_the_study_trains_on(tmp_path: Path) -> None:
+    """``make reproduce-table`` generates the study's set where its data config reads it, with
+    the generator parameters that config names (sizes shrunk here by overrides, as a user may);
+    sweep lists among the overrides do not reach this single composition."""
+    from avvsr.data.synthetic import load_manifest
+    from avvsr.reproduce import ensure_synthetic_data
+
+    study = compose_study("paths.root_dir=unused", "paths.output_dir=unused")
+    small = ["synthetic_set.num_train=2", "+synthetic_set.num_val=1", "+synthetic_set.num_test=1",
+             "+synthetic_set.num_frames=4"]
+    root = ensure_synthetic_data(
+        "av_ablation", [f"paths.root_dir={tmp_path}", *small, "model/fusion=none,msavf"]
+    )
+    assert root == tmp_path / "data" / Path(study.data.train.root).name
+    params = load_manifest(root).params
+    assert (params["num_train"], params["num_val"], params["num_frames"]) == (2, 1, 4)
+    for name, value in study.synthetic_set.items():
+        if name != "num_train":
+            assert params[name] == value, name

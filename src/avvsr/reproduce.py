@@ -67,7 +67,7 @@ def ensure_synthetic_data(study: str, overrides: list[str]) -> Path:
     from avvsr.data.synthetic import SynthConfig, generate
     from avvsr.train import CONFIG_DIR
 
-    relevant = [o for o in overrides if o.startswith(SYNTHETIC_SET_KEYS)]
+    relevant = [o for o in overrides if o.lstrip("+~").startswith(SYNTHETIC_SET_KEYS)]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         config = compose("train", overrides=[
             f"experiment={study}", f"paths.root_dir={os.environ.get('AVVSR_ROOT', ROOT)}",
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_root:
             overrides.append(f"data.train.root={args.data_root.resolve()}")
         if args.profile != "paper":
-            ensure_synthetic_data(args.study, overrides)
+            print(f"synthetic set: {display_path(ensure_synthetic_data(args.study, overrides))}")
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
         for sweep in PROFILES[args.profile]:
