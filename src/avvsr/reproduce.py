@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         sweep_dir = Path(args.report_only)
     else:
         overrides = list(args.overrides)
-        if args.data_root:
-            overrides.append(f"data.train.root={args.data_root.resolve()}")
         if args.profile != "paper":
+            if args.data_root:
+                overrides.append(f"data.train.root={args.data_root.resolve()}")
             print(f"synthetic set: {display_path(ensure_synthetic_data(args.study, overrides))}")
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
