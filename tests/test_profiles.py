@@ -110,3 +110,11 @@ def test_reproduce_generates_the_set_the_study_trains_on(tmp_path: Path) -> None
     for name, value in study.synthetic_set.items():
         if name != "num_train":
             assert params[name] == value, name
+
+
+def test_reproduce_generates_nothing_when_the_study_reads_real_data(tmp_path: Path) -> None:
+    from avvsr.reproduce import ensure_synthetic_data
+
+    overrides = [f"paths.root_dir={tmp_path}", "data=folder", f"data.train.root={tmp_path / 'v'}"]
+    assert ensure_synthetic_data("av_ablation", overrides) is None
+    assert not any(tmp_path.iterdir())

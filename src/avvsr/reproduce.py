@@ -52,18 +52,21 @@ def display_path(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-# Overrides that decide where the study's synthetic set lives and how it is generated.
-SYNTHETIC_SET_KEYS = ("paths.", "data.train.root=", "synthetic_set.")
+# Overrides that decide which data the study reads, where, and how a synthetic set is made.
+SYNTHETIC_SET_KEYS = ("paths.", "data=", "data.train.root=", "synthetic_set.")
 
 
-def ensure_synthetic_data(study: str, overrides: list[str]) -> Path:
-    """Generate the study's synthetic set if absent; return where its runs read it.
+def ensure_synthetic_data(study: str, overrides: list[str]) -> Path | None:
+    """Generate the study's synthetic set if absent; return where its runs read it (None when
+    the study's data is not a synthetic set: nothing to generate).
 
     Composes ``train`` with ``experiment=<study>`` and those ``overrides`` that start with one
     of ``SYNTHETIC_SET_KEYS`` (the others may hold sweep lists that a single config cannot).
     """
     from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
 
+    from avvsr.data.sources import SyntheticSource
     from avvsr.data.synthetic import SynthConfig, generate
     from avvsr.train import CONFIG_DIR
 
@@ -73,6 +76,8 @@ def ensure_synthetic_data(study: str, overrides: list[str]) -> Path:
             f"experiment={study}", f"paths.root_dir={os.environ.get('AVVSR_ROOT', ROOT)}",
             "paths.output_dir=unused", *relevant,
         ])
+    if not issubclass(get_class(config.data.train._target_), SyntheticSource):
+        return None
     root = Path(config.data.train.root)
     generate(SynthConfig(**config.get("synthetic_set", {})), root)
     return root
@@ -187,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile != "paper":
             if args.data_root:
                 overrides.append(f"data.train.root={args.data_root.resolve()}")
-            print(f"synthetic set: {display_path(ensure_synthetic_data(args.study, overrides))}")
+            synthetic_root = ensure_synthetic_data(args.study, overrides)
+            if synthetic_root is not None:
+                print(f"synthetic set: {display_path(synthetic_root)}", flush=True)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
         for sweep in PROFILES[args.profile]:
