@@ -225,8 +225,7 @@ Runs: `{display_path(sweep_dir)}`.
 audio-visual benchmark (`avvsr-synth`; the study's data config names the set and its generator
 parameters, which the set's `manifest.json` records), whose sounding objects carry a texture
 that only the audio identifies. It tests whether the models can use audio; it is not a
-substitute for real
-audio-visual video.
+substitute for real audio-visual video.
 """
     path = write_report(
         sweep_dir,
