@@ -28,7 +28,7 @@ from avvsr.data.datasets import (
     TrainClipDataset,
 )
 from avvsr.data.degradations import crop_to_scale, degrade
-from avvsr.data.sources import FolderSource, SyntheticSource
+from avvsr.data.sources import ClipRecord, FolderSource, SyntheticSource
 from avvsr.data.synthetic import SynthConfig, generate
 from avvsr.errors import DatasetError, MediaError
 from media import (
@@ -152,6 +152,16 @@ def find_crop(clip: torch.Tensor, gt: torch.Tensor) -> list[tuple[int, int, int]
     return found
 
 
+def locate_item(source: SyntheticSource, item: dict) -> tuple[ClipRecord, slice, list]:
+    """A training item's record, its frames in the clip, and every (transform number, top,
+    left) at which its HR crop lies in the decoded video (:func:`find_crop`)."""
+    path, first = item["key"].rsplit(":", 1)
+    record = next(r for r in source if r.key == path)
+    frames = slice(int(first), int(first) + item["gt"].shape[0])
+    clip = torch.from_numpy(io.read_frames(record.path)[frames]).permute(0, 3, 1, 2)
+    return record, frames, find_crop(clip, as_uint8(item["gt"]))
+
+
 def test_training_crops_align_lr_hr_and_mask(data_dir: Path, tmp_path: Path) -> None:
     """Find each training crop in the decoded video: aligned to the scale, flipped/transposed
     together with its mask, and LR = degrade(HR)."""
@@ -162,11 +172,7 @@ def test_training_crops_align_lr_hr_and_mask(data_dir: Path, tmp_path: Path) -> 
     transforms_seen = set()
     for seed in range(8):
         item = data[(seed % len(data), seed)]
-        path, first = item["key"].rsplit(":", 1)
-        frames = slice(int(first), int(first) + 3)
-        record = next(r for r in source if r.key == path)
-        clip = torch.from_numpy(io.read_frames(record.path)[frames]).permute(0, 3, 1, 2)
-        found = find_crop(clip, as_uint8(item["gt"]))
+        record, frames, found = locate_item(source, item)
         assert found, f"the crop of {item['key']} is not in the video"
         number, top, left = found[0]
         assert top % SCALE == 0 and left % SCALE == 0
@@ -180,10 +186,8 @@ def test_training_crops_align_lr_hr_and_mask(data_dir: Path, tmp_path: Path) -> 
     plain = TrainClipDataset(source, DecodeCache(tmp_path / "cache"), scale=SCALE, clip_len=3,
                              crop_size=32, augment=False)
     for seed in range(4):
-        item = plain[(0, seed)]
-        clip = torch.from_numpy(io.read_frames(source.records[0].path)).permute(0, 3, 1, 2)
-        first = int(item["key"].rsplit(":", 1)[1])
-        assert {n for n, _, _ in find_crop(clip[first : first + 3], as_uint8(item["gt"]))} == {0}
+        _, _, found = locate_item(source, plain[(0, seed)])
+        assert {number for number, _, _ in found} == {0}
 
 
 def test_the_synthetic_config_trains_on_crops_that_are_not_flipped(
@@ -196,10 +200,7 @@ def test_the_synthetic_config_trains_on_crops_that_are_not_flipped(
     source = synth_source(data_dir)
     for seed in range(8):
         item = module.datasets["train"][(seed % len(source.records), seed)]
-        path, first = item["key"].rsplit(":", 1)
-        record = next(r for r in source if r.key == path)
-        clip = torch.from_numpy(io.read_frames(record.path)).permute(0, 3, 1, 2)
-        found = find_crop(clip[int(first) : int(first) + module.clip_len], as_uint8(item["gt"]))
+        _, _, found = locate_item(source, item)
         assert {number for number, _, _ in found} == {0}, item["key"]
 
 
