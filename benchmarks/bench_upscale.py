@@ -53,27 +53,14 @@ def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
 
 def write_tiny_checkpoint(path: Path) -> Path:
     """The repository's ``basicvsr_tiny`` + ``msavf`` model, random weights, as a checkpoint."""
-    import dataclasses
-
-    import hydra
     import torch
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from avvsr.data.datasets import AudioSettings
-    from avvsr.train import CONFIG_DIR
+    from avvsr.checkpoint import write_checkpoint
+    from avvsr.config import build_lit_module, compose
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["model/backbone=basicvsr_tiny", "model/fusion=msavf"])
-    config = OmegaConf.to_container(cfg.model, resolve=True)
+    cfg = compose("train", ["model/backbone=basicvsr_tiny", "model/fusion=msavf"])
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(config).net
-    torch.save({
-        "state_dict": {f"net.{key}": value for key, value in net.state_dict().items()},
-        "avvsr_model_config": config,
-        "avvsr_audio_features": dataclasses.asdict(AudioSettings()),
-    }, path)
-    return path
+    return write_checkpoint(build_lit_module(cfg.model), path)
 
 
 def child(source: str, destination: str, checkpoint: str) -> None:
@@ -82,7 +69,8 @@ def child(source: str, destination: str, checkpoint: str) -> None:
 
     import torch
 
-    from avvsr.inference import load_model, upscale_video
+    from avvsr.checkpoint import load_model
+    from avvsr.inference import upscale_video
 
     model = load_model(checkpoint)
     loaded_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -18,3 +18,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _seed_everything() -> None:
     """Every test starts from the same random state."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``{"msavf": path, "none": path}``: Lightning checkpoints of tiny trained / untrained
+    models (:func:`helpers.models.tiny_checkpoint_files`)."""
+    from helpers.models import tiny_checkpoint_files
+
+    return tiny_checkpoint_files(tmp_path_factory.getbasetemp())

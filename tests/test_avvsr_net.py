@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from avvsr.checkpoint import load_weights, read_weights
 from avvsr.errors import WeightsError
 from avvsr.models.avvsr_net import AVVSRNet
-from avvsr.models.weights import load_partial, read_state_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 TINY_BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*_tiny.yaml"))
@@ -113,7 +113,7 @@ def test_backbone_weights_load_into_a_fusion_model(tmp_path: Path) -> None:
     path = tmp_path / "backbone.pth"
     torch.save(plain.backbone.state_dict(), path)  # backbone-only keys, no prefix
     fused = build("basicvsr_tiny", msavf())
-    missing = load_partial(fused, read_state_dict(path), source=str(path))
+    missing = load_weights(fused, read_weights(path), source=path, backbone_state=True)
     assert missing and all(not k.startswith("backbone.") for k in missing)
     for key, value in plain.backbone.state_dict().items():
         assert torch.equal(fused.backbone.state_dict()[key], value)
@@ -125,8 +125,10 @@ def test_backbone_weights_load_into_a_fusion_model(tmp_path: Path) -> None:
 def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"something.weight": torch.zeros(3)}, path)
-    with pytest.raises(WeightsError, match="no tensor matches"):
-        load_partial(build("basicvsr_tiny", None), read_state_dict(path), source=str(path))
+    with pytest.raises(WeightsError, match="other.pth.*1 not in the model: something.weight"):
+        load_weights(build("basicvsr_tiny", None), read_weights(path), source=path)
+    with pytest.raises(WeightsError, match="no tensor fits"):
+        load_weights(build("basicvsr_tiny", None), read_weights(path), source=path, partial=True)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="junk.pth"):
-        read_state_dict(tmp_path / "junk.pth")
+        read_weights(tmp_path / "junk.pth")

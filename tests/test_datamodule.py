@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from avvsr.config import compose as compose_config
 from avvsr.data import io
-from avvsr.data.audio_features import SILENCE_LOG_MEL, LogMel
+from avvsr.data.audio_features import SILENCE_LOG_MEL, AudioFeatureSettings
 from avvsr.data.cache import DecodeCache
 from avvsr.data.datamodule import AVVSRDataModule
 from avvsr.data.datasets import (
-    AudioSettings,
     BadFileLog,
     EvalClipDataset,
     ShuffledSeededSampler,
@@ -43,7 +42,6 @@ from media import (
     write_video_without_audio,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 SCALE = 4
 
 
@@ -57,13 +55,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def compose(name: str, data_dir: Path, cache_dir: Path, **overrides) -> AVVSRDataModule:
-    """Instantiate ``conf/data/<name>.yaml`` as Hydra would, with ``paths`` and ``model``."""
-    config = OmegaConf.merge(
-        {"paths": {"data_dir": str(data_dir), "cache_dir": str(cache_dir)},
-         "model": {"scale": SCALE}},
-        {"data": OmegaConf.load(CONF / f"{name}.yaml")},
-        {"data": overrides},
-    )
+    """The DataModule of ``data=<name>`` in the ``train`` config as the command line composes
+    it, reading under ``data_dir`` and caching in ``cache_dir``; ``overrides`` of ``data``."""
+    config = compose_config("train", [
+        f"data={name}", f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}",
+        f"model.scale={SCALE}",
+        *(f"data.{key}={'null' if value is None else value}" for key, value in overrides.items()),
+    ])
     return instantiate(config.data)
 
 
@@ -90,17 +88,16 @@ def dihedral_group() -> list:
 
 def test_synthetic_config_gives_the_documented_batches(data_dir: Path, tmp_path: Path) -> None:
     module = compose("synth_av", data_dir, tmp_path / "cache", num_workers=0)
-    config = OmegaConf.load(CONF / "synth_av.yaml")
+    audio = compose_config("train").audio  # the one node the data and the model read
     assert (module.clip_len, module.crop_size, module.batch_size) == (5, 64, 4)
+    assert module.audio == instantiate(audio)
     module.setup("fit")
     module.setup("test")
-    n_mels = config.n_mels
-    n_frames = LogMel(hop_length=config.hop_length).num_frames(
-        round(config.window_s * config.sample_rate)
-    )
+    n_mels = audio.n_mels
+    n_frames = module.audio.log_mel().num_frames(module.audio.window_samples)
 
     batch = next(iter(module.train_dataloader()))
-    b, t, c = config.batch_size, config.clip_len, config.crop_size
+    b, t, c = module.batch_size, module.clip_len, module.crop_size
     assert set(batch) == {"lq", "gt", "audio", "has_audio", "mask", "key"}
     expected = {
         "lq": ((b, t, 3, c // SCALE, c // SCALE), torch.float32),
@@ -240,7 +237,7 @@ def test_audio_windows_follow_frame_timestamps_with_vfr_and_late_audio(tmp_path:
     (tmp_path / "v").mkdir()
     write_vfr_video(tmp_path / "v" / "vfr.mp4", times_s, audio=onset(onset_s, duration_s),
                     audio_start_s=audio_start_s)
-    settings = AudioSettings()
+    settings = AudioFeatureSettings()
     data = EvalClipDataset(FolderSource(tmp_path / "v"), DecodeCache(tmp_path / "cache"),
                            scale=SCALE, audio=settings)
     log_mel = data[0]["audio"]  # (T, n_mels, n_frames)
@@ -273,7 +270,7 @@ def test_file_without_audio_gives_silence_or_is_bad_when_audio_is_required(
     torch.testing.assert_close(item["audio"], torch.full_like(item["audio"], SILENCE_LOG_MEL))
     assert data[[c.record.key for c in data.clips].index("sound.mp4")]["has_audio"]
 
-    required = EvalClipDataset(source, cache, scale=SCALE, audio=AudioSettings(policy="require"))
+    required = EvalClipDataset(source, cache, scale=SCALE, audio_policy="require")
     assert [c.record.key for c in required.clips] == ["sound.mp4"]
     assert [r.getMessage() for r in caplog.records if "silent.mp4" in r.getMessage()] == [
         f"skipping bad file {silent}: the file has no audio stream (audio_policy is 'require')"
@@ -281,7 +278,7 @@ def test_file_without_audio_gives_silence_or_is_bad_when_audio_is_required(
     (tmp_path / "v" / "sound.mp4").unlink()
     with pytest.raises(DatasetError, match="no usable clip"):
         EvalClipDataset(FolderSource(tmp_path / "v"), cache, scale=SCALE,
-                        audio=AudioSettings(policy="require"))
+                        audio_policy="require")
 
 
 # ------------------------------------------------------------------------------ determinism
@@ -419,7 +416,7 @@ def test_no_usable_file_is_a_dataset_error_listing_every_reason(messy_folder, tm
     source = FolderSource(root)
     with pytest.raises(DatasetError) as error:
         TrainClipDataset(source, DecodeCache(tmp_path / "cache"), scale=SCALE, clip_len=5,
-                         crop_size=32, audio=AudioSettings(policy="require"))
+                         crop_size=32, audio_policy="require")
     message = str(error.value)
     assert message.startswith(f"{source.name}: no usable clip")
     for file, reason in expected.items():

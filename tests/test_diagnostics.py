@@ -163,10 +163,11 @@ def test_audio_class_probe_saves_an_encoder_that_init_weights_loads(
     import hydra
     from omegaconf import OmegaConf
 
+    from avvsr.checkpoint import load_weights, read_weights
+    from avvsr.errors import WeightsError
     from avvsr.models.avvsr_net import AVVSRNet
     from avvsr.models.backbones.basicvsr import BasicVSR
     from avvsr.models.fusion import MSAVF
-    from avvsr.models.weights import load_partial, read_state_dict
 
     probe = load_script("audio_class_probe")
     saved = tmp_path / "encoder.pt"
@@ -176,6 +177,8 @@ def test_audio_class_probe_saves_an_encoder_that_init_weights_loads(
     encoder_config = DIAGNOSTICS.parents[2] / "conf" / "model" / "audio_encoder" / "tiny.yaml"
     encoder = hydra.utils.instantiate(OmegaConf.load(encoder_config))  # what the probe trains
     net = AVVSRNet(BasicVSR(num_feat=8, num_blocks=1, hr_channels=8), encoder, MSAVF)
-    kept = load_partial(net, read_state_dict(saved))
+    with pytest.raises(WeightsError, match="missing in the file"):  # strict unless asked
+        load_weights(net, read_weights(saved), source=saved, backbone_state=True)
+    kept = load_weights(net, read_weights(saved), source=saved, partial=True, backbone_state=True)
     assert not any(key.startswith("audio_encoder.") for key in kept)
     assert any(key.startswith("backbone.") for key in kept)

@@ -14,7 +14,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
@@ -118,3 +118,32 @@ def test_reproduce_generates_nothing_when_the_study_reads_real_data(tmp_path: Pa
     overrides = [f"paths.root_dir={tmp_path}", "data=folder", f"data.train.root={tmp_path / 'v'}"]
     assert ensure_synthetic_data("av_ablation", overrides) is None
     assert not any(tmp_path.iterdir())
+
+
+def readme_overrides() -> set[str]:
+    """Every ``key.path=value`` override the README shows (the placeholder ``N`` stands for a
+    number, ``DIR``, ``FILE``, ``<run>`` and the like for a path)."""
+    import re
+
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    found = re.findall(r"(?<![\w./-])(\+{0,2}(?:data|audio|model|trainer)\.[\w.]+)=([^\s`|)]+)",
+                       readme)
+
+    def example(value: str) -> str:
+        if value == "N":
+            return "2"
+        return "/tmp/x" if re.fullmatch(r"[A-Z]{3,}|.*<.*", value) else value
+
+    return {f"{key}={example(value)}" for key, value in found}
+
+
+@pytest.mark.parametrize(
+    "data", sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if p.stem != "base")
+)
+def test_every_override_the_readme_shows_composes_for_every_data_config(data: str) -> None:
+    overrides = readme_overrides()
+    assert "data.audio_policy=require" in overrides  # the parsing finds what the README shows
+    for override in sorted(overrides):
+        cfg = compose_study(f"data={data}", override)
+        key = override.split("=", 1)[0].lstrip("+")
+        assert OmegaConf.select(cfg, key) is not None or override.endswith("=null"), override

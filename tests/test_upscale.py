@@ -1,14 +1,11 @@
 """avvsr-upscale on real video files: chunked inference, audio, frame times, bad input.
 
-The session fixture :func:`tiny_checkpoints` composes the repository's Hydra model configs
-(``basicvsr_tiny`` at 16 channels, with MS-AVF and without fusion), trains the fusion model for
-a few dozen steps on a synthetic moving texture with a tone, and saves both as ``avvsr-train``
-checkpoints (``tests/test_export.py`` and ``tests/test_visualize.py`` reuse it).
+The models are the session fixture ``tiny_checkpoints`` (``tests/conftest.py``): Lightning
+checkpoints of the repository's tiny model config, the fusion one trained on a moving texture.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,16 +15,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from avvsr.checkpoint import load_model
 from avvsr.cli import upscale as upscale_cli
 from avvsr.data.io import probe_video, read_audio, read_frames
 from avvsr.errors import MissingAudioError, NotAVideoError
 from avvsr.inference import (
     InferenceSettings,
     blend_weights,
-    load_model,
     upscale_video,
     window_starts,
 )
+from helpers.models import FPS, moving_texture, single_thread, tone_log_mel
 from media import (
     frame_level,
     moving_pattern,
@@ -41,42 +39,13 @@ from media import (
     write_video_without_audio,
 )
 
-FPS = 25.0
-TRAIN_STEPS = 60
-TRAIN_FRAMES = 16  # frames per training clip: the model learns to carry state through time
-AUDIO_FEATURES = {"sample_rate": 16000, "window_s": 0.32, "n_fft": 512, "hop_length": 160,
-                  "n_mels": 64}
 PSNR_TOLERANCE_DB = 0.05  # the requirement: chunking costs at most this much
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny convolutions run fastest so on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     with single_thread():
         yield
-
-
-def moving_texture(num_frames: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """``(T, 3, H, W)`` in [0, 1]: a smooth random texture sliding 1 px down and 2 px right per
-    frame (HR pixels), so neighbouring LR frames hold sub-pixel shifted samples of one scene."""
-    generator = torch.Generator().manual_seed(seed)
-    canvas_size = (height + num_frames, width + 2 * num_frames)
-    noise = torch.rand(1, 3, canvas_size[0] // 4, canvas_size[1] // 4, generator=generator)
-    canvas = F.interpolate(noise, size=canvas_size, mode="bicubic", align_corners=False)
-    canvas = canvas.clamp(0, 1)[0]
-    return torch.stack(
-        [canvas[:, t : t + height, 2 * t : 2 * t + width] for t in range(num_frames)]
-    )
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -87,98 +56,6 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def psnr(output: np.ndarray, reference: np.ndarray) -> float:
     error = np.mean((output.astype(np.float64) - reference.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / error))
-
-
-def tone_log_mel(num_frames: int) -> torch.Tensor:
-    """``(T, n_mels, n_frames)``: log-mel of each frame's window of a 440 Hz tone at ``FPS``."""
-    from avvsr.data.audio_features import LogMel
-    from avvsr.data.io import AudioTrack, audio_windows
-
-    rate = AUDIO_FEATURES["sample_rate"]
-    samples = tone(440.0, num_frames / FPS, rate)[0]
-    track = AudioTrack(samples=samples, sample_rate=rate, start_s=0.0)
-    windows = audio_windows(track, np.arange(num_frames) / FPS, AUDIO_FEATURES["window_s"])
-    log_mel = LogMel(rate, AUDIO_FEATURES["n_fft"], AUDIO_FEATURES["hop_length"],
-                     AUDIO_FEATURES["n_mels"])
-    return log_mel(torch.from_numpy(windows))
-
-
-def compose_model_config(fusion: str) -> dict:
-    """The repository's LightningModule config with ``basicvsr_tiny`` (narrowed to 16 channels,
-    which trains in seconds) and ``fusion``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from avvsr.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "model/backbone=basicvsr_tiny", "model.backbone.num_feat=16", f"model/fusion={fusion}"
-        ])
-    return OmegaConf.to_container(cfg.model, resolve=True)
-
-
-def save_checkpoint(path: Path, net: torch.nn.Module, model_config: dict) -> Path:
-    """Save ``net`` as ``avvsr-train`` does: LightningModule keys, model config, audio settings."""
-    torch.save(
-        {
-            "state_dict": {f"net.{key}": value for key, value in net.state_dict().items()},
-            "avvsr_model_config": model_config,
-            "avvsr_audio_features": dict(AUDIO_FEATURES),
-        },
-        path,
-    )
-    return path
-
-
-def train_fusion_model(model_config: dict) -> torch.nn.Module:
-    """A ``basicvsr_tiny`` + MS-AVF network trained for ``TRAIN_STEPS`` steps on 16-frame crops
-    of a moving texture (BI x4), with a tone as its audio."""
-    import hydra
-
-    from avvsr.data.degradations import degrade
-    from avvsr.lit_module import charbonnier_loss
-
-    torch.manual_seed(0)
-    net = hydra.utils.instantiate(model_config).net
-    clip = moving_texture(64, 32, 32, seed=0)
-    audio = tone_log_mel(64)
-    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(TRAIN_STEPS):
-        first = int(torch.randint(0, 64 - TRAIN_FRAMES, (1,), generator=generator))
-        gt = clip[None, first : first + TRAIN_FRAMES]
-        lq = degrade(gt, net.scale).clamp(0, 1)
-        loss = charbonnier_loss(net(lq, audio[None, first : first + TRAIN_FRAMES]).sr, gt, 1e-3)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return net.eval()
-
-
-def tiny_checkpoint_files(tmp_path_factory) -> dict[str, Path]:
-    """``{"msavf": trained fusion model, "none": untrained model without fusion}`` checkpoints,
-    built once per session and kept under pytest's base temporary folder (every test file that
-    needs them calls this)."""
-    import hydra
-
-    folder = tmp_path_factory.getbasetemp() / "tiny_checkpoints"
-    paths = {"msavf": folder / "msavf.ckpt", "none": folder / "none.ckpt"}
-    if all(path.exists() for path in paths.values()):
-        return paths
-    folder.mkdir(exist_ok=True)
-    with single_thread():
-        config = compose_model_config("msavf")
-        save_checkpoint(paths["msavf"], train_fusion_model(config), config)
-        config = compose_model_config("none")
-        torch.manual_seed(0)
-        save_checkpoint(paths["none"], hydra.utils.instantiate(config).net, config)
-    return paths
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    return tiny_checkpoint_files(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +102,7 @@ def test_chunked_output_within_tolerance_of_whole_sequence(fusion_model):
     hr = moving_texture(num_frames, 64, 96, seed=1)
     lq_frames = to_uint8(degrade(hr, fusion_model.scale))
     gt = to_uint8(hr)
-    audio = tone_log_mel(num_frames)
+    audio = tone_log_mel(fusion_model.audio_features, num_frames)
     lq = torch.from_numpy(lq_frames).permute(0, 3, 1, 2)[None] / 255
     with torch.inference_mode():
         whole = to_uint8(fusion_model.net(lq, audio[None]).sr[0])
@@ -248,7 +125,7 @@ def test_tiles_blend_to_the_untiled_output(fusion_model, tmp_path):
     from avvsr.inference import ChunkedUpscaler
 
     lq = torch.from_numpy(to_uint8(moving_texture(6, 40, 36, seed=2))).permute(0, 3, 1, 2) / 255
-    audio = tone_log_mel(6)
+    audio = tone_log_mel(fusion_model.audio_features, 6)
     whole = ChunkedUpscaler(fusion_model.net).upscale_window(lq, audio)
     tiled = ChunkedUpscaler(fusion_model.net, InferenceSettings(tile=16, tile_overlap=6))
     tiled_output = tiled.upscale_window(lq, audio)

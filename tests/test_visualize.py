@@ -13,7 +13,6 @@ from avvsr.data.io import probe_video, read_frames
 from avvsr.data.synthetic import SynthConfig, generate, load_manifest, sound_source_mask
 from avvsr.visualization import OUTLINE_COLOUR
 from media import write_video_without_audio
-from test_upscale import _one_thread, tiny_checkpoints  # noqa: F401  (shared fixtures)
 
 SIZE = 64  # HR side of the generated clips
 FRAMES = 8

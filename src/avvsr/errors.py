@@ -14,13 +14,17 @@ class AVVSRError(Exception):
     """Base class of every error raised on purpose by avvsr."""
 
 
-class MediaError(AVVSRError):
-    """A media file cannot be used; ``path`` names it and ``reason`` says why."""
+class PathError(AVVSRError):
+    """A file or folder cannot be used; ``path`` names it and ``reason`` says why."""
 
     def __init__(self, path: str | PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class MediaError(PathError):
+    """A media file cannot be used."""
 
 
 class MissingFileError(MediaError, FileNotFoundError):
@@ -55,5 +59,9 @@ class DatasetError(AVVSRError):
     """A data set as a whole is unusable (for example, no usable file at all)."""
 
 
-class WeightsError(MediaError):
-    """A weights or checkpoint file cannot be loaded into the model."""
+class WeightsError(PathError):
+    """A model file (checkpoint, export, published weights) cannot be read or loaded."""
+
+
+class OutputExistsError(PathError, FileExistsError):
+    """The output exists and overwriting was not asked for."""

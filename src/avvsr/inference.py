@@ -1,11 +1,9 @@
-"""Upscaling real videos with a trained model: loading, chunked/tiled inference, writing.
+"""Upscaling real videos with a trained model: per-frame audio, chunked/tiled inference, writing.
 
-Three parts, used by ``avvsr-upscale``, ``avvsr-export`` and ``avvsr-visualize``:
+Three parts, used by ``avvsr-upscale`` and ``avvsr-visualize``:
 
-- **Loading** (:func:`load_model`): a training checkpoint written by ``avvsr-train`` (through
-  :func:`avvsr.evaluate.load_lit_module`, ``weights_only=True``) or an export written by
-  :func:`export_model` (safetensors; the model config and the audio-feature settings are JSON in
-  its metadata). Either gives the network and how its log-mel features were made.
+- **Per-frame audio** (:class:`FrameAudio`): the log-mel features of any run of frames, made
+  as the loaded model (:func:`avvsr.checkpoint.load_model`) says its features were made.
 - **Inference** (:class:`ChunkedUpscaler`): frames stream in, the network runs on overlapping
   temporal windows (and optionally overlapping spatial tiles), overlaps are blended with linear
   ramps (a cross-fade in time, feathering in space), and finished frames stream out. Only one
@@ -31,11 +29,8 @@ and the cross-fade gives those frames little weight.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,189 +41,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avvsr.errors import AVVSRError, MissingAudioError, WeightsError
+from avvsr.atomic import refuse_existing, temporary_path
+from avvsr.checkpoint import LoadedModel
+from avvsr.data.audio_features import AudioFeatureSettings
+from avvsr.errors import MissingAudioError
 
 DEFAULT_CHUNK = 32
 DEFAULT_OVERLAP = 8
 DEFAULT_TILE_OVERLAP = 16
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-EXPORT_SUFFIX = ".safetensors"
-EXPORT_FORMAT = "avvsr-net/1"
-
-
-class OutputExistsError(AVVSRError, FileExistsError):
-    """The output file exists and overwriting was not asked for."""
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-@dataclass(frozen=True)
-class AudioFeatureSettings:
-    """How a model's log-mel features were made (``checkpoint["avvsr_audio_features"]``)."""
-
-    sample_rate: int  # Hz
-    window_s: float  # seconds of audio per frame, centred on the frame's timestamp
-    n_fft: int
-    hop_length: int
-    n_mels: int
-
-    @classmethod
-    def from_dict(cls, source: str | Path, values: dict) -> AudioFeatureSettings:
-        names = ("sample_rate", "window_s", "n_fft", "hop_length", "n_mels")
-        missing = [name for name in names if name not in values]
-        if missing:
-            raise WeightsError(source, f"avvsr_audio_features lacks {missing}")
-        return cls(**{name: values[name] for name in names})
-
-    @property
-    def window_samples(self) -> int:
-        """Samples in each frame's window."""
-        return round(self.window_s * self.sample_rate)
-
-    def log_mel(self):
-        """The :class:`~avvsr.data.audio_features.LogMel` transform of these settings."""
-        from avvsr.data.audio_features import LogMel
-
-        return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)
-
-
-@dataclass
-class LoadedModel:
-    """A network ready for inference and what it needs to know about its inputs."""
-
-    net: torch.nn.Module  # AVVSRNet, in eval mode
-    model_config: dict  # the Hydra config of the LightningModule
-    audio_features: AudioFeatureSettings | None  # None only for models without fusion
-    source: Path
-
-    @property
-    def scale(self) -> int:
-        return self.net.scale
-
-    @property
-    def uses_audio(self) -> bool:
-        return self.net.uses_audio
-
-
-def load_model(path: str | Path) -> LoadedModel:
-    """Load a training checkpoint (``avvsr-train``) or an export (``avvsr-export``, safetensors).
-
-    Raises :class:`~avvsr.errors.MissingFileError` or :class:`~avvsr.errors.WeightsError`
-    naming the file. A fusion model must come with its audio-feature settings.
-    """
-    from avvsr.errors import MissingFileError
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(path, "model file not found")
-    if path.suffix == EXPORT_SUFFIX:
-        net, model_config, features = _load_export(path)
-    else:
-        net, model_config, features = _load_training_checkpoint(path)
-    audio_features = AudioFeatureSettings.from_dict(path, features) if features else None
-    if net.uses_audio and audio_features is None:
-        raise WeightsError(
-            path, "the model fuses audio but the file does not say how its log-mel features "
-            "were made (no avvsr_audio_features)"
-        )
-    return LoadedModel(net.eval(), model_config, audio_features, path)
-
-
-def _load_training_checkpoint(path: Path) -> tuple[torch.nn.Module, dict, dict | None]:
-    from avvsr.evaluate import load_lit_module
-
-    try:
-        # A training config may name pretrained weights to start from; inference needs none.
-        lit_module = load_lit_module(path, init_weights=None)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except AVVSRError:
-        raise
-    except Exception as error:  # unpickling errors, truncated files, configs that do not build
-        raise WeightsError(path, f"not a loadable avvsr checkpoint ({error})") from error
-    return lit_module.net, lit_module.model_config, checkpoint.get("avvsr_audio_features")
-
-
-def _load_export(path: Path) -> tuple[torch.nn.Module, dict, dict | None]:
-    from safetensors import SafetensorError, safe_open
-
-    from avvsr.models.weights import read_state_dict
-
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-        state = read_state_dict(path)
-    except (SafetensorError, OSError) as error:
-        raise WeightsError(path, f"not a readable safetensors file ({error})") from error
-    if metadata.get("format") != EXPORT_FORMAT or "avvsr_model_config" not in metadata:
-        raise WeightsError(path, "no avvsr model config in its metadata: not an avvsr-export file")
-    try:
-        model_config = json.loads(metadata["avvsr_model_config"])
-        features = json.loads(metadata.get("avvsr_audio_features", "null"))
-    except json.JSONDecodeError as error:
-        raise WeightsError(path, f"its metadata is not valid JSON ({error})") from error
-    net = build_lit_module(path, model_config).net
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(path, f"the weights do not fit the model config ({error})") from error
-    return net, model_config, features
-
-
-def build_lit_module(source: str | Path, model_config: dict):
-    """Instantiate the LightningModule of a stored Hydra model config (without start weights)."""
-    import hydra
-    from omegaconf import OmegaConf
-
-    try:
-        return hydra.utils.instantiate(OmegaConf.merge(model_config, {"init_weights": None}))
-    except Exception as error:
-        raise WeightsError(source, f"its model config does not build ({error})") from error
-
-
-def export_model(
-    checkpoint: str | Path, destination: str | Path, *, overwrite: bool = False
-) -> Path:
-    """Write the network weights of ``checkpoint`` alone to ``destination`` (``.safetensors``).
-
-    The metadata holds the model config and the audio-feature settings as JSON, so
-    :func:`load_model` rebuilds the model from the export alone. Written to a temporary name
-    and renamed when complete.
-    """
-    from safetensors.torch import save_file
-
-    destination = Path(destination)
-    if destination.suffix != EXPORT_SUFFIX:
-        raise ValueError(f"{destination}: exports are safetensors files; name it *{EXPORT_SUFFIX}")
-    refuse_existing(destination, overwrite)
-    model = load_model(checkpoint)
-    features = model.audio_features
-    metadata = {
-        "format": EXPORT_FORMAT,
-        "avvsr_model_config": json.dumps(model.model_config),
-        "avvsr_audio_features": json.dumps(dataclasses.asdict(features) if features else None),
-    }
-    tensors = {key: value.contiguous() for key, value in model.net.state_dict().items()}
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(destination)
-    try:
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return destination
-
-
-def refuse_existing(path: Path, overwrite: bool) -> None:
-    """Raise :class:`OutputExistsError` when ``path`` exists and ``overwrite`` is false."""
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: exists already (pass --overwrite to replace it)")
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A hidden name next to ``path``, same suffix (so FFmpeg picks the same muxer)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,7 +369,7 @@ class UpscaledVideoWriter:
         self.pts = pts
         self.time_base = time_base
         self.times = times or StageTimes()
-        self.temporary = temporary_sibling(self.path)
+        self.temporary = temporary_path(self.path)
         self.container = av.open(str(self.temporary), mode="w")
         self.frames_written = 0
         self.audio_mode = "none"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from avvsr.data.audio_features import SILENCE_LOG_MEL
+from avvsr.data.audio_features import SILENCE_LOG_MEL, AudioFeatureSettings
 from avvsr.metrics import MaskAgreement, RegionPSNR, VideoPSNR, VideoSSIM
 from avvsr.models.avvsr_net import AVVSRNet, AVVSROutput, FusionFactory
 from avvsr.models.backbones.base import VSRBackbone
@@ -63,7 +63,8 @@ class AVVSRLitModule(LightningModule):
         audio_encoder: log-mel ``(B, T, n_mels, n_frames)`` -> ``(B, T, D)``; unused without fusion.
         fusion: factory of the fusion module (Hydra ``_partial_``), or None for the plain backbone.
         optimizer: factory taking ``params`` (parameter groups, each with its ``lr``) and
-            returning an optimizer (Hydra ``_partial_``, without ``lr``).
+            returning an optimizer (Hydra ``_partial_``, without ``lr``); None for a model
+            that is only evaluated or applied (a loaded checkpoint).
         lr: learning rate of everything but the flow network.
         scale: upsampling factor; must equal the backbone's (it is the config's single source).
         warmup_steps, min_lr_ratio: the schedule (see :func:`warmup_cosine`).
@@ -73,7 +74,14 @@ class AVVSRLitModule(LightningModule):
         audio_dropout: share of training clips whose audio is replaced by silence.
         crop_border: pixels cropped at each border before metrics (HR pixels).
         audio_controls: controls run at test time (fusion models only).
-        init_weights: optional local weights file loaded (partially) before training.
+        audio_features: how the log-mel features the model reads are made (the data's
+            settings: the config's ``audio`` node); stored in checkpoints with the config.
+        init_weights: optional local weights file to start from, loaded strictly
+            (:func:`avvsr.checkpoint.load_weights`; a backbone-only file fills the backbone).
+        init_weights_partial: load only what fits of ``init_weights`` and list the rest.
+        model_config: the plain config this module was built from
+            (:func:`avvsr.config.build_lit_module` passes it); stored in every checkpoint so
+            that the file alone rebuilds the model.
     """
 
     def __init__(
@@ -81,7 +89,7 @@ class AVVSRLitModule(LightningModule):
         backbone: VSRBackbone,
         audio_encoder: nn.Module | None,
         fusion: FusionFactory | None,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
         lr: float = 2e-4,
         scale: int = 4,
         warmup_steps: int = 0,
@@ -92,11 +100,16 @@ class AVVSRLitModule(LightningModule):
         audio_dropout: float = 0.15,
         crop_border: int = 0,
         audio_controls: Sequence[str] = AUDIO_CONTROLS,
+        audio_features: AudioFeatureSettings | None = None,
         init_weights: str | None = None,
+        init_weights_partial: bool = False,
+        model_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if backbone.scale != scale:
             raise ValueError(f"model.scale={scale} but the backbone upsamples by {backbone.scale}")
+        if audio_features is not None and not isinstance(audio_features, AudioFeatureSettings):
+            raise TypeError(f"audio_features must be AudioFeatureSettings, got {audio_features!r}")
         unknown = set(audio_controls) - set(AUDIO_CONTROLS)
         if unknown:
             raise ValueError(
@@ -112,15 +125,20 @@ class AVVSRLitModule(LightningModule):
         self.loss_eps = loss_eps
         self.audio_dropout = audio_dropout
         self.crop_border = crop_border
+        self.audio_features = audio_features
+        self.model_config = dict(model_config) if model_config is not None else None
         self.test_controls = tuple(audio_controls) if self.net.uses_audio else ("true",)
         self.val_metrics = self._metrics()
         self.test_metrics = nn.ModuleDict({c: self._metrics() for c in self.test_controls})
         self._test_forward_s = 0.0
         self._test_frames = 0
         if init_weights:
-            from avvsr.models.weights import load_partial, read_state_dict
+            from avvsr.checkpoint import load_weights, read_weights
 
-            load_partial(self.net, read_state_dict(init_weights), source=init_weights)
+            load_weights(
+                self.net, read_weights(init_weights), source=init_weights,
+                partial=init_weights_partial, backbone_state=True,
+            )
 
     def _metrics(self) -> MetricCollection:
         """PSNR/SSIM on RGB and Y; Y-PSNR inside/outside the sound source; the agreement of
@@ -223,6 +241,9 @@ class AVVSRLitModule(LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_factory is None:
+            raise RuntimeError("this model was built without an optimizer (a loaded model "
+                               "file): train from a config, e.g. model.init_weights=FILE")
         flow = {id(p) for p in self.net.backbone.flow_parameters()}
         groups = [
             {
@@ -254,9 +275,8 @@ class AVVSRLitModule(LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the model config and the audio-feature settings (plain containers), so a
-        checkpoint alone rebuilds its model and the log-mel features it was trained on."""
-        if getattr(self, "model_config", None) is not None:
-            checkpoint["avvsr_model_config"] = self.model_config
-        if getattr(self, "audio_features", None) is not None:
-            checkpoint["avvsr_audio_features"] = self.audio_features
+        """Store the model config (with its audio-feature settings), so that a checkpoint
+        alone rebuilds its model and the features it was trained on."""
+        from avvsr.checkpoint import add_model_config
+
+        add_model_config(checkpoint, self.model_config)

@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from avvsr.atomic import write_text
 
 FUSION_ORDER = ["none", "concat", "msavf-s1", "msavf-s2", "msavf-s3", "msavf-s4"]
 
@@ -161,12 +162,6 @@ def control_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], l
     return header, rows
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def long_csv(groups: dict[tuple[str, str], list[Run]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -256,7 +251,7 @@ def write_report(
         ]
     if figure:
         parts += ["## Attention masks", "", f"![attention masks]({figure})", ""]
-    write_atomic(out_dir / "results.md", "\n".join(parts))
-    write_atomic(out_dir / "results.csv", long_csv(groups))
-    write_atomic(out_dir / "results.tex", latex_table(main_header, main))
+    write_text(out_dir / "results.md", "\n".join(parts))
+    write_text(out_dir / "results.csv", long_csv(groups))
+    write_text(out_dir / "results.tex", latex_table(main_header, main))
     return out_dir / "results.md"

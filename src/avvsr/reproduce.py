@@ -63,19 +63,17 @@ def ensure_synthetic_data(study: str, overrides: list[str]) -> Path | None:
     Composes ``train`` with ``experiment=<study>`` and those ``overrides`` that start with one
     of ``SYNTHETIC_SET_KEYS`` (the others may hold sweep lists that a single config cannot).
     """
-    from hydra import compose, initialize_config_dir
     from hydra.utils import get_class
 
+    from avvsr.config import compose
     from avvsr.data.sources import SyntheticSource
     from avvsr.data.synthetic import SynthConfig, generate
-    from avvsr.train import CONFIG_DIR
 
     relevant = [o for o in overrides if o.lstrip("+~").startswith(SYNTHETIC_SET_KEYS)]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        config = compose("train", overrides=[
-            f"experiment={study}", f"paths.root_dir={os.environ.get('AVVSR_ROOT', ROOT)}",
-            "paths.output_dir=unused", *relevant,
-        ])
+    config = compose("train", [
+        f"experiment={study}", f"paths.root_dir={os.environ.get('AVVSR_ROOT', ROOT)}",
+        "paths.output_dir=unused", *relevant,
+    ])
     if not issubclass(get_class(config.data.train._target_), SyntheticSource):
         return None
     root = Path(config.data.train.root)
@@ -110,20 +108,24 @@ def sweep_record(sweep_dir: Path) -> tuple[list[str], float]:
 
 def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
     """Draw LR | output | HR | masks for the first test clips of each backbone's MS-AVF run
-    with the most scales (lowest seed). Returns False when no run has attention masks."""
+    with the most scales (top-down before not, then the lowest seed). Returns False when no
+    run has attention masks."""
     import hydra
     import torch
     from omegaconf import OmegaConf
 
-    from avvsr.evaluate import load_lit_module
+    from avvsr.checkpoint import load_lit_module
+    from avvsr.config import FusionVariant
     from avvsr.visualization import sample_panel, save_png
 
+    def preference(run: Run) -> tuple[int, bool, int]:
+        variant = FusionVariant.from_label(run.fusion)
+        return (-variant.scales, not variant.top_down, run.seed)
+
     chosen: dict[str, Run] = {}
-    for run in sorted(runs, key=lambda r: (r.backbone, r.fusion, r.seed)):
-        if run.fusion.startswith("msavf") and run.best_checkpoint:
-            best = chosen.get(run.backbone)
-            if best is None or run.fusion > best.fusion:
-                chosen[run.backbone] = run
+    for run in sorted(runs, key=preference):
+        if FusionVariant.from_label(run.fusion).attention and run.best_checkpoint:
+            chosen.setdefault(run.backbone, run)
     rows = []
     for _, run in sorted(chosen.items()):
         config = OmegaConf.load(run.path / ".hydra" / "config.yaml")

@@ -60,13 +60,10 @@ def sample_panel(
 
 def save_png(image: Tensor, path) -> None:
     """Write ``(3, H, W)`` in [0, 1] as an 8-bit PNG (through a temporary file)."""
-    import os
-    from pathlib import Path
-
     from PIL import Image
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    from avvsr.atomic import atomic_path
+
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(pixels).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels).save(temporary, format="PNG")

@@ -5,8 +5,9 @@ soundtrack). The study's audio encoder (``config.model.audio_encoder``) plus a l
 are trained with cross-entropy to name each frame's sounding class from that frame's log-mel
 window, on the training clips of the study's DataModule (Adam, one-cycle rate). It prints the
 classification accuracy over every frame of the test clips. ``--save FILE`` writes the trained
-encoder as ``audio_encoder.*`` tensors, which ``model.init_weights=FILE`` loads into a fusion
-model (the backbone and fusion keep their initial values). Usage::
+encoder as ``audio_encoder.*`` tensors, which ``model.init_weights=FILE
+model.init_weights_partial=true`` loads into a fusion model (the backbone and fusion keep their
+initial values). Usage::
 
     python experiments/av_ablation/diagnostics/audio_class_probe.py --steps 300 \
         --data data/synth_fill --save logs/investigate/audio_encoder.pt
@@ -15,7 +16,6 @@ model (the backbone and fusion keep their initial values). Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +24,8 @@ import hydra
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from avvsr.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,9 +63,8 @@ def main(argv: Sequence[str] | None = None) -> float:
           f"chance {1 / num_classes:.3f})")
     if args.save:
         state = {f"audio_encoder.{key}": value for key, value in encoder.state_dict().items()}
-        partial = f"{args.save}.partial"
-        torch.save(state, partial)
-        os.replace(partial, args.save)
+        with atomic_path(args.save) as temporary:
+            torch.save(state, temporary)
     return accuracy
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avvsr.checkpoint import load_lit_module
 from avvsr.data import synthetic
 from avvsr.data.degradations import degrade
 from avvsr.data.io import read_frames
-from avvsr.evaluate import load_lit_module
 from avvsr.metrics import to_metric_space
 
 

@@ -25,15 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns 0, or exits with status 2 and a message on bad input."""
-    from avvsr.errors import AVVSRError
-    from avvsr.inference import export_model
+    from pathlib import Path
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        path = export_model(args.checkpoint, args.output, overwrite=args.overwrite)
-    except (AVVSRError, ValueError) as error:
-        parser.exit(2, f"avvsr-export: error: {error}\n")
+    from avvsr.atomic import refuse_existing
+    from avvsr.checkpoint import EXPORT_SUFFIX, load_model, write_export
+    from avvsr.cli.common import exit_on_bad_input
+    from avvsr.errors import WeightsError
+
+    args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    with exit_on_bad_input("avvsr-export"):
+        if output.suffix != EXPORT_SUFFIX:  # checked before the (slower) model load
+            raise WeightsError(output, f"exports are safetensors files; name it *{EXPORT_SUFFIX}")
+        refuse_existing(output, args.overwrite)
+        path = write_export(load_model(args.checkpoint), output, overwrite=args.overwrite)
     print(f"{path}: network weights with model config and audio-feature settings", file=sys.stderr)
     return 0
 

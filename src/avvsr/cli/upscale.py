@@ -45,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns 0, or exits with status 2 and a message on bad input."""
+    from avvsr.atomic import refuse_existing
+    from avvsr.checkpoint import load_model
     from avvsr.data.io import probe_video
     from avvsr.errors import AVVSRError
-    from avvsr.inference import InferenceSettings, load_model, refuse_existing, upscale_video
+    from avvsr.inference import InferenceSettings, upscale_video
 
     parser = build_parser()
     args = parser.parse_args(argv)

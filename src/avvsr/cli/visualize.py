@@ -87,9 +87,10 @@ def visualize(
     names where it came from in error messages.
     ``degradation``: ``"BI"``/``"BD"`` when the video is HR ground truth, None when it is LR.
     """
+    from avvsr.checkpoint import load_model
     from avvsr.data.degradations import crop_to_scale, degrade
     from avvsr.data.io import probe_video, read_audio, read_frames
-    from avvsr.inference import ChunkedUpscaler, InferenceSettings, frame_audio_for, load_model
+    from avvsr.inference import ChunkedUpscaler, InferenceSettings, frame_audio_for
     from avvsr.visualization import sample_panel, save_png
 
     info = probe_video(video)

@@ -1,4 +1,10 @@
-"""Log-mel features of per-frame audio windows (torchaudio).
+"""Per-frame audio features: how they are made (:class:`AudioFeatureSettings`) and the
+log-mel transform itself (:class:`LogMel`, torchaudio).
+
+:class:`AudioFeatureSettings` is the one home of the feature settings: the ``audio`` config
+node (``conf/audio/``) is instantiated into it and read both by the data (the DataModule's
+``audio``) and by the model (the LightningModule's ``audio_features``, stored with its config
+in every checkpoint and export), so a trained model always says how its features were made.
 
 ``LogMel()(windows)`` maps waveforms ``(..., N)`` at ``sample_rate`` Hz to
 ``log(mel_power + LOG_EPS)`` of shape ``(..., n_mels, n_frames)``; silence maps to the
@@ -7,13 +13,73 @@ constant :data:`SILENCE_LOG_MEL` everywhere, so missing audio has a well-defined
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any
 
 import torch
 from torch import Tensor
 
 LOG_EPS = 1e-6
 SILENCE_LOG_MEL = math.log(LOG_EPS)
+
+
+@dataclass(frozen=True)
+class AudioFeatureSettings:
+    """How each frame's audio feature is made: the ``window_s`` seconds of mono audio centred
+    on the frame's timestamp, resampled to ``sample_rate`` Hz, as a log-mel spectrogram
+    (``n_fft``-sample Hann STFT every ``hop_length`` samples, ``n_mels`` bands)."""
+
+    sample_rate: int = 16000  # Hz
+    window_s: float = 0.32  # seconds of audio per frame
+    n_fft: int = 512  # samples
+    hop_length: int = 160  # samples
+    n_mels: int = 64
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            wanted = numbers.Integral if item.type == "int" else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, wanted) or value <= 0:
+                raise ValueError(f"audio feature setting {item.name} must be a positive "
+                                 f"{item.type}, got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, source: str | PathLike[str], values: Any) -> AudioFeatureSettings:
+        """Settings from a mapping read from ``source`` (a file); raise
+        :class:`~avvsr.errors.WeightsError` naming the file for a missing, unknown or
+        wrong-typed entry."""
+        from avvsr.errors import WeightsError
+
+        names = [item.name for item in dataclasses.fields(cls)]
+        if not isinstance(values, Mapping):
+            raise WeightsError(source, f"audio feature settings are not a mapping: {values!r}")
+        missing = [name for name in names if name not in values]
+        unknown = sorted(set(values) - set(names) - {"_target_"})
+        if missing or unknown:
+            raise WeightsError(
+                source, f"audio feature settings: missing {missing}, unknown {unknown}"
+            )
+        try:
+            return cls(**{name: values[name] for name in names})
+        except ValueError as error:
+            raise WeightsError(source, str(error)) from error
+
+    def as_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in each frame's window."""
+        return round(self.window_s * self.sample_rate)
+
+    def log_mel(self) -> LogMel:
+        """The :class:`LogMel` transform of these settings."""
+        return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)
 
 
 class LogMel(torch.nn.Module):

@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from avvsr.data.audio_features import AudioFeatureSettings
 from avvsr.data.cache import DecodeCache
 from avvsr.data.datasets import (
-    AudioSettings,
     BadFileLog,
     ClipDataset,
     EvalClipDataset,
@@ -36,9 +36,9 @@ class AVVSRDataModule(L.LightningDataModule):
     Training: random ``clip_len``-frame clips, ``crop_size`` HR crops, random flips and
     transposes (``augment``). Validation and test: whole clips of at most
     ``eval_max_frames`` frames (``None``: all), batched ``eval_batch_size`` at a time.
-    LR frames: ``degradation`` ``"BI"`` or ``"BD"``. Audio: a ``window_s`` window per frame
-    (seconds), log-mel at ``sample_rate`` Hz (``n_fft``, ``hop_length``, ``n_mels``);
-    ``audio_policy`` ``"silence"`` or ``"require"`` for files without audio.
+    LR frames: ``degradation`` ``"BI"`` or ``"BD"``. Audio: each frame's feature as ``audio``
+    says (the config's ``audio`` node, which the model reads too); ``audio_policy``
+    ``"silence"`` or ``"require"`` for files without audio.
     """
 
     def __init__(
@@ -54,11 +54,7 @@ class AVVSRDataModule(L.LightningDataModule):
         crop_size: int = 64,
         augment: bool = True,
         eval_max_frames: int | None = None,
-        sample_rate: int = 16000,
-        window_s: float = 0.32,
-        n_fft: int = 512,
-        hop_length: int = 160,
-        n_mels: int = 64,
+        audio: AudioFeatureSettings | None = None,
         audio_policy: str = "silence",
         batch_size: int = 4,
         eval_batch_size: int = 1,
@@ -76,14 +72,8 @@ class AVVSRDataModule(L.LightningDataModule):
         self.crop_size = crop_size
         self.augment = augment
         self.eval_max_frames = eval_max_frames
-        self.audio = AudioSettings(
-            sample_rate=sample_rate,
-            window_s=window_s,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            policy=audio_policy,
-        )
+        self.audio = audio or AudioFeatureSettings()
+        self.audio_policy = audio_policy
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -112,6 +102,7 @@ class AVVSRDataModule(L.LightningDataModule):
                 "scale": self.scale,
                 "degradation": self.degradation,
                 "audio": self.audio,
+                "audio_policy": self.audio_policy,
                 "bad_files": self.bad_files,
             }
             if split == "train":

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from avvsr.data.audio_features import LogMel
+from avvsr.data.audio_features import AudioFeatureSettings
 from avvsr.data.cache import DecodeCache, DecodedVideo
 from avvsr.data.degradations import DEGRADATIONS, crop_to_scale, degrade
 from avvsr.data.io import AudioTrack, audio_windows
@@ -105,28 +105,14 @@ class SampleRequest(NamedTuple):
     seed: int
 
 
-@dataclass(frozen=True)
-class AudioSettings:
-    """Per-frame audio: ``window_s`` seconds around each frame, log-mel at ``sample_rate`` Hz.
-
-    ``policy`` ``"silence"``: a file without audio gets silent audio and ``has_audio=False``;
-    ``"require"``: such a file is a bad file.
-    """
-
-    sample_rate: int = 16000
-    window_s: float = 0.32
-    n_fft: int = 512
-    hop_length: int = 160
-    n_mels: int = 64
-    policy: str = "silence"
-
-
 class ClipDataset(Dataset):
     """Shared part of the training and evaluation data sets: checks, loading, skipping.
 
     ``source`` lists the clips, ``cache`` decodes them; ``scale`` and ``degradation``
-    (``"BI"``/``"BD"``) make LR frames; ``min_frames`` and ``min_size`` (HR pixels) are what
-    a clip needs to be usable.
+    (``"BI"``/``"BD"``) make LR frames; ``audio`` says how each frame's audio feature is
+    made; ``audio_policy`` ``"silence"``: a file without audio gets silent audio and
+    ``has_audio=False``, ``"require"``: such a file is a bad file; ``min_frames`` and
+    ``min_size`` (HR pixels) are what a clip needs to be usable.
     """
 
     def __init__(
@@ -136,18 +122,18 @@ class ClipDataset(Dataset):
         *,
         scale: int,
         degradation: str = "BI",
-        audio: AudioSettings | None = None,
+        audio: AudioFeatureSettings | None = None,
+        audio_policy: str = "silence",
         min_frames: int = 1,
         min_size: int = 1,
         bad_files: BadFileLog | None = None,
     ) -> None:
         if degradation not in DEGRADATIONS:
             raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
-        self.audio = audio or AudioSettings()
-        if self.audio.policy not in AUDIO_POLICIES:
-            raise ValueError(
-                f"audio policy must be one of {AUDIO_POLICIES}, got {self.audio.policy!r}"
-            )
+        self.audio = audio or AudioFeatureSettings()
+        if audio_policy not in AUDIO_POLICIES:
+            raise ValueError(f"audio policy must be one of {AUDIO_POLICIES}, got {audio_policy!r}")
+        self.audio_policy = audio_policy
         if cache.sample_rate != self.audio.sample_rate:
             raise ValueError(
                 f"the cache stores audio at {cache.sample_rate} Hz, "
@@ -160,12 +146,7 @@ class ClipDataset(Dataset):
         self.min_frames = max(min_frames, 1)
         self.min_size = max(min_size, scale)
         self.bad_files = bad_files or BadFileLog()
-        self.log_mel = LogMel(
-            sample_rate=self.audio.sample_rate,
-            n_fft=self.audio.n_fft,
-            hop_length=self.audio.hop_length,
-            n_mels=self.audio.n_mels,
-        )
+        self.log_mel = self.audio.log_mel()
         self._failed: set[int] = set()
         self.clips = self._usable_clips(source)
 
@@ -188,7 +169,7 @@ class ClipDataset(Dataset):
 
     def _check(self, record: ClipRecord, video: DecodedVideo) -> UsableClip:
         """Raise :class:`MediaError` unless ``video`` can give this data set's clips."""
-        if video.audio is None and self.audio.policy == "require":
+        if video.audio is None and self.audio_policy == "require":
             raise MissingAudioError(
                 record.path, "the file has no audio stream (audio_policy is 'require')"
             )

@@ -635,10 +635,10 @@ def _class_harmonics(config: SynthConfig) -> dict[str, list[list[float]]]:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "wb") as handle:
+    from avvsr.atomic import atomic_path
+
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)
-    os.replace(temporary, path)
 
 
 def write_clip(spec: ClipSpec, root: PathLike) -> ClipEntry:

@@ -1,0 +1,145 @@
+"""Where the Hydra configs live, composing them as the commands do, and building from them.
+
+The one home of the config location (:data:`CONFIG_DIR`), of composing a config outside a
+``@hydra.main`` entry point (:func:`compose`: tests, benchmarks, ``reproduce``), of building the
+LightningModule from a model config (:func:`build_lit_module`: training and every loader), and
+of the labels that name a run's backbone and fusion variant in tables and run names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from avvsr.lit_module import AVVSRLitModule
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+LIT_MODULE_TARGET = "avvsr.lit_module.AVVSRLitModule"
+
+
+def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``config_name`` (``train`` or ``eval``) with ``overrides``, as the command
+    line composes it (without the ``hydra`` node; paths under the current directory)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def plain_container(config: Mapping | DictConfig) -> dict[str, Any]:
+    """A resolved plain-``dict`` copy of a config node."""
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+
+
+def build_lit_module(model_config: Mapping | DictConfig, **overrides: Any) -> AVVSRLitModule:
+    """Build the LightningModule of a model config (``conf/model/``), which it keeps (and
+    stores in its checkpoints) as ``model_config``.
+
+    ``overrides`` replace top-level entries first (e.g. ``audio_controls``). Each part with a
+    ``_target_`` (backbone, audio encoder, fusion, optimizer, audio features) is built with
+    Hydra's ``instantiate``; a config read from a file must have passed
+    :func:`avvsr.checkpoint.checked_model_config` before it gets here.
+    """
+    from hydra.utils import instantiate
+
+    from avvsr.lit_module import AVVSRLitModule
+
+    config = {**plain_container(model_config), **overrides}
+    target = config.pop("_target_", None)
+    if target != LIT_MODULE_TARGET:
+        raise ValueError(f"a model config builds {LIT_MODULE_TARGET}, not {target!r}")
+    parts = {key: instantiate(value) if _is_node(value) else value for key, value in config.items()}
+    return AVVSRLitModule(**parts, model_config={"_target_": target, **config})
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, dict) and "_target_" in value
+
+
+# ------------------------------------------------------------------------------- labels
+@dataclass(frozen=True)
+class FusionVariant:
+    """What a fusion config is, as data: ``scales`` 0 without fusion; ``attention`` False for
+    tiled concatenation; ``top_down`` whether coarse scales feed the fine ones."""
+
+    scales: int
+    attention: bool
+    top_down: bool
+
+    @classmethod
+    def of(cls, fusion_config: Mapping | None) -> FusionVariant:
+        if fusion_config is None:
+            return cls(0, False, False)
+        return cls(
+            int(fusion_config.get("scales", 3)),
+            bool(fusion_config.get("attention", True)),
+            bool(fusion_config.get("top_down", True)),
+        )
+
+    @property
+    def label(self) -> str:
+        """``none``, ``concat``, ``msavf-s3`` or ``msavf-s3-notopdown``."""
+        if self.scales == 0:
+            return "none"
+        if not self.attention:
+            return "concat"
+        return f"msavf-s{self.scales}" + ("" if self.top_down else "-notopdown")
+
+    @classmethod
+    def from_label(cls, label: str) -> FusionVariant:
+        """The variant a :attr:`label` names (labels are how run records store it)."""
+        if label == "none":
+            return cls(0, False, False)
+        if label == "concat":
+            return cls(3, False, True)
+        name, scales, *rest = label.split("-")
+        if name != "msavf" or not scales.startswith("s") or rest not in ([], ["notopdown"]):
+            raise ValueError(f"not a fusion label: {label!r}")
+        return cls(int(scales[1:]), True, not rest)
+
+
+def fusion_label(fusion_config: Mapping | None) -> str:
+    """The short name of a fusion config (see :attr:`FusionVariant.label`)."""
+    return FusionVariant.of(fusion_config).label
+
+
+def backbone_label(cfg: DictConfig) -> str:
+    """The chosen ``model/backbone`` option (e.g. ``basicvsr_tiny``), or the class name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("model/backbone")
+        if choice:
+            return str(choice)
+    return str(cfg.model.backbone._target_).rsplit(".", 1)[-1]
+
+
+# ------------------------------------------------------------------------------- commands
+def instantiate_list(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that holds named objects (callbacks, loggers)."""
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def apply_threads(cfg: DictConfig) -> None:
+    """Limit torch's CPU threads to ``cfg.threads`` when set (jobs running side by side)."""
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Logged metrics (tensors or numbers) as plain floats."""
+    return {key: float(value) for key, value in metrics.items()}

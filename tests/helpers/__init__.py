@@ -1,0 +1,1 @@
+"""What several test files share (fixtures are registered in ``tests/conftest.py``)."""
