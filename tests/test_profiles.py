@@ -8,36 +8,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import itertools
+
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from avvsr.config import CONFIG_DIR, compose
+
+CONF_DIR = Path(CONFIG_DIR)
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 # The tiny configs train on a 2-core CPU; the paper sizes are millions of parameters.
 TINY_MAX_PARAMS = 1_000_000
 
 
 def compose_study(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train", overrides=["experiment=av_ablation", *overrides], return_hydra_config=True
-        )
+    return compose("train", ["experiment=av_ablation", *overrides], hydra_node=True)
 
 
 def grid_points(sweep: str) -> list[list[str]]:
     """The overrides of every run ``avvsr-train -m experiment=av_ablation sweep=<sweep>``
-    launches, seeds left out, expanded as Hydra's basic sweeper expands them."""
+    launches, seeds left out: the product of each parameter's values as Hydra's override
+    parser expands them."""
     params = compose_study(f"sweep={sweep}").hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides(
         [f"{key}={value}" for key, value in params.items() if key != "seed"]
     )
-    (points,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return points
+    values = [
+        [f"{o.key_or_group}={v}" for v in (
+            o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+        )]
+        for o in parsed
+    ]
+    return [list(point) for point in itertools.product(*values)]
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -99,8 +104,8 @@ def test_reproduce_generates_the_set_the_study_trains_on(tmp_path: Path) -> None
     from avvsr.reproduce import ensure_synthetic_data
 
     study = compose_study("paths.root_dir=unused", "paths.output_dir=unused")
-    small = ["synthetic_set.num_train=2", "+synthetic_set.num_val=1", "+synthetic_set.num_test=1",
-             "+synthetic_set.num_frames=4"]
+    small = ["synthetic_set.num_train=2", "synthetic_set.num_val=1", "synthetic_set.num_test=1",
+             "synthetic_set.num_frames=4"]
     root = ensure_synthetic_data(
         "av_ablation", [f"paths.root_dir={tmp_path}", *small, "model/fusion=none,msavf"]
     )
@@ -108,8 +113,16 @@ def test_reproduce_generates_the_set_the_study_trains_on(tmp_path: Path) -> None
     params = load_manifest(root).params
     assert (params["num_train"], params["num_val"], params["num_frames"]) == (2, 1, 4)
     for name, value in study.synthetic_set.items():
-        if name != "num_train":
+        if name not in ("num_train", "num_val", "num_test", "num_frames"):
             assert params[name] == value, name
+    assert (study.synthetic_set.num_objects, study.synthetic_set.background_contrast) == (1, 0)
+
+
+def test_a_mistyped_synthetic_set_parameter_fails_when_composed() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="num_objcts"):
+        compose_study("synthetic_set.num_objcts=2")
 
 
 def test_reproduce_generates_nothing_when_the_study_reads_real_data(tmp_path: Path) -> None:
@@ -125,7 +138,7 @@ def readme_overrides() -> set[str]:
     number, ``DIR``, ``FILE``, ``<run>`` and the like for a path)."""
     import re
 
-    readme = (CONF_DIR.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     found = re.findall(r"(?<![\w./-])(\+{0,2}(?:data|audio|model|trainer)\.[\w.]+)=([^\s`|)]+)",
                        readme)
 

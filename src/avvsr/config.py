@@ -20,16 +20,38 @@ if TYPE_CHECKING:
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 LIT_MODULE_TARGET = "avvsr.lit_module.AVVSRLitModule"
+# Typed config nodes that YAML files extend (Hydra's ConfigStore): name -> dataclass.
+SYNTHETIC_SET_SCHEMA = "synthetic_set_schema"
 
 
-def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+def _register_schemas() -> None:
+    """Store the typed nodes, so that a key a config or an override mistypes fails when the
+    config is composed: ``synthetic_set`` (:class:`~avvsr.data.synthetic.SynthConfig`, the
+    generator parameters a study's synthetic set is made with)."""
+    from hydra.core.config_store import ConfigStore
+
+    from avvsr.data.synthetic import SynthConfig
+
+    schema = OmegaConf.structured(SynthConfig)
+    OmegaConf.set_readonly(schema, False)  # a frozen dataclass; configs set its fields
+    ConfigStore.instance().store(name=SYNTHETIC_SET_SCHEMA, node=schema)
+
+
+_register_schemas()
+
+
+def compose(
+    config_name: str = "train", overrides: Sequence[str] = (), *, hydra_node: bool = False
+) -> DictConfig:
     """The config ``config_name`` (``train`` or ``eval``) with ``overrides``, as the command
-    line composes it (without the ``hydra`` node; paths under the current directory)."""
+    line composes it (with the ``hydra`` node, e.g. a sweep's parameters, if ``hydra_node``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+        return hydra_compose(
+            config_name, overrides=list(overrides), return_hydra_config=hydra_node
+        )
 
 
 def plain_container(config: Mapping | DictConfig) -> dict[str, Any]:

@@ -77,7 +77,10 @@ def ensure_synthetic_data(study: str, overrides: list[str]) -> Path | None:
     if not issubclass(get_class(config.data.train._target_), SyntheticSource):
         return None
     root = Path(config.data.train.root)
-    generate(SynthConfig(**config.get("synthetic_set", {})), root)
+    from omegaconf import OmegaConf
+
+    typed = config.get("synthetic_set")
+    generate(OmegaConf.to_object(typed) if typed is not None else SynthConfig(), root)
     return root
 
 
