@@ -345,8 +345,9 @@ def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
 
 # Timestamp gaps shorter than this are rounding in the container's time base, not lost audio.
 AUDIO_GAP_TOLERANCE_S = 0.005
-# A stream that ends this much before its declared end is reported as truncated.
-AUDIO_TRUNCATION_TOLERANCE_S = 0.1
+# A stream that ends this much before its declared end is reported as truncated (FFmpeg's AVI
+# muxer declares 4 AC3 frames, 0.128 s, too many next to video with B-frames).
+AUDIO_TRUNCATION_TOLERANCE_S = 0.25
 # A forward jump in timestamps longer than this is a broken timestamp, not a gap in the audio.
 AUDIO_MAX_GAP_S = 10.0
 
@@ -363,11 +364,19 @@ def _frame_channels(frame) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def _downmix(channels: np.ndarray) -> np.ndarray:
-    """Mono ``(n,)``: the mean of the ``(C, n)`` channels. A sound on every channel keeps its
-    level whatever the layout, and the result never exceeds the loudest channel (no clipping),
-    unlike FFmpeg's default matrix, which adds the channels with gains up to 1."""
-    return channels.mean(axis=0)
+# Low-frequency effects channels: left out of the downmix, as FFmpeg's default matrix does.
+LFE_CHANNELS = frozenset({"LFE", "LFE2"})
+
+
+def _downmix(channels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Mono ``(n,)``: the mean of the ``(C, n)`` channels named ``names``, LFE left out.
+
+    A sound on every main channel keeps its level whatever the layout, and the result never
+    exceeds the loudest channel (no clipping), unlike FFmpeg's default matrix, whose gains
+    (up to 1 per channel) add up to more than 1 for stereo and surround.
+    """
+    main = [i for i, name in enumerate(names) if name not in LFE_CHANNELS]
+    return channels[main or list(range(len(names)))].mean(axis=0)
 
 
 @dataclass
@@ -438,7 +447,8 @@ class _AudioTimeline:
         if frame.sample_rate != self.native_rate:
             self.other_rates += 1
             return
-        mono = _downmix(_frame_channels(frame))
+        names = [channel.name for channel in frame.layout.channels]
+        mono = _downmix(_frame_channels(frame), names)
         time_s = None
         if frame.pts is not None and frame.time_base is not None:
             time_s = float(frame.pts * frame.time_base)
@@ -549,7 +559,8 @@ def _declared_end_s(stream) -> float | None:
 def read_audio(path: PathLike, sample_rate: int = 16000) -> AudioTrack:
     """Decode the first audio stream to mono float32 at ``sample_rate`` Hz (PyAV).
 
-    Channels are averaged (:func:`_downmix`: every layout keeps a tone's level, nothing clips)
+    Channels are averaged, LFE left out (:func:`_downmix`: a tone keeps its level in every
+    layout, nothing clips)
     and the rate converted by FFmpeg's resampler. ``start_s`` is the first sample's time,
     seconds from the video stream's start (negative if the audio starts first).
     The decoded samples are the truth: all are kept, end to end in decode order. Timestamps
