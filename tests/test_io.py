@@ -314,6 +314,16 @@ def test_truncated_faststart_mp4_says_what_is_wrong(tmp_path, reader) -> None:
     ), message
 
 
+def test_decord_failures_read_without_its_clock_time_and_source_location(tmp_path) -> None:
+    """A raw H.264 stream (no container timing): decord cannot count its frames."""
+    path = write_video_without_audio(tmp_path / "raw.h264")
+    with pytest.raises(VideoDecodeError) as caught:
+        probe_video(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: decord cannot read the video stream (")
+    assert "[" not in message and ".cc:" not in message, message
+
+
 def test_read_audio_errors(tmp_path) -> None:
     with pytest.raises(MissingFileError, match="nowhere.mp4: no such file"):
         read_audio(tmp_path / "nowhere.mp4")

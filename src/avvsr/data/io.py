@@ -120,8 +120,8 @@ def _count_decodable_frames(path: PathLike) -> tuple[int, int]:
     return promised, decoded
 
 
-# decord prefixes its messages with a clock time and its source location.
-_DECORD_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: (Error: )?")
+# decord prefixes its messages with a clock time and its source location, some with the path.
+_DECORD_PREFIX = re.compile(r"^(\[[0-9:]+\] \S+:\d+: )?(Error: )?(\[[^\]]*\] ?)?")
 
 
 def _decord_reason(error: Exception) -> str:
@@ -141,7 +141,7 @@ def _unopenable_video_error(path: PathLike, error: Exception) -> VideoDecodeErro
             f"truncated or damaged video: the container's index promises {promised} frames, "
             f"only {decoded} decode",
         )
-    return VideoDecodeError(path, f"damaged video: decord cannot open it ({_decord_reason(error)})")
+    return VideoDecodeError(path, f"decord cannot read the video stream ({_decord_reason(error)})")
 
 
 class _FrameReader:
@@ -221,7 +221,7 @@ class _FrameReader:
 FRAME_TIME_SLACK_S = 1.0
 
 
-def _frame_times_s(path: PathLike, num_frames: int) -> tuple[np.ndarray, str | None]:
+def _frame_times_s(path: PathLike, num_frames: int) -> tuple[np.ndarray | None, str | None]:
     """Presentation time of each of ``num_frames`` frames, seconds from the video stream's
     start, in presentation order (the order decord returns frames in): the video packets'
     presentation times, sorted. ``(times, None)`` when those are usable, else ``(None, why)``.
