@@ -350,6 +350,8 @@ AUDIO_GAP_TOLERANCE_S = 0.005
 AUDIO_TRUNCATION_TOLERANCE_S = 0.25
 # A forward jump in timestamps longer than this is a broken timestamp, not a gap in the audio.
 AUDIO_MAX_GAP_S = 10.0
+# Native-rate samples handed to the resampler at once (per-frame calls cost more than the work).
+RESAMPLE_BLOCK = 65536
 
 
 def _frame_channels(frame) -> np.ndarray:
@@ -413,6 +415,8 @@ class _AudioTimeline:
         self.latest_end_s = latest_end_s  # no audio is placed after this, seconds (if known)
         self.native_rate: int | None = None
         self.pieces: list[np.ndarray] = []  # resampled mono output
+        self.pending: list[np.ndarray] = []  # native-rate mono samples not resampled yet
+        self.pending_length = 0
         self.start_s: float | None = None  # presentation time of the first sample, seconds
         self.length = 0  # samples placed, at the native rate
         self.last_frame = 0  # samples of the last frame placed, at the native rate
@@ -479,22 +483,29 @@ class _AudioTimeline:
             self._feed(np.zeros(round(jump * self.native_rate), dtype=np.float32))
 
     def _feed(self, mono: np.ndarray) -> None:
+        """Queue native-rate samples; resample them in blocks of ``RESAMPLE_BLOCK`` or more."""
+        self.pending.append(mono.astype(np.float32, copy=False))
+        self.pending_length += len(mono)
+        self.length += len(mono)
+        if self.pending_length >= RESAMPLE_BLOCK:
+            self._resample_pending()
+
+    def _resample_pending(self) -> None:
         import av
 
-        if not len(mono):
-            return
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(mono, dtype=np.float32)[None, :], format="flt", layout="mono"
-        )
-        frame.sample_rate = self.native_rate
-        self._keep(self.resampler.resample(frame))
-        self.length += len(mono)
+        if self.pending_length:
+            block = np.concatenate(self.pending)[None, :]
+            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+            frame.sample_rate = self.native_rate
+            self._keep(self.resampler.resample(frame))
+        self.pending, self.pending_length = [], 0
 
     def _keep(self, frames) -> None:
         self.pieces.extend(out.to_ndarray().reshape(-1) for out in frames)
 
     def finish(self, drop_s: float) -> np.ndarray:
         """float32 ``(N,)`` at ``sample_rate``, without its last ``drop_s`` seconds."""
+        self._resample_pending()
         self._keep(self.resampler.resample(None))
         samples = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
         kept = max(0.0, self.length / (self.native_rate or 1) - drop_s)
