@@ -8,7 +8,8 @@ with our error types (``avvsr.errors``) and decord only sees files FFmpeg can de
 Frame timestamps come from PyAV (the video packets' presentation times, sorted), not from
 decord, which reports garbage times for MPEG-4 Part 2 with B-frames in AVI. Frames are decoded
 in order from the first: decord's seeking lands on the wrong frame in some files (MPEG-4 Part 2
-with B-frames in any container, H.264 in AVI), so no read depends on it.
+with B-frames in any container, H.264 in AVI), so no read depends on it. decord gets even
+in-order decoding of MPEG-TS wrong; PyAV decodes those frames (``PYAV_DECODED_FORMATS``).
 
 Time origin: frame timestamps are seconds from the start of the first video stream;
 ``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
@@ -144,18 +145,39 @@ def _unopenable_video_error(path: PathLike, error: Exception) -> VideoDecodeErro
     return VideoDecodeError(path, f"decord cannot read the video stream ({_decord_reason(error)})")
 
 
+# Containers whose frames decord decodes wrongly even in order (MPEG-TS: it loses the first
+# frames and repeats the last); PyAV decodes their frames instead.
+PYAV_DECODED_FORMATS = frozenset({"mpegts"})
+
+
+def _pyav_frames(path: PathLike) -> Iterator[np.ndarray]:
+    """uint8 ``(H, W, 3)`` RGB frames of the first video stream, in order, decoded by PyAV."""
+    import av
+
+    with _open_container(path) as container:
+        try:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as error:
+            raise VideoDecodeError(path, f"FFmpeg cannot decode the frames ({error})") from error
+
+
 class _FrameReader:
     """A fresh decord reader for one file (one per call: decord keeps decoder state in it).
 
     Works around a decord 0.6 bug: for some frame widths (16, 24, 48, 72 px, ...) FFmpeg pads
     the rows of the RGB frames, and decord's ``get_batch`` then fails on a size check while
     ``next()`` returns the padded rows. Such files are read frame by frame and the padding cut.
+    Frames of the containers in ``PYAV_DECODED_FORMATS`` are decoded by PyAV (decord still
+    counts them).
     """
 
     def __init__(self, path: PathLike) -> None:
         with _open_container(path) as container:
             if not container.streams.video:
                 raise NoVideoStreamError(path, "the container holds no video stream")
+            formats = set(container.format.name.split(","))
+            self._pyav = _pyav_frames(path) if formats & PYAV_DECODED_FORMATS else None
             video = container.streams.video[0].codec_context
             self.width, self.height = video.width, video.height
             audio_streams = container.streams.audio
@@ -183,6 +205,12 @@ class _FrameReader:
         0 or the ``stop`` of the previous call (decoding in order, never seeking ahead)."""
         import decord
 
+        if self._pyav is not None:
+            frames = list(itertools.islice(self._pyav, stop - first))
+            if len(frames) < stop - first:
+                reason = f"decoded {first + len(frames)} of {len(self)} frames"
+                raise VideoDecodeError(self.path, reason)
+            return np.stack(frames)
         indices = list(range(first, stop))
         try:
             if not self._rows_padded:
