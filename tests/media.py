@@ -195,8 +195,8 @@ def encode_audio_packets(
 
 def write_retimed_audio(
     path: str | os.PathLike[str],
-    audio: np.ndarray,
-    retime: Callable[[int, int], int],
+    audio: np.ndarray | Sequence[np.ndarray],
+    retime: Callable[[int, int], int] = lambda number, pts: pts,
     *,
     sample_rate: int = 48000,
     codec: str = "ac3",
@@ -207,14 +207,21 @@ def write_retimed_audio(
     says, in the audio stream's time base, instead of their own (true pts: in that time base
     too, counting the samples before the packet). ``per_packet`` encoded frames are joined into
     each packet, as some AVI muxers pack audio chunks while the header counts one frame per
-    chunk (pass ``retime=lambda number, pts: number`` to count chunks). The video is
-    :func:`moving_pattern` frames, as long as the audio."""
-    encoded, frame_size = encode_audio_packets(audio, sample_rate, codec)
-    num_frames = max(1, round(audio.shape[1] / sample_rate * fps))
+    chunk (pass ``retime=lambda number, pts: number`` to count chunks). A sequence of ``(C, N)``
+    arrays is encoded piece by piece into one stream (a splice: the channel count may change;
+    the stream declares the first piece's). The video is :func:`moving_pattern` frames, as
+    long as the audio."""
+    pieces = [audio] if isinstance(audio, np.ndarray) else list(audio)
+    encoded: list[bytes] = []
+    for piece in pieces:
+        payloads, frame_size = encode_audio_packets(piece, sample_rate, codec)
+        encoded.extend(payloads)
+    num_frames = max(1, round(sum(p.shape[1] for p in pieces) / sample_rate * fps))
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        stream = container.add_stream(codec, rate=sample_rate, layout=LAYOUTS[audio.shape[0]])
+        layout = LAYOUTS[pieces[0].shape[0]]
+        stream = container.add_stream(codec, rate=sample_rate, layout=layout)
         for index, image in enumerate(moving_pattern(num_frames)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = index, 1 / video.codec_context.framerate

@@ -521,6 +521,22 @@ def test_implausible_timestamp_jump_is_ignored(tmp_path) -> None:
     assert abs(track.duration_s - 2.0) < 0.05
 
 
+def test_channel_layout_changing_mid_stream_keeps_every_frame_at_its_level(tmp_path) -> None:
+    """A spliced AC3 track (stereo, then mono, then 5.1): FFmpeg's resampler, set up by the
+    first frame, refuses the others."""
+    pieces = [tone(440.0, 1.0, 48000, channels=channels) for channels in (2, 1, 6)]
+    path = write_retimed_audio(tmp_path / "spliced.mkv", pieces)
+    track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.duration_s - decoded_duration_s(path)) < 0.01
+    piece_length = SAMPLE_RATE  # each piece is 1 s; measure its middle 0.8 s
+    middles = [
+        track.samples[start + piece_length // 10 : start + piece_length * 9 // 10]
+        for start in range(0, 3 * piece_length, piece_length)
+    ]
+    levels = [rms(middle) for middle in middles]
+    assert levels == pytest.approx([rms(pieces[1][0])] * 3, rel=0.02)
+
+
 def test_damaged_first_ac3_packet_in_avi_is_skipped_and_time_kept(tmp_path) -> None:
     path = write_divx_avi(tmp_path / "film.avi", num_frames=20)
     intact = read_audio(path, SAMPLE_RATE)
