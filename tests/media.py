@@ -18,7 +18,7 @@ import numpy as np
 # Encoded time base of the variable-frame-rate writer: timestamps are whole milliseconds.
 VFR_TIME_BASE = Fraction(1, 1000)
 # FFmpeg's layout for each channel count used here.
-LAYOUTS = {1: "mono", 2: "stereo", 4: "quad", 6: "5.1", 8: "7.1"}
+LAYOUTS = {1: "mono", 2: "stereo", 4: "quad", 6: "5.1"}
 # Codec settings of a DivX/Xvid-style film file: MPEG-4 Part 2 with B-frames, a keyframe every
 # 6 frames (so seeking has keyframes to land on) and a bit rate that keeps frame levels apart.
 DIVX_SETTINGS = {"max_b_frames": 2, "gop_size": 6, "bit_rate": 2_000_000}
