@@ -8,7 +8,7 @@ Every writer returns the path it wrote. Frames are uint8 ``(T, H, W, 3)`` RGB; a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +18,10 @@ import numpy as np
 # Encoded time base of the variable-frame-rate writer: timestamps are whole milliseconds.
 VFR_TIME_BASE = Fraction(1, 1000)
 # FFmpeg's layout for each channel count used here.
-LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+LAYOUTS = {1: "mono", 2: "stereo", 4: "quad", 6: "5.1"}
+# Codec settings of a DivX/Xvid-style film file: MPEG-4 Part 2 with B-frames, a keyframe every
+# 6 frames (so seeking has keyframes to land on) and a bit rate that keeps frame levels apart.
+DIVX_SETTINGS = {"max_b_frames": 2, "gop_size": 6, "bit_rate": 2_000_000}
 
 
 def frame_level(index: int) -> int:
@@ -74,25 +77,30 @@ def write_av(
     audio_codec: str = "aac",
     pix_fmt: str = "yuv420p",
     container_options: dict[str, str] | None = None,
+    video_settings: dict[str, int] | None = None,
+    audio_layout: str | None = None,
 ) -> Path:
     """Write frames (and audio) with PyAV.
 
     ``frame_times_s`` gives each frame's presentation time (variable frame rate, stored in
     whole milliseconds); otherwise frames are ``1 / fps`` apart from 0. The audio's first
-    sample is presented at ``audio_start_s`` (audio that starts late).
+    sample is presented at ``audio_start_s`` (audio that starts late). ``video_settings``
+    are attributes of the video encoder (e.g. :data:`DIVX_SETTINGS`); ``audio_layout``
+    defaults to :data:`LAYOUTS` for the audio's channel count.
     """
     path = Path(path)
     with av.open(str(path), mode="w", options=container_options or {}) as container:
         video = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1000))
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        for name, value in (video_settings or {}).items():
+            setattr(video.codec_context, name, value)
         if frame_times_s is not None:
             video.codec_context.time_base = VFR_TIME_BASE
         audio_stream = None
         if audio is not None:
             audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
-            audio_stream = container.add_stream(
-                audio_codec, rate=sample_rate, layout=LAYOUTS[audio.shape[0]]
-            )
+            audio_layout = audio_layout or LAYOUTS[audio.shape[0]]
+            audio_stream = container.add_stream(audio_codec, rate=sample_rate, layout=audio_layout)
         for index, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             if frame_times_s is None:
@@ -103,8 +111,7 @@ def write_av(
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         if audio_stream is not None:
-            layout = LAYOUTS[audio.shape[0]]
-            sound = av.AudioFrame.from_ndarray(audio, format="fltp", layout=layout)
+            sound = av.AudioFrame.from_ndarray(audio, format="fltp", layout=audio_layout)
             sound.sample_rate = sample_rate
             sound.pts = round(audio_start_s * sample_rate)
             sound.time_base = Fraction(1, sample_rate)
@@ -163,6 +170,95 @@ def write_vfr_video(
     )
 
 
+def write_divx_avi(path: str | os.PathLike[str], num_frames: int = 20, **options) -> Path:
+    """An AVI film file as DivX/Xvid write them: MPEG-4 Part 2 with B-frames (at 10 fps) and
+    a 440 Hz stereo AC3 tone at 48 kHz. Other keywords go to :func:`write_test_video`."""
+    settings = dict(video_codec="mpeg4", video_settings=DIVX_SETTINGS, audio_codec="ac3")
+    settings.update(sample_rate=48000, channels=2)
+    return write_test_video(path, num_frames=num_frames, **{**settings, **options})
+
+
+def encode_audio_packets(
+    audio: np.ndarray, sample_rate: int, codec: str
+) -> tuple[list[bytes], int]:
+    """Encode float32 ``(C, N)`` audio (layout from :data:`LAYOUTS`) without a container:
+    the packets' payloads and the samples each holds."""
+    encoder = av.CodecContext.create(codec, "w")
+    layout = LAYOUTS[audio.shape[0]]
+    encoder.sample_rate, encoder.layout, encoder.format = sample_rate, layout, "fltp"
+    encoder.open()
+    sound = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=layout)
+    sound.sample_rate, sound.pts, sound.time_base = sample_rate, 0, Fraction(1, sample_rate)
+    packets = [bytes(packet) for packet in [*encoder.encode(sound), *encoder.encode(None)]]
+    return packets, encoder.frame_size
+
+
+def write_retimed_audio(
+    path: str | os.PathLike[str],
+    audio: np.ndarray | Sequence[np.ndarray],
+    retime: Callable[[int, int], int] = lambda number, pts: pts,
+    *,
+    sample_rate: int = 48000,
+    codec: str = "ac3",
+    per_packet: int = 1,
+    fps: float = 10.0,
+) -> Path:
+    """A clip whose audio packets carry the timestamps ``retime(packet number, true pts)``
+    says, in the audio stream's time base, instead of their own (true pts: in that time base
+    too, counting the samples before the packet). ``per_packet`` encoded frames are joined into
+    each packet, as some AVI muxers pack audio chunks while the header counts one frame per
+    chunk (pass ``retime=lambda number, pts: number`` to count chunks). A sequence of ``(C, N)``
+    arrays is encoded piece by piece into one stream (a splice: the channel count may change;
+    the stream declares the first piece's). The video is :func:`moving_pattern` frames, as
+    long as the audio."""
+    pieces = [audio] if isinstance(audio, np.ndarray) else list(audio)
+    encoded: list[bytes] = []
+    for piece in pieces:
+        payloads, frame_size = encode_audio_packets(piece, sample_rate, codec)
+        encoded.extend(payloads)
+    num_frames = max(1, round(sum(p.shape[1] for p in pieces) / sample_rate * fps))
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        layout = LAYOUTS[pieces[0].shape[0]]
+        stream = container.add_stream(codec, rate=sample_rate, layout=layout)
+        for index, image in enumerate(moving_pattern(num_frames)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, 1 / video.codec_context.framerate
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for number, first in enumerate(range(0, len(encoded), per_packet)):
+            packet = av.Packet(b"".join(encoded[first : first + per_packet]))
+            packet.stream, packet.time_base = stream, stream.time_base
+            true_pts = round(first * frame_size / sample_rate / stream.time_base)
+            packet.pts = packet.dts = retime(number, true_pts)
+            container.mux(packet)
+    return Path(path)
+
+
+def write_retimed_video(
+    path: str | os.PathLike[str], num_frames: int, retime: Callable[[int], float]
+) -> Path:
+    """A clip of :func:`moving_pattern` frames (H.264 without B-frames, 10 fps, no audio) whose
+    packet ``i`` carries the timestamp ``retime(i)`` seconds (stored in whole milliseconds)
+    instead of its own (use an .mkv name)."""
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.max_b_frames = 0
+        packets = []
+        for index, image in enumerate(moving_pattern(num_frames)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 10)
+            packets.extend(video.encode(frame))
+        packets.extend(video.encode(None))
+        for index, packet in enumerate(packets):
+            packet.time_base = VFR_TIME_BASE
+            packet.pts = packet.dts = round(retime(index) / VFR_TIME_BASE)
+            container.mux(packet)
+    return Path(path)
+
+
 def write_audio_only(
     path: str | os.PathLike[str], duration_s: float = 1.0, sample_rate: int = 16000
 ) -> Path:
@@ -219,14 +315,24 @@ def audio_packet_spans(path: str | os.PathLike[str]) -> list[tuple[int, int, flo
 
 
 def corrupt_audio_packets(path: str | os.PathLike[str], packet_numbers: Sequence[int]) -> Path:
-    """Overwrite the payload of the chosen audio packets with 0xFF bytes (mp4, where a packet's
-    ``pos`` is its payload), so that those packets fail to decode."""
-    spans = audio_packet_spans(path)
+    """Overwrite the payload of the chosen audio packets with 0xFF bytes, so that those
+    packets fail to decode. A packet's ``pos`` is its payload in mp4 and the chunk header
+    before it in AVI (``<id> <size>``, 8 bytes): the payload is found as the packet's bytes."""
+    with av.open(str(path)) as container:
+        wanted = set(packet_numbers)
+        payloads = [
+            (packet.pos, bytes(packet))
+            for number, packet in enumerate(
+                p for p in container.demux(audio=0) if p.size and p.pos is not None and p.pos >= 0
+            )
+            if number in wanted
+        ]
     with open(path, "r+b") as file:
-        for number in packet_numbers:
-            offset, size, _ = spans[number]
+        for position, payload in payloads:
+            file.seek(position)
+            offset = position + file.read(len(payload) + 8).index(payload)
             file.seek(offset)
-            file.write(b"\xff" * size)
+            file.write(b"\xff" * len(payload))
     return Path(path)
 
 

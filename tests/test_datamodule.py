@@ -29,7 +29,7 @@ from avvsr.data.datasets import (
 from avvsr.data.degradations import crop_to_scale, degrade
 from avvsr.data.sources import ClipRecord, FolderSource, SyntheticSource
 from avvsr.data.synthetic import SynthConfig, generate
-from avvsr.errors import DatasetError, MediaError
+from avvsr.errors import DatasetError, MediaError, MissingAudioError, VideoDecodeError
 from media import (
     onset,
     truncate_tail,
@@ -485,6 +485,21 @@ def test_bad_file_log_reports_once_across_processes(caplog: pytest.LogCaptureFix
     bad_files.report(MediaError("/data/y.mp4", "damaged"))
     bad_files.report(MediaError("/data/y.mp4", "damaged"))
     assert [r.getMessage() for r in caplog.records] == ["skipping bad file /data/y.mp4: damaged"]
+
+
+def test_bad_file_log_reports_a_file_once_per_error_type(caplog: pytest.LogCaptureFixture) -> None:
+    """decord's messages carry a clock time, so the same failure reads differently each time."""
+    bad_files = BadFileLog()
+    caplog.set_level(logging.WARNING)
+    for clock in ("[01:02:03]", "[01:02:04]"):
+        bad_files.report(VideoDecodeError("/data/x.mp4", f"decord failed {clock} at frame 7"))
+    bad_files.report(MissingAudioError("/data/x.mp4", "the container holds no audio stream"))
+    bad_files.report(VideoDecodeError("/data/y.mp4", "decord failed [01:02:05] at frame 7"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipping bad file /data/x.mp4: decord failed [01:02:03] at frame 7",
+        "skipping bad file /data/x.mp4: the container holds no audio stream",
+        "skipping bad file /data/y.mp4: decord failed [01:02:05] at frame 7",
+    ]
 
 
 # ------------------------------------------------------------------------------ configs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -27,8 +28,10 @@ from avvsr.errors import (
     MissingFileError,
     NotAVideoError,
     NoVideoStreamError,
+    VideoDecodeError,
 )
 from media import (
+    DIVX_SETTINGS,
     audio_packet_spans,
     corrupt_audio_packets,
     frame_level,
@@ -38,8 +41,11 @@ from media import (
     truncate_tail,
     write_audio_only,
     write_av,
+    write_divx_avi,
     write_empty_video,
     write_garbage,
+    write_retimed_audio,
+    write_retimed_video,
     write_surround_video,
     write_test_video,
     write_vfr_video,
@@ -50,6 +56,9 @@ SAMPLE_RATE = 16000
 # AAC's encoder delay is compensated by the containers to well under a millisecond here; the
 # contract is frame-level alignment (frames are 40-100 ms apart in these tests).
 ONSET_TOLERANCE_S = 0.002
+# AVI cannot record an audio encoder's delay (AC3: 256 samples, 5.3 ms at 48 kHz), so its
+# sound plays that much late, as in any player.
+ENCODER_DELAY_TOLERANCE_S = 0.006
 
 
 def has_encoder(name: str) -> bool:
@@ -60,20 +69,19 @@ def has_encoder(name: str) -> bool:
     return True
 
 
+needs_vp9_opus = pytest.mark.skipif(
+    not (has_encoder("libvpx-vp9") and has_encoder("libopus")),
+    reason="this FFmpeg build has no VP9 or Opus encoder",
+)
+# Every container PyAV writes, each with a codec pair usual in it: (extension, video codec,
+# audio codec, native audio rate).
 CONTAINERS = [
     pytest.param("mp4", "libx264", "aac", SAMPLE_RATE, id="mp4-h264-aac"),
     pytest.param("mkv", "libx264", "aac", SAMPLE_RATE, id="mkv-h264-aac"),
-    pytest.param(
-        "webm",
-        "libvpx-vp9",
-        "libopus",
-        48000,
-        id="webm-vp9-opus",
-        marks=pytest.mark.skipif(
-            not (has_encoder("libvpx-vp9") and has_encoder("libopus")),
-            reason="this FFmpeg build has no VP9 or Opus encoder",
-        ),
-    ),
+    pytest.param("mov", "libx264", "aac", SAMPLE_RATE, id="mov-h264-aac"),
+    pytest.param("avi", "mpeg4", "ac3", 48000, id="avi-mpeg4-ac3"),
+    pytest.param("ts", "libx264", "mp2", 48000, id="ts-h264-mp2"),
+    pytest.param("webm", "libvpx-vp9", "libopus", 48000, id="webm-vp9-opus", marks=needs_vp9_opus),
 ]
 
 
@@ -121,14 +129,96 @@ def test_probe_surround_reports_native_rate_and_channels(tmp_path) -> None:
     assert (info.audio_sample_rate, info.audio_channels) == (48000, 6)
 
 
-def test_variable_frame_rate_timestamps(tmp_path) -> None:
+@pytest.mark.parametrize("extension", ["mp4", "mkv"])
+def test_variable_frame_rate_timestamps(tmp_path, extension) -> None:
     times = [0.0, 0.1, 0.15, 0.4, 0.45, 0.5, 1.0, 1.03, 1.5]
-    path = write_vfr_video(tmp_path / "vfr.mkv", times)
+    path = write_vfr_video(tmp_path / f"vfr.{extension}", times)
     info = probe_video(path)
     assert info.num_frames == len(times)
     np.testing.assert_allclose(info.timestamps_s, times, atol=1e-6)
     assert info.fps > 0
     assert identify_frames(read_frames(path), len(times)) == list(range(len(times)))
+
+
+# Encoder settings for the round trips: keyframes every 6 frames, so that reading out of order
+# crosses keyframes; B-frames where the codec has them (x264 has them by default).
+ENCODER_SETTINGS = {
+    "libx264": {"gop_size": 6},
+    "mpeg4": DIVX_SETTINGS,
+    "libvpx-vp9": {"gop_size": 6},
+}
+OUT_OF_ORDER = [7, 2, 2, 19, 0, 15, 11, 12, 3, 13]
+
+
+def assert_regular_frame_times(times_s: np.ndarray, fps: float) -> None:
+    """Frames exactly ``1 / fps`` apart, the first within one frame of the stream's start
+    (FFmpeg presents the first frame of an AVI with B-frames one frame late: the decoder's
+    reorder delay)."""
+    assert times_s.dtype == np.float64
+    np.testing.assert_allclose(np.diff(times_s), 1 / fps, atol=1e-6)
+    assert -1e-6 <= times_s[0] <= 1 / fps + 1e-6
+
+
+@pytest.mark.parametrize("extension, video_codec, audio_codec, native_rate", CONTAINERS)
+def test_every_container_reads_back_frames_times_and_audio(
+    tmp_path, extension, video_codec, audio_codec, native_rate
+) -> None:
+    fps, num_frames = 10.0, 20
+    path = write_test_video(
+        tmp_path / f"clip.{extension}",
+        num_frames=num_frames,
+        fps=fps,
+        sample_rate=native_rate,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        video_settings=ENCODER_SETTINGS[video_codec],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact file reads without a repair or a warning
+        info = probe_video(path)
+        frames, picked = read_frames(path), read_frames(path, OUT_OF_ORDER)
+        track = read_audio(path, SAMPLE_RATE)
+    assert (info.num_frames, info.fps, info.width, info.height) == (num_frames, fps, 64, 48)
+    assert (info.audio_sample_rate, info.audio_channels) == (native_rate, 1)
+    assert_regular_frame_times(info.timestamps_s, fps)
+    assert identify_frames(frames, num_frames) == list(range(num_frames))
+    assert identify_frames(picked, num_frames) == OUT_OF_ORDER
+    assert abs(onset_time_s(track)) < ENCODER_DELAY_TOLERANCE_S
+    assert -0.05 < track.start_s < ONSET_TOLERANCE_S  # TS: starts early, with the encoder delay
+    assert abs(track.duration_s - num_frames / fps) <= 1 / fps
+    assert abs(peak_frequency_hz(track.samples, SAMPLE_RATE) - 440.0) <= 2.0
+
+
+@pytest.mark.parametrize("extension", ["avi", "mp4", "mkv", "mov"])
+def test_mpeg4_with_b_frames_has_true_frame_times_and_frames(tmp_path, extension) -> None:
+    """DivX/Xvid-style video: decord reports about -3.7e17 s for most frames of such an AVI,
+    and its seeking lands on the wrong frames in every container."""
+    fps, num_frames, onset_s = 10.0, 20, 1.05
+    path = write_av(
+        tmp_path / f"divx.{extension}",
+        moving_pattern(num_frames),
+        fps=fps,
+        audio=onset(onset_s, num_frames / fps, 48000),
+        sample_rate=48000,
+        video_codec="mpeg4",
+        audio_codec="ac3",
+        video_settings=DIVX_SETTINGS,
+    )
+    info = probe_video(path)
+    assert_regular_frame_times(info.timestamps_s, fps)
+    assert identify_frames(read_frames(path), num_frames) == list(range(num_frames))
+    for index in OUT_OF_ORDER:
+        assert identify_frames(read_frames(path, [index]), num_frames) == [index]
+    windows = audio_windows(read_audio(path, SAMPLE_RATE), info.timestamps_s, window_s=0.1)
+    assert_onset_where_expected(windows, info.timestamps_s, onset_s, SAMPLE_RATE)
+
+
+def test_repeated_frame_times_are_repaired_with_a_warning(tmp_path) -> None:
+    path = write_retimed_video(tmp_path / "repeats.mkv", 12, lambda index: index // 2 * 0.2)
+    with pytest.warns(UserWarning, match=r"repeats\.mkv: frame times repaired \(.*repeat"):
+        info = probe_video(path)
+    np.testing.assert_allclose(info.timestamps_s, np.arange(12) / 10, atol=1e-9)
+    assert identify_frames(read_frames(path), 12) == list(range(12))
 
 
 def test_read_frames_by_index_in_any_order(tmp_path) -> None:
@@ -212,6 +302,33 @@ def test_truncated_mp4_without_index_is_not_a_video(tmp_path) -> None:
         probe_video(path)
 
 
+@pytest.mark.parametrize("reader", FRAME_READERS, ids=["probe", "read", "chunks"])
+def test_truncated_faststart_mp4_says_what_is_wrong(tmp_path, reader) -> None:
+    """The index (moov atom) is at the front and intact; the frames it lists are cut off."""
+    path = write_test_video(
+        tmp_path / "cut.mp4", num_frames=20, container_options={"movflags": "faststart"}
+    )
+    truncate_tail(path, 0.6)
+    with pytest.raises(VideoDecodeError) as caught:
+        reader(path)
+    message = str(caught.value)
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: truncated or damaged video: the container's index promises "
+        r"20 frames, only \d+ decode",
+        message,
+    ), message
+
+
+def test_decord_failures_read_without_its_clock_time_and_source_location(tmp_path) -> None:
+    """A raw H.264 stream (no container timing): decord cannot count its frames."""
+    path = write_video_without_audio(tmp_path / "raw.h264")
+    with pytest.raises(VideoDecodeError) as caught:
+        probe_video(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: decord cannot read the video stream (")
+    assert "[" not in message and ".cc:" not in message, message
+
+
 def test_read_audio_errors(tmp_path) -> None:
     with pytest.raises(MissingFileError, match="nowhere.mp4: no such file"):
         read_audio(tmp_path / "nowhere.mp4")
@@ -243,7 +360,8 @@ def test_audio_decodes_as_a_tone_of_the_right_pitch_and_length(
     assert track.sample_rate == SAMPLE_RATE
     assert track.samples.dtype == np.float32 and track.samples.ndim == 1
     assert np.abs(track.samples).max() <= 1.0
-    assert abs(track.start_s) < ONSET_TOLERANCE_S
+    assert abs(onset_time_s(track)) < ENCODER_DELAY_TOLERANCE_S
+    assert -0.05 < track.start_s < ONSET_TOLERANCE_S  # TS: starts early, with the encoder delay
     assert abs(track.duration_s - num_frames / fps) <= 1 / fps
     assert abs(peak_frequency_hz(track.samples, SAMPLE_RATE) - 440.0) <= 2.0
 
@@ -257,6 +375,35 @@ def test_aac_end_padding_is_trimmed_where_the_container_records_it(tmp_path) -> 
         lengths[extension] = len(read_audio(path, SAMPLE_RATE).samples)
     assert lengths["mp4"] == written.shape[1]  # mp4 packet durations give the true end
     assert written.shape[1] <= lengths["mkv"] < written.shape[1] + aac_frame  # mkv does not
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+@pytest.mark.parametrize(
+    "codec, layout",
+    [("flac", name) for name in ("stereo", "4.0", "quad", "5.1", "6.1")] + [("ac3", "5.1")],
+)
+def test_downmix_keeps_the_level_of_a_tone_and_never_clips(tmp_path, codec, layout) -> None:
+    """The same loud tone on every channel reads back as loud as in mono, in every layout
+    (FLAC decodes to integers, AC3 to planar floats)."""
+    amplitude, channels = 0.9, len(av.AudioLayout(layout).channels)
+    levels = {}
+    for name, count in (("mono", 1), (layout, channels)):
+        path = write_av(
+            tmp_path / f"{name}.mkv",
+            moving_pattern(10),
+            audio=tone(440.0, 1.0, 48000, amplitude, channels=count),
+            sample_rate=48000,
+            audio_codec=codec,
+            audio_layout=name,
+        )
+        track = read_audio(path, SAMPLE_RATE)
+        assert np.abs(track.samples).max() < 0.99, f"{name} clips"
+        middle = track.samples[round(0.1 * SAMPLE_RATE) : round(0.9 * SAMPLE_RATE)]
+        levels[name] = rms(middle)
+    assert levels[layout] == pytest.approx(levels["mono"], rel=0.01)
 
 
 def test_surround_48k_is_downmixed_and_resampled_to_16k_mono(tmp_path) -> None:
@@ -307,6 +454,101 @@ def test_damaged_audio_packets_are_skipped_with_a_warning_and_time_is_kept(tmp_p
         track = read_audio(path, SAMPLE_RATE)
     assert abs(onset_time_s(track) - onset_s) < ONSET_TOLERANCE_S
     assert abs(track.duration_s - 2.0) <= 0.1
+
+
+def decoded_duration_s(path: Path) -> float:
+    """Seconds of audio PyAV decodes from the first audio stream (the samples, not the
+    timestamps)."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+    return sum(frame.samples for frame in frames) / frames[0].sample_rate
+
+
+def test_packed_ac3_chunks_in_avi_keep_every_decoded_sample(tmp_path) -> None:
+    """Five AC3 frames per AVI chunk while the header counts one per chunk: the packets'
+    timestamps cover a fifth of the audio."""
+    audio = tone(440.0, 3.0, 48000, channels=2)
+    path = write_retimed_audio(
+        tmp_path / "packed.avi", audio, lambda number, pts: number, per_packet=5
+    )
+    with pytest.warns(UserWarning, match=r"packed\.avi: damaged audio: timestamps go back"):
+        track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.duration_s - decoded_duration_s(path)) < 1 / SAMPLE_RATE * 2
+    assert abs(track.duration_s - 3.0) < 0.05
+    assert abs(peak_frequency_hz(track.samples, SAMPLE_RATE) - 440.0) <= 2.0
+
+
+@pytest.mark.parametrize("extension", ["mkv", "mp4"])
+def test_timestamps_running_slow_lose_no_audio(tmp_path, extension) -> None:
+    """Every packet stamped at half its true time: the stream overlaps itself."""
+    audio = tone(440.0, 2.0, 48000)
+    path = write_retimed_audio(tmp_path / f"slow.{extension}", audio, lambda _, pts: pts // 2)
+    with pytest.warns(UserWarning, match=rf"slow\.{extension}: damaged audio: .*go back"):
+        track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.duration_s - decoded_duration_s(path)) < 0.05
+    assert abs(track.duration_s - 2.0) < 0.05
+
+
+def test_timestamp_gap_becomes_reported_silence(tmp_path) -> None:
+    audio = tone(440.0, 2.0, 48000)
+    jump_s = 0.5
+
+    def retime(number, pts):  # packets from 1 s on are stamped 0.5 s late
+        return pts + (round(jump_s * 1000) if pts >= 1000 else 0)
+
+    path = write_retimed_audio(tmp_path / "gap.mkv", audio, retime)
+    with pytest.warns(UserWarning, match=r"gap\.mkv: damaged audio: timestamps jump forward 1"):
+        track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.duration_s - (2.0 + jump_s)) < 0.05
+
+    def loudest(from_s: float, to_s: float) -> float:
+        span = track.samples[round(from_s * SAMPLE_RATE) : round(to_s * SAMPLE_RATE)]
+        return float(np.abs(span).max())
+
+    assert loudest(1.05, 1.0 + jump_s - 0.05) < 0.01  # the gap is silence
+    assert loudest(0.5, 0.6) > 0.4 and loudest(1.6, 1.7) > 0.4  # the tone around it
+
+
+def test_implausible_timestamp_jump_is_ignored(tmp_path) -> None:
+    audio = tone(440.0, 2.0, 48000)
+    far_ms = 100_000 * 1000  # 100,000 s: far beyond AUDIO_MAX_GAP_S
+
+    path = write_retimed_audio(
+        tmp_path / "far.mkv", audio, lambda _, pts: pts + (far_ms if pts >= 1000 else 0)
+    )
+    with pytest.warns(UserWarning, match=r"far\.mkv: damaged audio: .*implausibly far"):
+        track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.duration_s - 2.0) < 0.05
+
+
+def test_channel_layout_changing_mid_stream_keeps_every_frame_at_its_level(tmp_path) -> None:
+    """A spliced AC3 track (stereo, then mono, then 5.1): FFmpeg's resampler, set up by the
+    first frame, refuses the others."""
+    pieces = [tone(440.0, 1.0, 48000, channels=channels) for channels in (2, 1, 6)]
+    path = write_retimed_audio(tmp_path / "spliced.mkv", pieces)
+    track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.duration_s - decoded_duration_s(path)) < 0.01
+    piece_length = SAMPLE_RATE  # each piece is 1 s; measure its middle 0.8 s
+    middles = [
+        track.samples[start + piece_length // 10 : start + piece_length * 9 // 10]
+        for start in range(0, 3 * piece_length, piece_length)
+    ]
+    levels = [rms(middle) for middle in middles]
+    assert levels == pytest.approx([rms(pieces[1][0])] * 3, rel=0.02)
+
+
+def test_damaged_first_ac3_packet_in_avi_is_skipped_and_time_kept(tmp_path) -> None:
+    path = write_divx_avi(tmp_path / "film.avi", num_frames=20)
+    intact = read_audio(path, SAMPLE_RATE)
+    corrupt_audio_packets(path, [0])
+    with pytest.warns(UserWarning, match=r"film\.avi: damaged audio: packet at 0\.000 s skipped"):
+        track = read_audio(path, SAMPLE_RATE)
+    assert abs(track.start_s - intact.start_s) < ONSET_TOLERANCE_S
+    assert abs(track.duration_s - intact.duration_s) < ONSET_TOLERANCE_S
+    first_frame = round(1536 / 48000 * SAMPLE_RATE)  # one AC3 frame of silence, then the tone
+    np.testing.assert_allclose(
+        track.samples[2 * first_frame :], intact.samples[2 * first_frame :], atol=0.02
+    )
 
 
 def test_truncated_tail_keeps_what_decodes_with_a_warning(tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,32 @@ def test_video_as_lr_without_masks(tiny_checkpoints, synthetic_set, tmp_path, ca
     grid = read_png(out / "grid.png")
     assert grid.shape == (3, 2 * 4 * SIZE, 2 * 4 * SIZE)  # output is 4x the clip
     assert probe_video(out / "panels.mp4").num_frames == 4
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "object array", "npz", "truncated"])
+def test_a_labels_file_that_is_not_an_array_is_named(tmp_path, capsys, kind) -> None:
+    labels = tmp_path / f"labels.{'npz' if kind == 'npz' else 'npy'}"
+    ids = np.zeros((FRAMES, SIZE, SIZE), dtype=np.uint8)
+    if kind == "text":
+        labels.write_text("1 2 3\n")
+    elif kind == "pickle":
+        labels.write_bytes(pickle.dumps({"labels": [1, 2, 3]}))
+    elif kind == "object array":
+        np.save(labels, np.array([{"id": 1}], dtype=object), allow_pickle=True)
+    elif kind == "npz":
+        np.savez(labels, ids=ids)
+    else:
+        np.save(labels, ids)
+        labels.write_bytes(labels.read_bytes()[:200])
+    with pytest.raises(SystemExit) as exit_info:
+        visualize_cli.main(
+            [
+                *("--ckpt", str(tmp_path / "never.ckpt"), "--video", str(tmp_path / "v.mp4")),
+                *("--labels", str(labels), "--sounding-ids", "1", "--out", str(tmp_path / "o")),
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert f"{labels}: not a .npy label array" in capsys.readouterr().err
 
 
 def test_bad_input_is_named(tiny_checkpoints, synthetic_set, tmp_path, capsys):

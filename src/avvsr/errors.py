@@ -51,6 +51,10 @@ class EmptyVideoError(MediaError):
     """The video stream decodes to zero frames."""
 
 
+class NotALabelMapError(MediaError):
+    """The file is not a NumPy ``.npy`` array, so it cannot be a label map."""
+
+
 class ClipTooShortError(MediaError):
     """The video has fewer frames than the clip length a data set asks for."""
 

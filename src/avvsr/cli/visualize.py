@@ -44,11 +44,20 @@ class Figure:
 
 def source_mask_from_labels(labels_path: Path, sounding_ids: Sequence[int]) -> np.ndarray:
     """Bool ``(T, H, W)``: the pixels of a label map that belong to a sounding object."""
-    from avvsr.errors import MissingFileError
+    from avvsr.errors import MissingFileError, NotALabelMapError
 
     if not labels_path.is_file():
         raise MissingFileError(labels_path, "label map not found")
-    labels = np.load(labels_path, allow_pickle=False)
+    not_an_array = NotALabelMapError(
+        labels_path, "not a .npy label array (object ids, (T, H, W), saved with numpy.save)"
+    )
+    try:
+        labels = np.load(labels_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # text, pickles, object arrays, truncation
+        raise not_an_array from error
+    if not isinstance(labels, np.ndarray):  # an .npz archive
+        labels.close()
+        raise not_an_array
     if labels.ndim != 3:
         raise ValueError(f"{labels_path}: a label map is (T, H, W), got shape {labels.shape}")
     return np.isin(labels, list(sounding_ids))

@@ -40,7 +40,7 @@ from avvsr.data.io import AudioTrack
 from avvsr.errors import MissingAudioError, MissingFileError, VideoDecodeError
 
 PathLike = str | os.PathLike[str]
-CACHE_FORMAT = "avvsr-decode-v1"
+CACHE_FORMAT = "avvsr-decode-v2"  # v2: frame times from PyAV, all decoded audio
 TEMP_PREFIX = ".tmp-"
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ bool; ``mask`` (T, 1, H, W) in {0, 1} when the source knows the sounding objects
 
 Bad files are found when a data set is built: every record is decoded once into the cache
 (a hit costs a hash and a small JSON read), so unreadable, truncated or too-short files and
-files without audio (with ``audio_policy="require"``) are reported once, by path and
-reason, with a ``logging`` warning and left out. A file that fails later, in
+files without audio (with ``audio_policy="require"``) are reported once per file and
+kind of error, with a ``logging`` warning and left out. A file that fails later, in
 ``__getitem__`` (its cache entry gone and the file damaged since), is reported and replaced
 by another clip drawn deterministically from the sample's seed. A data set with no usable
 file raises :class:`~avvsr.errors.DatasetError` naming the source and every reason.
@@ -51,10 +51,11 @@ AUDIO_POLICIES = ("silence", "require")
 
 # ---------------------------------------------------------------------------- reporting
 class BadFileLog:
-    """Reports each bad file once (by path and reason) across this process and its workers.
+    """Reports each bad file once per kind of error, across this process and its workers.
 
-    The first report of a (path, reason) pair logs a warning; later ones are silent. Data
-    loader workers share the decision through marker files created exclusively in a private
+    The first report of a (path, error type) pair logs a warning; later ones are silent,
+    whatever their message says (decord's messages, for one, carry a clock time). Data loader
+    workers share the decision through marker files created exclusively in a private
     temporary folder, which the creating process removes when this object is collected.
     """
 
@@ -63,16 +64,16 @@ class BadFileLog:
         weakref.finalize(self, _remove_if_owner, self.folder, os.getpid())
 
     def report(self, error: MediaError) -> None:
-        """Log ``error`` (``<path>: <reason>``) unless it was reported before."""
-        message = str(error)
-        marker = Path(self.folder) / hashlib.sha256(message.encode()).hexdigest()
+        """Log ``error`` (``<path>: <reason>``) unless its file had an error of its type."""
+        identity = f"{error.path}\0{type(error).__module__}.{type(error).__qualname__}"
+        marker = Path(self.folder) / hashlib.sha256(identity.encode()).hexdigest()
         try:
             marker.touch(exist_ok=False)
         except FileExistsError:
             return
         except OSError:  # the folder is gone (owner exited): report rather than stay silent
             pass
-        log.warning("skipping bad file %s", message)
+        log.warning("skipping bad file %s", error)
 
 
 def _remove_if_owner(folder: str, owner_pid: int) -> None:

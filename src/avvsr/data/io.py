@@ -5,7 +5,13 @@ rate). Everything about audio comes from PyAV: decord cannot report the native s
 raises on files without audio. Files are first opened with PyAV, so that bad input is reported
 with our error types (``avvsr.errors``) and decord only sees files FFmpeg can demux.
 
-Time origin: frame timestamps (decord) are seconds from the start of the first video stream;
+Frame timestamps come from PyAV (the video packets' presentation times, sorted), not from
+decord, which reports garbage times for MPEG-4 Part 2 with B-frames in AVI. Frames are decoded
+in order from the first: decord's seeking lands on the wrong frame in some files (MPEG-4 Part 2
+with B-frames in any container, H.264 in AVI), so no read depends on it. decord gets even
+in-order decoding of MPEG-TS wrong; PyAV decodes those frames (``PYAV_DECODED_FORMATS``).
+
+Time origin: frame timestamps are seconds from the start of the first video stream;
 ``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
 stays aligned with the frames.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -100,15 +107,59 @@ def _stream_start_s(stream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _has_decodable_video_frame(path: PathLike) -> bool:
-    """Whether PyAV decodes at least one frame of the first video stream."""
+def _count_decodable_frames(path: PathLike) -> tuple[int, int]:
+    """``(promised, decoded)``: the frame count the container's index gives for the first video
+    stream (0 if it gives none) and how many frames PyAV decodes before the first error."""
+    import av
+
+    decoded = 0
+    with _open_container(path) as container:
+        promised = container.streams.video[0].frames
+        with contextlib.suppress(av.FFmpegError):
+            for _ in container.decode(video=0):
+                decoded += 1
+    return promised, decoded
+
+
+# decord prefixes its messages with a clock time and its source location, some with the path.
+_DECORD_PREFIX = re.compile(r"^(\[[0-9:]+\] \S+:\d+: )?(Error: )?(\[[^\]]*\] ?)?")
+
+
+def _decord_reason(error: Exception) -> str:
+    """decord's message without its clock time, source location or stack trace."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return _DECORD_PREFIX.sub("", first_line)
+
+
+def _unopenable_video_error(path: PathLike, error: Exception) -> VideoDecodeError:
+    """Say what is wrong with a file whose video stream decord cannot open."""
+    promised, decoded = _count_decodable_frames(path)
+    if decoded == 0:
+        return EmptyVideoError(path, "the video stream decodes to no frames")
+    if promised > decoded:
+        return VideoDecodeError(
+            path,
+            f"truncated or damaged video: the container's index promises {promised} frames, "
+            f"only {decoded} decode",
+        )
+    return VideoDecodeError(path, f"decord cannot read the video stream ({_decord_reason(error)})")
+
+
+# Containers whose frames decord decodes wrongly even in order (MPEG-TS: it loses the first
+# frames and repeats the last); PyAV decodes their frames instead.
+PYAV_DECODED_FORMATS = frozenset({"mpegts"})
+
+
+def _pyav_frames(path: PathLike) -> Iterator[np.ndarray]:
+    """uint8 ``(H, W, 3)`` RGB frames of the first video stream, in order, decoded by PyAV."""
     import av
 
     with _open_container(path) as container:
         try:
-            return next(container.decode(video=0), None) is not None
-        except av.FFmpegError:
-            return False
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as error:
+            raise VideoDecodeError(path, f"FFmpeg cannot decode the frames ({error})") from error
 
 
 class _FrameReader:
@@ -117,12 +168,16 @@ class _FrameReader:
     Works around a decord 0.6 bug: for some frame widths (16, 24, 48, 72 px, ...) FFmpeg pads
     the rows of the RGB frames, and decord's ``get_batch`` then fails on a size check while
     ``next()`` returns the padded rows. Such files are read frame by frame and the padding cut.
+    Frames of the containers in ``PYAV_DECODED_FORMATS`` are decoded by PyAV (decord still
+    counts them).
     """
 
     def __init__(self, path: PathLike) -> None:
         with _open_container(path) as container:
             if not container.streams.video:
                 raise NoVideoStreamError(path, "the container holds no video stream")
+            formats = set(container.format.name.split(","))
+            self._pyav = _pyav_frames(path) if formats & PYAV_DECODED_FORMATS else None
             video = container.streams.video[0].codec_context
             self.width, self.height = video.width, video.height
             audio_streams = container.streams.audio
@@ -136,20 +191,27 @@ class _FrameReader:
         try:
             self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         except (RuntimeError, AssertionError, decord.DECORDError) as error:
-            if not _has_decodable_video_frame(path):
-                raise EmptyVideoError(path, "the video stream decodes to no frames") from error
-            raise VideoDecodeError(path, f"decord cannot open the video ({error})") from error
+            raise _unopenable_video_error(path, error) from error
         if len(self.reader) == 0:
             raise EmptyVideoError(path, "the video stream has no frames")
         self._rows_padded = False
+        self._position: int | None = None  # next frame ``next()`` returns, once known
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def batch(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 ``(len(indices), H, W, 3)`` frames at valid, non-negative ``indices``."""
+    def run(self, first: int, stop: int) -> np.ndarray:
+        """uint8 ``(stop - first, H, W, 3)``: frames ``first .. stop - 1``, where ``first`` is
+        0 or the ``stop`` of the previous call (decoding in order, never seeking ahead)."""
         import decord
 
+        if self._pyav is not None:
+            frames = list(itertools.islice(self._pyav, stop - first))
+            if len(frames) < stop - first:
+                reason = f"decoded {first + len(frames)} of {len(self)} frames"
+                raise VideoDecodeError(self.path, reason)
+            return np.stack(frames)
+        indices = list(range(first, stop))
         try:
             if not self._rows_padded:
                 return self.reader.get_batch(indices).asnumpy()
@@ -158,18 +220,17 @@ class _FrameReader:
         try:
             return self._one_by_one(indices)
         except decord.DECORDError as error:
-            raise VideoDecodeError(self.path, f"decord cannot decode frames ({error})") from error
+            reason = f"decord cannot decode frames {first}..{stop - 1} ({_decord_reason(error)})"
+            raise VideoDecodeError(self.path, reason) from error
 
     def _one_by_one(self, indices: Sequence[int]) -> np.ndarray:
-        """Decode with ``seek_accurate``/``next`` (seeking only where indices jump)."""
-        frames: dict[int, np.ndarray] = {}
-        position = None
-        for index in sorted(set(int(i) for i in indices)):
-            if index != position:
-                self.reader.seek_accurate(index)
-            frames[index] = self._unpadded(self.reader.next().asnumpy())
-            position = index + 1
-        return np.stack([frames[int(i)] for i in indices])
+        """Consecutive frames with ``next()``, rewinding with ``seek_accurate`` only where the
+        reader is not already at ``indices[0]`` (after a failed ``get_batch``)."""
+        if indices[0] != self._position:
+            self.reader.seek_accurate(indices[0])
+        frames = [self._unpadded(self.reader.next().asnumpy()) for _ in indices]
+        self._position = indices[-1] + 1
+        return np.stack(frames)
 
     def _unpadded(self, raw: np.ndarray) -> np.ndarray:
         """decord's ``(H, W, linesize // W)`` view of a padded frame -> ``(H, W, 3)``."""
@@ -184,14 +245,63 @@ class _FrameReader:
 # Frames
 
 
+# Frame times may lead the stream's start or pass the container's duration by this much.
+FRAME_TIME_SLACK_S = 1.0
+
+
+def _frame_times_s(path: PathLike, num_frames: int) -> tuple[np.ndarray | None, str | None]:
+    """Presentation time of each of ``num_frames`` frames, seconds from the video stream's
+    start, in presentation order (the order decord returns frames in): the video packets'
+    presentation times, sorted. ``(times, None)`` when those are usable, else ``(None, why)``.
+    """
+    import av
+
+    with _open_container(path) as container:
+        stream = container.streams.video[0]
+        pts: list[int | None] = []
+        with contextlib.suppress(av.FFmpegError):  # a damaged tail: the count check decides
+            pts.extend(packet.pts for packet in container.demux(stream) if packet.size)
+        time_base = stream.time_base
+        start = stream.start_time
+        duration_s = container.duration / av.time_base if container.duration else None
+    if len(pts) != num_frames:
+        return None, f"{len(pts)} video packets for {num_frames} frames"
+    if time_base is None or any(value is None for value in pts):
+        return None, "frames without presentation times"
+    ordered = np.sort(np.asarray(pts, dtype=np.int64))
+    origin = start if start is not None else int(ordered[0])
+    times = (ordered - origin).astype(np.float64) * float(time_base)
+    if num_frames > 1 and not np.all(np.diff(times) > 0):
+        return None, "presentation times repeat"
+    last_allowed = (duration_s or 0.0) + FRAME_TIME_SLACK_S
+    if not (
+        np.all(np.isfinite(times))
+        and times[0] >= -FRAME_TIME_SLACK_S
+        and (duration_s is None or times[-1] <= last_allowed)
+    ):
+        return None, f"presentation times {times[0]:.6g} .. {times[-1]:.6g} s out of range"
+    return times, None
+
+
 def probe_video(path: PathLike) -> VideoInfo:
-    """Frame count, rate, size and per-frame timestamps (decord); audio properties (PyAV)."""
+    """Frame count, rate and size (decord), per-frame timestamps and audio properties (PyAV).
+
+    Timestamps are the video packets' presentation times in presentation order. Where those
+    are missing, repeat, are out of range or do not match the frame count, frame ``i`` is
+    placed at ``i / fps`` instead, with a warning naming the file.
+    """
     reader = _FrameReader(path)
     num_frames = len(reader)
-    # decord gives (start, end) per frame in float32 seconds from the video stream's start.
-    starts = reader.reader.get_frame_timestamp(np.arange(num_frames))[:, 0]
-    timestamps_s = starts.astype(np.float64)
     fps = float(reader.reader.get_avg_fps())
+    timestamps_s, problem = _frame_times_s(path, num_frames)
+    if timestamps_s is None:
+        if not np.isfinite(fps) or fps <= 0:
+            raise VideoDecodeError(path, f"no usable frame times ({problem}) and no frame rate")
+        warnings.warn(
+            f"{path}: frame times repaired ({problem}); frame i is placed at i / {fps:g} s",
+            stacklevel=2,
+        )
+        timestamps_s = np.arange(num_frames, dtype=np.float64) / fps
     if not np.isfinite(fps) or fps <= 0:
         span = timestamps_s[-1] - timestamps_s[0]
         fps = (num_frames - 1) / span if span > 0 else 0.0
@@ -218,16 +328,31 @@ def _check_indices(path: PathLike, indices: Sequence[int], num_frames: int) -> n
     return index_array
 
 
+# Frames decoded per step when reading in order.
+DECODE_STEP_FRAMES = 16
+
+
 def read_frames(path: PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
-    """Decode frames by index (``None``: all). Returns uint8 ``(T, H, W, 3)`` RGB."""
+    """Decode frames by index (``None``: all). Returns uint8 ``(T, H, W, 3)`` RGB.
+
+    The video is decoded in order from its first frame up to the largest index (see the
+    module's note on seeking); only the requested frames are kept.
+    """
     reader = _FrameReader(path)
     num_frames = len(reader)
-    index_array = (
-        np.arange(num_frames) if indices is None else _check_indices(path, indices, num_frames)
-    )
+    if indices is None:
+        return reader.run(0, num_frames)
+    index_array = _check_indices(path, indices, num_frames)
     if index_array.size == 0:
-        return reader.batch([0])[:0]
-    return reader.batch(index_array)
+        return reader.run(0, 1)[:0]
+    wanted = np.unique(index_array)
+    kept: dict[int, np.ndarray] = {}
+    stop = int(wanted[-1]) + 1
+    for first in range(0, stop, DECODE_STEP_FRAMES):
+        frames = reader.run(first, min(first + DECODE_STEP_FRAMES, stop))
+        for index in wanted[(wanted >= first) & (wanted < first + len(frames))]:
+            kept[int(index)] = frames[index - first].copy()
+    return np.stack([kept[int(index)] for index in index_array])
 
 
 def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
@@ -239,7 +364,7 @@ def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
         raise ValueError(f"{path}: chunk must be a positive number of frames, got {chunk}")
     reader = _FrameReader(path)
     for first in range(0, len(reader), chunk):
-        yield reader.batch(range(first, min(first + chunk, len(reader))))
+        yield reader.run(first, min(first + chunk, len(reader)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,29 +373,192 @@ def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
 
 # Timestamp gaps shorter than this are rounding in the container's time base, not lost audio.
 AUDIO_GAP_TOLERANCE_S = 0.005
-# A stream that ends this much before its declared end is reported as truncated.
-AUDIO_TRUNCATION_TOLERANCE_S = 0.1
+# A stream that ends this much before its declared end is reported as truncated (FFmpeg's AVI
+# muxer declares 4 AC3 frames, 0.128 s, too many next to video with B-frames).
+AUDIO_TRUNCATION_TOLERANCE_S = 0.25
+# A forward jump in timestamps longer than this is a broken timestamp, not a gap in the audio.
+AUDIO_MAX_GAP_S = 10.0
+# Native-rate samples handed to the resampler at once (per-frame calls cost more than the work).
+RESAMPLE_BLOCK = 65536
+
+
+def _frame_channels(frame) -> np.ndarray:
+    """float32 ``(C, n)`` samples of a decoded audio frame, integers scaled to [-1, 1)."""
+    data = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: (1, n * C), channels interleaved
+        data = data.reshape(-1, len(frame.layout.channels)).T
+    if data.dtype == np.uint8:
+        return (data.astype(np.float32) - 128) / 128
+    if data.dtype.kind == "i":
+        return data.astype(np.float32) / -float(np.iinfo(data.dtype).min)
+    return data.astype(np.float32)
+
+
+# Low-frequency effects channels: left out of the downmix, as FFmpeg's default matrix does.
+LFE_CHANNELS = frozenset({"LFE", "LFE2"})
+
+
+def _downmix(channels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Mono ``(n,)``: the mean of the ``(C, n)`` channels named ``names``, LFE left out.
+
+    A sound on every main channel keeps its level whatever the layout, and the result never
+    exceeds the loudest channel (no clipping), unlike FFmpeg's default matrix, whose gains
+    (up to 1 per channel) add up to more than 1 for stereo and surround.
+    """
+    main = [i for i, name in enumerate(names) if name not in LFE_CHANNELS]
+    return channels[main or list(range(len(names)))].mean(axis=0)
 
 
 @dataclass
-class _DecodedAudio:
-    """Resampled pieces of one audio stream as decoding produced them."""
+class _Jumps:
+    """Where timestamps disagree with the decoded sample count: ``(time s, size s)`` each."""
 
-    pieces: list[tuple[int | None, np.ndarray]]  # (pts in samples at the target rate, samples)
-    packets_end_s: float | None  # latest packet end (pts + duration), seconds, if known
-    problems: list[str]
+    events: list[tuple[float, float]]
+
+    def describe(self, what: str, outcome: str) -> str | None:
+        """One line for the warning, or None if there were none."""
+        if not self.events:
+            return None
+        first_s, _ = self.events[0]
+        largest = max(size for _, size in self.events)
+        return (
+            f"timestamps {what} {len(self.events)} time(s) (first at {first_s:.3f} s, "
+            f"by up to {largest:.3f} s): {outcome}"
+        )
 
 
-def _decode_audio_stream(container, stream, sample_rate: int) -> _DecodedAudio:
-    """Demux and decode ``stream``, downmixed and resampled; damaged packets are skipped."""
+class _AudioTimeline:
+    """Decoded frames laid end to end at the native rate, downmixed and resampled as they come.
+
+    The decoded samples are the truth: every one is kept, in decode order. Timestamps only add
+    silence where they jump forward by a plausible amount (after a skipped packet, or a gap in
+    the stream); where they go back or jump implausibly far they are ignored, and recorded.
+    """
+
+    def __init__(self, sample_rate: int, latest_end_s: float | None) -> None:
+        import av
+
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self.sample_rate = sample_rate
+        self.latest_end_s = latest_end_s  # no audio is placed after this, seconds (if known)
+        self.native_rate: int | None = None
+        self.pieces: list[np.ndarray] = []  # resampled mono output
+        self.pending: list[np.ndarray] = []  # native-rate mono samples not resampled yet
+        self.pending_length = 0
+        self.start_s: float | None = None  # presentation time of the first sample, seconds
+        self.length = 0  # samples placed, at the native rate
+        self.last_frame = 0  # samples of the last frame placed, at the native rate
+        self.next_s = 0.0  # where the last frame's timestamp says the next one starts, s
+        self.skipped_since_s: float | None = None  # first skipped packet since the last frame
+        self.skipped: list[str] = []
+        self.gaps = _Jumps([])
+        self.backs = _Jumps([])
+        self.ignored = _Jumps([])
+        self.other_rates = 0  # frames dropped because their rate differs from the first's
+
+    @property
+    def end_s(self) -> float:
+        """Presentation time just after the last sample placed, seconds."""
+        return (self.start_s or 0.0) + self.length / (self.native_rate or 1)
+
+    @property
+    def timestamps_agree(self) -> bool:
+        return not (self.backs.events or self.ignored.events)
+
+    def skip(self, time_s: float | None, error: Exception) -> None:
+        """Record that the packet at ``time_s`` failed to decode."""
+        where = f"{time_s:.3f} s" if time_s is not None else "an unknown time"
+        self.skipped.append(f"packet at {where} skipped ({error})")
+        if self.skipped_since_s is None and time_s is not None:
+            self.skipped_since_s = time_s
+
+    def add(self, frame) -> None:
+        """Place one decoded frame after the previous one (and any silence it is due)."""
+        if self.native_rate is None:
+            self.native_rate = frame.sample_rate
+        if frame.sample_rate != self.native_rate:
+            self.other_rates += 1
+            return
+        names = [channel.name for channel in frame.layout.channels]
+        mono = _downmix(_frame_channels(frame), names)
+        time_s = None
+        if frame.pts is not None and frame.time_base is not None:
+            time_s = float(frame.pts * frame.time_base)
+        if self.start_s is None:
+            known = [t for t in (time_s, self.skipped_since_s) if t is not None]
+            self.start_s = self.next_s = min(known, default=0.0)
+        if time_s is not None:
+            self._follow(time_s)
+            self.next_s = time_s
+        self.next_s += len(mono) / self.native_rate
+        self.skipped_since_s = None
+        self._feed(mono)
+        self.last_frame = len(mono)
+
+    def _follow(self, time_s: float) -> None:
+        """Compare a frame's timestamp with where the previous frame ended."""
+        jump = time_s - self.next_s
+        here = self.end_s
+        if jump < -AUDIO_GAP_TOLERANCE_S:
+            self.backs.events.append((here, -jump))
+        elif jump > AUDIO_GAP_TOLERANCE_S:
+            too_late = self.latest_end_s is not None and here + jump > self.latest_end_s
+            if jump > AUDIO_MAX_GAP_S or too_late:
+                self.ignored.events.append((here, jump))
+                return
+            if self.skipped_since_s is None:
+                self.gaps.events.append((here, jump))
+            self._feed(np.zeros(round(jump * self.native_rate), dtype=np.float32))
+
+    def _feed(self, mono: np.ndarray) -> None:
+        """Queue native-rate samples; resample them in blocks of ``RESAMPLE_BLOCK`` or more."""
+        self.pending.append(mono.astype(np.float32, copy=False))
+        self.pending_length += len(mono)
+        self.length += len(mono)
+        if self.pending_length >= RESAMPLE_BLOCK:
+            self._resample_pending()
+
+    def _resample_pending(self) -> None:
+        import av
+
+        if self.pending_length:
+            block = np.concatenate(self.pending)[None, :]
+            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+            frame.sample_rate = self.native_rate
+            self._keep(self.resampler.resample(frame))
+        self.pending, self.pending_length = [], 0
+
+    def _keep(self, frames) -> None:
+        self.pieces.extend(out.to_ndarray().reshape(-1) for out in frames)
+
+    def finish(self, drop_s: float) -> np.ndarray:
+        """float32 ``(N,)`` at ``sample_rate``, without its last ``drop_s`` seconds."""
+        self._resample_pending()
+        self._keep(self.resampler.resample(None))
+        samples = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
+        kept = max(0.0, self.length / (self.native_rate or 1) - drop_s)
+        return samples[: round(kept * self.sample_rate)]
+
+    def problems(self) -> list[str]:
+        """What went wrong, one line each (empty for an intact stream)."""
+        lines = [
+            self.gaps.describe("jump forward", "filled with silence"),
+            self.backs.describe("go back", "ignored, the decoded samples kept in order"),
+            self.ignored.describe("jump implausibly far", "ignored"),
+        ]
+        if self.other_rates:
+            lines.append(f"{self.other_rates} frame(s) at another sample rate dropped")
+        return self.skipped + [line for line in lines if line]
+
+
+def _decode_audio_stream(container, stream, timeline: _AudioTimeline) -> float | None:
+    """Demux and decode ``stream`` into ``timeline``; damaged packets are skipped.
+
+    Returns the latest packet end (pts + duration) in seconds, if the packets say.
+    """
     import av
 
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    decoded = _DecodedAudio(pieces=[], packets_end_s=None, problems=[])
-
-    def keep(frames) -> None:
-        decoded.pieces.extend((out.pts, out.to_ndarray().reshape(-1)) for out in frames)
-
+    packets_end_s = None
     packets = container.demux(stream)
     while True:
         try:
@@ -278,42 +566,20 @@ def _decode_audio_stream(container, stream, sample_rate: int) -> _DecodedAudio:
         except StopIteration:
             break
         except av.FFmpegError as error:  # the container itself is damaged from here on
-            decoded.problems.append(f"demuxing stopped ({error})")
+            timeline.skipped.append(f"demuxing stopped ({error})")
             break
-        if packet.pts is not None and packet.duration:
-            packet_end_s = float((packet.pts + packet.duration) * packet.time_base)
-            decoded.packets_end_s = max(decoded.packets_end_s or packet_end_s, packet_end_s)
+        time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
+        if time_s is not None and packet.duration:
+            end_s = time_s + float(packet.duration * packet.time_base)
+            packets_end_s = max(packets_end_s or end_s, end_s)
         try:
             frames = packet.decode()
         except av.FFmpegError as error:
-            decoded.problems.append(f"packet at pts {packet.pts} skipped ({error})")
+            timeline.skip(time_s, error)
             continue
         for frame in frames:
-            keep(resampler.resample(frame))
-    keep(resampler.resample(None))
-    return decoded
-
-
-def _lay_out_pieces(pieces: list[tuple[int | None, np.ndarray]], sample_rate: int):
-    """Place pieces on their timeline: ``(first pts or None, float32 (N,))``.
-
-    A jump forward in pts of more than ``AUDIO_GAP_TOLERANCE_S`` (a skipped packet) becomes
-    silence, so later audio keeps its time; smaller jitter is ignored.
-    """
-    first_pts = pieces[0][0]
-    tolerance = round(AUDIO_GAP_TOLERANCE_S * sample_rate)
-    cursor = 0  # samples placed so far
-    placed: list[tuple[int, np.ndarray]] = []
-    for pts, samples in pieces:
-        offset = cursor
-        if pts is not None and first_pts is not None and pts - first_pts - cursor > tolerance:
-            offset = pts - first_pts
-        placed.append((offset, samples))
-        cursor = offset + len(samples)
-    track = np.zeros(cursor, dtype=np.float32)
-    for offset, samples in placed:
-        track[offset : offset + len(samples)] = samples
-    return first_pts, track
+            timeline.add(frame)
+    return packets_end_s
 
 
 def _declared_end_s(stream) -> float | None:
@@ -332,15 +598,21 @@ def _declared_end_s(stream) -> float | None:
 def read_audio(path: PathLike, sample_rate: int = 16000) -> AudioTrack:
     """Decode the first audio stream to mono float32 at ``sample_rate`` Hz (PyAV).
 
-    Channels are downmixed and the rate converted by FFmpeg's resampler (``av.AudioResampler``)
-    and values clipped to [-1, 1]. ``start_s`` is the first decoded sample's time, seconds from
-    the video stream's start (negative if the audio starts first).
-    The track ends where the packets' durations say the stream ends (this removes an
-    encoder's end padding where the container records it; mkv does not, so AAC in mkv can
-    run up to one AAC frame, 1024 samples at the native rate, long).
+    Channels are averaged, LFE left out (:func:`_downmix`: a tone keeps its level in every
+    layout, nothing clips)
+    and the rate converted by FFmpeg's resampler. ``start_s`` is the first sample's time,
+    seconds from the video stream's start (negative if the audio starts first).
+    The decoded samples are the truth: all are kept, end to end in decode order. Timestamps
+    add silence only where they jump forward (a skipped packet, a gap), by at most
+    ``AUDIO_MAX_GAP_S`` and not past the stream's declared end; where they go back (an
+    overlap) or jump further, they are ignored. Where they agree with the samples, the end
+    is trimmed to the packets' recorded end, by at most the last frame: this removes an
+    encoder's end padding where the container records it (mp4 does; mkv does not, so AAC
+    in mkv can run up to one AAC frame, 1024 samples at the native rate, long).
     Damage is not fatal; it is reported with one warning naming the file: a packet that fails
-    to decode is skipped (its time becomes silence, as FFmpeg's command line skips it), and
-    a stream that ends before its declared end (a truncated file) is kept as far as it goes.
+    to decode is skipped (its time becomes silence, as FFmpeg's command line skips it),
+    timestamps that disagree with the samples are described, and a stream that ends before
+    its declared end (a truncated file) is kept as far as it goes.
     Raises :class:`MissingAudioError` without an audio stream, or when nothing in it decodes.
     """
     if sample_rate <= 0:
@@ -352,27 +624,26 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> AudioTrack:
         video_start_s = (
             _stream_start_s(container.streams.video[0]) if container.streams.video else 0.0
         )
-        decoded = _decode_audio_stream(container, stream, sample_rate)
         declared_end_s = _declared_end_s(stream)
-    if not any(len(samples) for _, samples in decoded.pieces):
+        timeline = _AudioTimeline(sample_rate, declared_end_s)
+        packets_end_s = _decode_audio_stream(container, stream, timeline)
+    if timeline.length == 0:
         raise MissingAudioError(path, "the audio stream decodes to no samples")
-    first_pts, samples = _lay_out_pieces(decoded.pieces, sample_rate)
-    start_s = (first_pts / sample_rate if first_pts is not None else 0.0) - video_start_s
-    if decoded.packets_end_s is not None:
-        # Encoders pad the last frame (AAC: up to 1024 samples); where the packets record the
-        # true end (mp4 does), drop the padding.
-        true_length = round((decoded.packets_end_s - video_start_s - start_s) * sample_rate)
-        samples = samples[: max(0, true_length)]
-    end_s = video_start_s + start_s + len(samples) / sample_rate
-    problems = decoded.problems
+    drop_s = 0.0
+    if packets_end_s is not None and timeline.timestamps_agree:
+        last_frame_s = timeline.last_frame / timeline.native_rate
+        drop_s = min(max(0.0, timeline.end_s - packets_end_s), last_frame_s)
+    samples = timeline.finish(drop_s)
+    end_s = timeline.end_s - drop_s
+    problems = timeline.problems()
     if declared_end_s is not None and end_s < declared_end_s - AUDIO_TRUNCATION_TOLERANCE_S:
         problems.append(f"audio ends at {end_s:.3f} s but the file declares {declared_end_s:.3f} s")
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         summary = "; ".join(problems[:3]) + more
         warnings.warn(f"{path}: damaged audio: {summary}", stacklevel=2)
-    samples = np.clip(samples, -1.0, 1.0)
-    return AudioTrack(samples=samples, sample_rate=sample_rate, start_s=start_s)
+    start_s = timeline.start_s - video_start_s
+    return AudioTrack(samples=np.clip(samples, -1.0, 1.0), sample_rate=sample_rate, start_s=start_s)
 
 
 def audio_windows(track: AudioTrack, timestamps_s: np.ndarray, window_s: float) -> np.ndarray:
