@@ -6,9 +6,8 @@ runs train on the CPU in tests/test_multiprocess.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import itertools
+from pathlib import Path
 
 import pytest
 from hydra.core.hydra_config import HydraConfig
