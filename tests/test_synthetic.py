@@ -537,8 +537,10 @@ def test_cli_takes_every_config_field_and_is_idempotent(tmp_path, capsys, caplog
     with caplog.at_level(logging.INFO):
         assert synth_cli.main(arguments) == 0
     assert "already holds" in caplog.text
-    assert synth_cli.main([*arguments[:-1], "4"]) == 1
-    assert "pass overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        synth_cli.main([*arguments[:-1], "4"])
+    assert exit_info.value.code == 2
+    assert f"avvsr-synth: {out}: holds a synthetic set" in capsys.readouterr().err
 
     options = {action.dest for action in synth_cli.build_parser()._actions}
     assert {f.name for f in dataclasses.fields(SynthConfig)} <= options

@@ -59,8 +59,9 @@ class ClipTooShortError(MediaError):
     """The video has fewer frames than the clip length a data set asks for."""
 
 
-class DatasetError(AVVSRError):
-    """A data set as a whole is unusable (for example, no usable file at all)."""
+class DatasetError(PathError):
+    """A data set (or its manifest, label maps, split lists) is unusable; ``path`` names the
+    data set's folder or file (for example: no usable file at all)."""
 
 
 class WeightsError(PathError):

@@ -14,8 +14,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from avvsr.errors import AVVSRError
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: ``--out``, ``--overwrite``, ``--no-progress`` and one option per
@@ -47,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, generate the set; returns the exit status (0 on success)."""
+    from avvsr.cli.common import exit_on_bad_input
     from avvsr.data.synthetic import SynthConfig, generate
 
     parser = build_parser()
@@ -57,11 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = SynthConfig(**values)
     except ValueError as error:
         parser.error(str(error))
-    try:
+    with exit_on_bad_input("avvsr-synth"):
         generate(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    except (AVVSRError, ValueError) as error:
-        print(f"avvsr-synth: error: {error}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -59,7 +59,7 @@ def source_mask_from_labels(labels_path: Path, sounding_ids: Sequence[int]) -> n
         labels.close()
         raise not_an_array
     if labels.ndim != 3:
-        raise ValueError(f"{labels_path}: a label map is (T, H, W), got shape {labels.shape}")
+        raise NotALabelMapError(labels_path, f"a label map is (T, H, W), got shape {labels.shape}")
     return np.isin(labels, list(sounding_ids))
 
 
@@ -73,7 +73,7 @@ def manifest_clip(root: Path, key: str) -> tuple[Path, np.ndarray]:
         for entry in entries:
             if entry.key == key:
                 return root / entry.video, sound_source_mask(root, entry)
-    raise DatasetError(f"{root}: no clip {key!r} in the manifest")
+    raise DatasetError(root, f"no clip {key!r} in the manifest")
 
 
 def visualize(
@@ -99,16 +99,17 @@ def visualize(
     from avvsr.checkpoint import load_model
     from avvsr.data.degradations import crop_to_scale, degrade
     from avvsr.data.io import probe_video, read_audio, read_frames
+    from avvsr.errors import DatasetError, MediaError
     from avvsr.inference import ChunkedUpscaler, InferenceSettings, frame_audio_for
     from avvsr.visualization import sample_panel, save_png
 
     info = probe_video(video)
     if not 0 <= start < info.num_frames:
-        raise ValueError(f"{video}: start frame {start} outside its {info.num_frames} frames")
+        raise MediaError(video, f"start frame {start} outside its {info.num_frames} frames")
     indices = np.arange(start, min(start + num_frames, info.num_frames))
     if source_mask is not None and source_mask.shape != (info.num_frames, info.height, info.width):
-        raise ValueError(
-            f"{mask_origin or 'the sound-source mask'}: shape {source_mask.shape} does not match "
+        raise DatasetError(
+            mask_origin or "the sound-source mask", f"shape {source_mask.shape} does not match "
             f"{video} ({info.num_frames} frames of {info.height}x{info.width})"
         )
     model = load_model(checkpoint)
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns 0, or exits with status 2 and a message on bad input."""
-    from avvsr.errors import AVVSRError
+    from avvsr.cli.common import exit_on_bad_input
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--video is required (or --manifest and --key)")
     if args.frames < 1 or args.rows < 1:
         parser.error("--frames and --rows must be positive")
-    try:
+    with exit_on_bad_input("avvsr-visualize"):
         video, source_mask, mask_origin = args.video, None, None
         if args.manifest is not None:
             clip_video, source_mask = manifest_clip(args.manifest, args.key)
@@ -226,8 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             start=args.start, num_frames=args.frames, grid_rows=args.rows,
             allow_silent=args.allow_silent, device=args.device,
         )
-    except (AVVSRError, ValueError) as error:
-        parser.exit(2, f"avvsr-visualize: error: {error}\n")
     print(f"{figure.grid}: frames {figure.grid_frames}; columns: {' | '.join(figure.columns)}")
     print(f"{figure.video}: every frame, with the clip's sound")
     return 0

@@ -165,7 +165,7 @@ class ClipDataset(Dataset):
                 reasons.append(str(error))
         if not usable:
             listed = "\n  ".join(reasons) if reasons else "(the source lists no clips)"
-            raise DatasetError(f"{source.name}: no usable clip:\n  {listed}")
+            raise DatasetError(source.name, f"no usable clip:\n  {listed}")
         return usable
 
     def _check(self, record: ClipRecord, video: DecodedVideo) -> UsableClip:
@@ -262,7 +262,7 @@ class ClipDataset(Dataset):
                 except MediaError as error:
                     self._failed.add(index)
                     self.bad_files.report(error)
-        raise DatasetError(f"{self.source_name}: no clip could be loaded")
+        raise DatasetError(self.source_name, "no clip could be loaded")
 
 
 @contextlib.contextmanager

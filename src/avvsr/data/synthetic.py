@@ -678,14 +678,14 @@ def load_manifest(root: PathLike) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read the manifest as JSON ({error})") from error
+        raise DatasetError(path, f"cannot read the manifest as JSON ({error})") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise DatasetError(f"{path}: not an {FORMAT} manifest (format {found!r})")
+        raise DatasetError(path, f"not an {FORMAT} manifest (format {found!r})")
     try:
         splits = data["splits"]
         if set(splits) != set(SPLITS):
-            raise DatasetError(f"{path}: splits must be {list(SPLITS)}, got {sorted(splits)}")
+            raise DatasetError(path, f"splits must be {list(SPLITS)}, got {sorted(splits)}")
         return Manifest(
             format=data["format"],
             params=data["params"],
@@ -696,7 +696,7 @@ def load_manifest(root: PathLike) -> Manifest:
         )
     except (KeyError, TypeError, AttributeError) as error:
         raise DatasetError(
-            f"{path}: malformed manifest ({type(error).__name__}: {error})"
+            path, f"malformed manifest ({type(error).__name__}: {error})"
         ) from error
 
 
@@ -708,11 +708,11 @@ def sound_source_mask(root: PathLike, entry: ClipEntry | Mapping[str, Any]) -> n
     try:
         labels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise DatasetError(f"{path}: cannot read the label map ({error})") from error
+        raise DatasetError(path, f"cannot read the label map ({error})") from error
     expected = (entry["num_frames"], entry["height"], entry["width"])
     if labels.dtype != np.uint8 or labels.shape != expected:
         raise DatasetError(
-            f"{path}: label map must be uint8 {expected}, got {labels.dtype} {labels.shape}"
+            path, f"label map must be uint8 {expected}, got {labels.dtype} {labels.shape}"
         )
     sounding = [obj["id"] for obj in entry["objects"] if obj["sounding"]]
     return np.isin(labels, sounding)
@@ -730,7 +730,7 @@ def _existing_params(out: Path) -> dict[str, Any] | None:
         return dict(load_manifest(out).params)
     except (DatasetError, MissingFileError) as error:
         raise DatasetError(
-            f"{out}: exists but is not a complete synthetic set ({error}); "
+            out, f"exists but is not a complete synthetic set ({error}); "
             "pass overwrite=True (--overwrite) to replace it"
         ) from error
 
@@ -745,7 +745,7 @@ def _check_reusable(out: Path, params: dict[str, Any]) -> bool:
     differing = sorted(key for key in params.keys() | existing.keys()
                        if params.get(key) != existing.get(key))
     raise DatasetError(
-        f"{out}: holds a synthetic set with other parameters (differing: "
+        out, f"holds a synthetic set with other parameters (differing: "
         f"{', '.join(differing)}); pass overwrite=True (--overwrite) to replace it"
     )
 
