@@ -27,3 +27,12 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from helpers.models import tiny_checkpoint_files
 
     return tiny_checkpoint_files(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory):
+    """``<tmp>/synth_av``: a small synthetic set (4/2/2 clips of 8 frames at 96x96), made once
+    per session (:func:`helpers.training.make_small_synthetic_set`)."""
+    from helpers.training import make_small_synthetic_set
+
+    return make_small_synthetic_set(tmp_path_factory.mktemp("data") / "synth_av")

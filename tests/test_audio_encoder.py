@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from avvsr.config import compose
 from avvsr.models.audio_encoder import AudioEncoder
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "audio_encoder"
 SILENCE = math.log(1e-6)  # log(mel_power + 1e-6) of zero power, in every bin
 
 
@@ -68,7 +66,7 @@ def test_bad_inputs_and_options_are_rejected() -> None:
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])
 def test_configs_build_an_encoder_of_the_configured_size(name: str) -> None:
-    config = OmegaConf.load(CONF_DIR / f"{name}.yaml")
+    config = compose("train", [f"model/audio_encoder={name}"]).model.audio_encoder
     encoder = instantiate(config)
     assert isinstance(encoder, AudioEncoder)
     assert encoder.embed_dim == config.embed_dim

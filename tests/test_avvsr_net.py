@@ -10,32 +10,30 @@ import torch
 from omegaconf import OmegaConf
 
 from avvsr.checkpoint import load_weights, read_weights
+from avvsr.config import CONFIG_DIR, compose
 from avvsr.errors import WeightsError
 from avvsr.models.avvsr_net import AVVSRNet
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-TINY_BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*_tiny.yaml"))
+TINY_BACKBONES = sorted(
+    p.stem for p in (Path(CONFIG_DIR) / "model" / "backbone").glob("*_tiny.yaml")
+)
 N_MELS, N_FRAMES = 64, 33
 SCALE = 4
 
 
 def build(backbone: str, fusion: dict | None) -> AVVSRNet:
-    """An AVVSRNet from the repo's tiny backbone and audio-encoder configs; ``fusion`` is a
-    fusion config (dict) or None."""
-    root = OmegaConf.create({"model": {"scale": SCALE}})
-    model_cfg = root.model
-    model_cfg.backbone = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
-    model_cfg.audio_encoder = OmegaConf.load(CONF / "audio_encoder" / "tiny.yaml")
-    model_cfg.fusion = fusion
+    """An AVVSRNet from the repo's tiny backbone and audio-encoder configs (composed as the
+    command line composes them); ``fusion`` is a fusion config (dict) or None."""
+    model_cfg = compose("train", [f"model/backbone={backbone}", f"model.scale={SCALE}"]).model
     return AVVSRNet(
         hydra.utils.instantiate(model_cfg.backbone),
         hydra.utils.instantiate(model_cfg.audio_encoder),
-        hydra.utils.instantiate(model_cfg.fusion) if fusion is not None else None,
+        hydra.utils.instantiate(fusion) if fusion is not None else None,
     )
 
 
 def msavf(**options) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "fusion" / "msavf.yaml"))
+    cfg = OmegaConf.to_container(compose("train", ["model/fusion=msavf"]).model.fusion)
     return {**cfg, **options}
 
 

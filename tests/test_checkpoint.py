@@ -30,8 +30,8 @@ from avvsr.cli import visualize as visualize_cli
 from avvsr.data.io import probe_video
 from avvsr.errors import MissingFileError, WeightsError
 from avvsr.inference import ChunkedUpscaler
+from helpers.training import compose_train
 from media import write_ave_folder, write_test_video
-from training_helpers import compose_train
 
 CODE_RAN: list[str] = []
 MARKER = "test_checkpoint.record_code_ran"  # importable: pytest puts tests/ on sys.path

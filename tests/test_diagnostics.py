@@ -17,7 +17,6 @@ from avvsr.data.audio_features import SILENCE_LOG_MEL
 from avvsr.data.cache import DecodeCache
 from avvsr.data.io import read_frames
 from avvsr.data.sources import SyntheticSource
-from training_helpers import make_small_synthetic_set
 
 DIAGNOSTICS = Path(__file__).resolve().parents[1] / "experiments" / "av_ablation" / "diagnostics"
 
@@ -27,11 +26,6 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_small_synthetic_set(tmp_path_factory.mktemp("data") / "synth_av")
 
 
 def test_renders_by_class_reproduce_the_video_and_differ_only_in_the_sounding_object(

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
+from avvsr.config import compose
 from avvsr.models.audio_encoder import AudioEncoder
 from avvsr.models.fusion import MSAVF
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = {
     "msavf": {"top_down": True, "attention": True},
     "no_topdown": {"top_down": False, "attention": True},
@@ -161,24 +159,19 @@ EXPECTED_OPTIONS = {
 }
 
 
-def compose_fusion(tmp_path: Path, option: str):
-    """Compose ``model/fusion=<option>`` from the repository's config files."""
-    (tmp_path / "root.yaml").write_text(
-        f"defaults:\n  - model/fusion: {option}\n  - _self_\n"
-        f"hydra:\n  searchpath:\n    - file://{CONF_DIR}\n"
-    )
-    with initialize_config_dir(str(tmp_path), version_base="1.3"):
-        return compose("root").model.fusion
+def compose_fusion(option: str):
+    """``model.fusion`` of the ``train`` config composed with ``model/fusion=<option>``."""
+    return compose("train", [f"model/fusion={option}"]).model.fusion
 
 
 @pytest.mark.parametrize("option", EXPECTED_OPTIONS)
-def test_fusion_configs_build_the_intended_variant(tmp_path: Path, option: str) -> None:
-    factory = instantiate(compose_fusion(tmp_path, option))
+def test_fusion_configs_build_the_intended_variant(option: str) -> None:
+    factory = instantiate(compose_fusion(option))
     fusion = factory(visual_channels=16, audio_dim=12)
     assert isinstance(fusion, MSAVF)
     built = {"scales": fusion.scales, "top_down": fusion.top_down, "attention": fusion.attention}
     assert built == EXPECTED_OPTIONS[option]
 
 
-def test_fusion_none_config_composes_to_null(tmp_path: Path) -> None:
-    assert compose_fusion(tmp_path, "none") is None
+def test_fusion_none_config_composes_to_null() -> None:
+    assert compose_fusion("none") is None

@@ -16,17 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from avvsr.config import compose
 from avvsr.data.synthetic import load_manifest
 from avvsr.report import load_runs
 from media import write_ave_folder
-from training_helpers import CONF_DIR, make_small_synthetic_set
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_small_synthetic_set(tmp_path_factory.mktemp("data") / "synth_av")
 
 
 def paths(synth_root: Path, workdir: Path) -> list[str]:
@@ -230,7 +225,7 @@ def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: 
     assert sorted((run.backbone, run.fusion) for run in runs) == [
         ("basicvsr", "msavf-s3"), ("basicvsrpp", "msavf-s3"), ("edvr", "msavf-s3"),
     ]
-    paper_encoder = OmegaConf.load(Path(CONF_DIR) / "model" / "audio_encoder" / "paper.yaml")
+    paper_encoder = compose("train", ["model/audio_encoder=paper"]).model.audio_encoder
     for run in runs:
         assert run.metrics["test/params"] > 1_000_000  # paper size, not a tiny config
         for control in ("true", "shuffled", "silent"):

@@ -9,12 +9,7 @@ import pytest
 import torch
 
 from avvsr.lit_module import charbonnier_loss
-from training_helpers import compose_train, make_small_synthetic_set
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_small_synthetic_set(tmp_path_factory.mktemp("data") / "synth_av")
+from helpers.training import compose_train
 
 
 def read_metrics(workdir: Path) -> dict:

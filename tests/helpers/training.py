@@ -1,5 +1,6 @@
 """Shared by the training tests: a small synthetic set and the repo's Hydra configs composed
-for a quick CPU run in a temporary folder."""
+for a quick CPU run in a temporary folder (the ``synth_root`` fixture of ``tests/conftest.py``
+is such a set)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from avvsr.config import CONFIG_DIR
 
 
 def make_small_synthetic_set(root: Path) -> Path:
@@ -40,7 +41,7 @@ def compose_train(
     ]
     if config_name == "train":
         quick.append("model.warmup_steps=1")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=[*quick, *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
