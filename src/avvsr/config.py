@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     from avvsr.lit_module import AVVSRLitModule
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Shipped inside the package (package data), so a wheel install finds them as an editable
+# checkout does; users add their own with ``--config-dir DIR`` (see the README).
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 LIT_MODULE_TARGET = "avvsr.lit_module.AVVSRLitModule"
 # Typed config nodes that YAML files extend (Hydra's ConfigStore): name -> dataclass.
 SYNTHETIC_SET_SCHEMA = "synthetic_set_schema"
