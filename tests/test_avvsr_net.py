@@ -111,7 +111,7 @@ def test_backbone_weights_load_into_a_fusion_model(tmp_path: Path) -> None:
     path = tmp_path / "backbone.pth"
     torch.save(plain.backbone.state_dict(), path)  # backbone-only keys, no prefix
     fused = build("basicvsr_tiny", msavf())
-    missing = load_weights(fused, read_weights(path), source=path, backbone_state=True)
+    missing = load_weights(fused, read_weights(path), source=path, part_state=True)
     assert missing and all(not k.startswith("backbone.") for k in missing)
     for key, value in plain.backbone.state_dict().items():
         assert torch.equal(fused.backbone.state_dict()[key], value)

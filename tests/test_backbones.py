@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torchvision.ops import deform_conv2d
 
+from avvsr.config import compose
 from avvsr.models.backbones.basicvsrpp import SecondOrderDeformableAlignment
 from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
@@ -24,23 +24,6 @@ from avvsr.models.backbones.blocks import (
 )
 from avvsr.models.backbones.edvr import EDVR, window_indices
 
-BACKBONE_CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "backbone"
-ICONVSR = "avvsr.models.backbones.iconvsr.IconVSR"
-INLINE_CONFIGS = {  # backbones without a config file
-    "iconvsr": {"_target_": ICONVSR, "scale": "${model.scale}"},
-    "iconvsr_tiny": {
-        "_target_": ICONVSR,
-        "scale": "${model.scale}",
-        "num_feat": 16,
-        "num_blocks": 1,
-        "keyframe_stride": 2,
-        "num_frames": 3,
-        "deformable_groups": 2,
-        "num_extract_blocks": 1,
-        "hr_channels": 16,
-        "spynet": {"num_levels": 3, "channels": [8, 16, 8, 4], "kernel_size": 5},
-    },
-}
 TINY = ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny", "iconvsr_tiny"]
 WITH_SPYNET = ["basicvsr_tiny", "basicvsrpp_tiny", "iconvsr_tiny"]
 PUBLISHED_PARAMETERS = {  # /work/shared/PAPER.md
@@ -63,13 +46,10 @@ def _one_thread():
 
 
 def build(name: str, scale: int = 4):
-    """Instantiate ``conf/model/backbone/<name>.yaml`` with ``model.scale`` supplied."""
-    if name in INLINE_CONFIGS:
-        backbone = OmegaConf.create(INLINE_CONFIGS[name])
-    else:
-        backbone = OmegaConf.load(BACKBONE_CONF / f"{name}.yaml")
-    config = OmegaConf.create({"model": {"scale": scale, "backbone": backbone}})
-    return instantiate(config.model.backbone)
+    """The backbone of ``model/backbone=<name>`` at ``model.scale=<scale>``, composed as the
+    command line composes it."""
+    return instantiate(compose("train", [f"model/backbone={name}", f"model.scale={scale}"])
+                       .model.backbone)
 
 
 def build_trained(name: str, scale: int = 4):

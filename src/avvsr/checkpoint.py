@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -243,26 +244,21 @@ def load_weights(
     *,
     source: str | Path,
     partial: bool = False,
-    backbone_state: bool = False,
+    part_state: bool = False,
 ) -> list[str]:
     """Copy ``state`` into ``model``; return the model keys left at their current values.
 
     Strict unless ``partial``: every key of each side must be in the other, with the same
-    shape, else :class:`WeightsError` lists the differences. With ``backbone_state``, a state
-    of backbone tensors alone (keys without the ``backbone.`` prefix, or all with it) loads
-    into the backbone of an ``AVVSRNet``, strictly: that is how a fusion model starts from a
-    plain backbone, its fusion at identity. With ``partial`` the tensors that fit load and a
-    warning lists the rest.
+    shape, else :class:`WeightsError` lists the differences. With ``part_state`` (start
+    weights), a state of one part of the model loads into that part, strictly: keys all under
+    one submodule's prefix (``backbone.``, ``backbone.spynet.``), or without the prefix a
+    state of the backbone alone. That is how a fusion model starts from a plain backbone (its
+    fusion at identity) or a backbone from published flow weights. With ``partial`` the tensors
+    that fit load and a warning lists the rest.
     """
-    target = model
-    backbone = getattr(model, "backbone", None)
-    if backbone_state and isinstance(backbone, nn.Module):
-        own = set(model.state_dict())
-        if not set(state) & own and set(state) & set(backbone.state_dict()):
-            target = backbone
-        elif state and all(key.startswith("backbone.") for key in state):
-            target = backbone
-            state = {key.removeprefix("backbone."): value for key, value in state.items()}
+    prefix = _part_prefix(model, state) if part_state else ""
+    target = model.get_submodule(prefix.rstrip(".")) if prefix else model
+    state = {key.removeprefix(prefix): value for key, value in state.items()}
     own_state = target.state_dict()
     missing = sorted(set(own_state) - set(state))
     unexpected = sorted(set(state) - set(own_state))
@@ -273,7 +269,8 @@ def load_weights(
     problems = {"missing in the file": missing, "not in the model": unexpected,
                 "of another shape": wrong_shape}
     summary = "; ".join(
-        f"{len(keys)} {what}: {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}"
+        f"{len(keys)} {what}: {', '.join(prefix + k for k in keys[:6])}"
+        f"{', ...' if len(keys) > 6 else ''}"
         for what, keys in problems.items() if keys
     )
     if summary and not partial:
@@ -285,8 +282,23 @@ def load_weights(
     target.load_state_dict(fitting, strict=not summary)
     if summary:
         log.warning("%s: partial load, %d tensors loaded; %s", source, len(fitting), summary)
-    prefix = "backbone." if target is not model else ""
     return sorted(set(model.state_dict()) - {prefix + key for key in fitting})
+
+
+def _part_prefix(model: nn.Module, state: Mapping[str, Tensor]) -> str:
+    """The prefix (``"backbone."``, ...) of the part of ``model`` that ``state`` covers: the
+    longest submodule prefix shared by every key, or ``backbone.`` for keys that are none of
+    the model's but some of its backbone's; ``""`` for the whole model."""
+    own = set(model.state_dict())
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module) and not set(state) & own \
+            and set(state) & set(backbone.state_dict()):
+        return "backbone."
+    modules = dict(model.named_modules())
+    shared = os.path.commonprefix([key.split(".")[:-1] for key in state])  # element-wise
+    while shared and ".".join(shared) not in modules:
+        shared = shared[:-1]
+    return ".".join(shared) + "." if shared else ""
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:

@@ -137,7 +137,7 @@ class AVVSRLitModule(LightningModule):
 
             load_weights(
                 self.net, read_weights(init_weights), source=init_weights,
-                partial=init_weights_partial, backbone_state=True,
+                partial=init_weights_partial, part_state=True,
             )
 
     def _metrics(self) -> MetricCollection:

@@ -5,9 +5,8 @@ soundtrack). The study's audio encoder (``config.model.audio_encoder``) plus a l
 are trained with cross-entropy to name each frame's sounding class from that frame's log-mel
 window, on the training clips of the study's DataModule (Adam, one-cycle rate). It prints the
 classification accuracy over every frame of the test clips. ``--save FILE`` writes the trained
-encoder as ``audio_encoder.*`` tensors, which ``model.init_weights=FILE
-model.init_weights_partial=true`` loads into a fusion model (the backbone and fusion keep their
-initial values). Usage::
+encoder as ``audio_encoder.*`` tensors, which ``model.init_weights=FILE`` loads into a fusion
+model's audio encoder (the backbone and fusion keep their initial values). Usage::
 
     python experiments/av_ablation/diagnostics/audio_class_probe.py --steps 300 \
         --data data/synth_fill --save logs/investigate/audio_encoder.pt

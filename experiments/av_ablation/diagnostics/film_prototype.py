@@ -22,9 +22,9 @@ from pathlib import Path
 import hydra
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
+from avvsr.config import compose
 from avvsr.data.synthetic import load_manifest
 from avvsr.lit_module import charbonnier_loss
 from avvsr.metrics import RegionPSNR
@@ -77,10 +77,9 @@ class Study:
     DataModule set up for fitting and testing, and the set's sounding class of every clip."""
 
     def __init__(self, data: str, overrides: Sequence[str] = ()) -> None:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            self.config = compose("train", overrides=[
-                "experiment=av_ablation", f"data.train.root={data}", f"paths.root_dir={ROOT}",
-                "paths.output_dir=unused", *overrides])
+        self.config = compose("train", [
+            "experiment=av_ablation", f"data.train.root={data}", f"paths.root_dir={ROOT}",
+            "paths.output_dir=unused", *overrides])
         self.datamodule = hydra.utils.instantiate(self.config.data)
         self.datamodule.setup("fit")
         self.datamodule.setup("test")
