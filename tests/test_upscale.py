@@ -191,7 +191,8 @@ def plain_model(tiny_checkpoints):
     return load_model(tiny_checkpoints["none"])
 
 
-FAST = InferenceSettings(chunk=8, overlap=2)  # several windows on a short clip
+# Several windows on a short clip; every size fixed, so no memory plan (and no probe forward).
+FAST = InferenceSettings(chunk=8, overlap=2, tile=0, tile_overlap=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,13 +14,17 @@ class AVVSRError(Exception):
     """Base class of every error raised on purpose by avvsr."""
 
 
-class MediaError(AVVSRError):
-    """A media file cannot be used; ``path`` names it and ``reason`` says why."""
+class PathError(AVVSRError):
+    """An error about one file: ``path`` names it and ``reason`` says why."""
 
     def __init__(self, path: str | PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class MediaError(PathError):
+    """A media file cannot be used; ``path`` names it and ``reason`` says why."""
 
 
 class MissingFileError(MediaError, FileNotFoundError):
@@ -57,3 +61,12 @@ class DatasetError(AVVSRError):
 
 class WeightsError(MediaError):
     """A weights or checkpoint file cannot be loaded into the model."""
+
+
+class OutputError(PathError):
+    """An output path cannot be written as asked (the input itself, a folder, a suffix that
+    names no known container); ``path`` names it and ``reason`` says why."""
+
+
+class MemoryBudgetError(AVVSRError):
+    """No window and tile sizes keep a run within the memory it may use."""
