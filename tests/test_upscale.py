@@ -557,7 +557,8 @@ def test_cli_prints_the_memory_plan(tmp_path, tiny_checkpoints, capsys):
     args = [str(source), str(out), "--ckpt", str(tiny_checkpoints["none"]), "--quiet"]
     assert upscale_cli.main([*args, "--max-memory", "6GiB"]) == 0
     err = capsys.readouterr().err
-    assert "plan: chunk 32 frames (overlap 8), whole frames, estimated peak" in err
+    assert "plan: chunk 32 frames (overlap 8), whole frames, encoder lookahead 40 frames, " \
+        "estimated peak" in err
     assert "of 6.0 GiB" in err
     with pytest.raises(SystemExit) as exit_info:
         upscale_cli.main([*args, "--overwrite", "--max-memory", "lots"])

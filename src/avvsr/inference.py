@@ -8,14 +8,21 @@ Three parts, used by ``avvsr-upscale``, ``avvsr-export`` and ``avvsr-visualize``
   its metadata). Either gives the network and how its log-mel features were made.
 - **Inference** (:class:`ChunkedUpscaler`): frames stream in, the network runs on overlapping
   temporal windows (and optionally overlapping spatial tiles), overlaps are blended with linear
-  ramps (a cross-fade in time, feathering in space), and finished frames stream out. Only one
-  window of LR frames and its HR output are held, so frame memory does not grow with video
-  length. A fusion model's soundtrack is decoded whole (:func:`frame_audio_for`; mono float32
-  at the model's rate, 230 MB an hour at 16 kHz).
-- **Writing** (:class:`UpscaledVideoWriter`): frames are encoded at the source frame times
-  (variable frame rate is kept) and the source's audio packets are copied unchanged when the
-  output container takes their codec, re-encoded otherwise; the file appears under its name
-  only when complete.
+  ramps (a cross-fade in time, feathering in space) into one float32 buffer of a window's HR
+  frames, and each frame streams out (to the encoder) as soon as it is final. Only one window
+  of LR frames and one of HR sums are held, so frame memory does not grow with video length.
+  A fusion model's soundtrack is decoded whole (:func:`frame_audio_for`; mono float32 at the
+  model's rate, 230 MB an hour at 16 kHz).
+- **Memory plan** (:func:`plan_inference`): the window and tile sizes not fixed by the caller
+  are chosen so that the estimated peak (:func:`estimate_peak`: the network's bytes per LR
+  pixel-frame measured by a probe forward, the HR blend buffer, the LR window, the encoder's
+  frames) stays within a budget (:func:`default_memory_budget`).
+- **Writing** (:class:`UpscaledVideoWriter`): the output path is checked before anything is
+  loaded (:func:`check_output`); frames are encoded at the source frame times (variable frame
+  rate is kept) and the source's audio packets are copied unchanged when the output container
+  takes their codec (re-timed where their decoding times do not increase), re-encoded
+  otherwise; the file appears under its name only when complete
+  (:func:`avvsr.atomic.atomic_write`).
 
 Why the default window (:data:`DEFAULT_CHUNK` frames, :data:`DEFAULT_OVERLAP` shared): a
 recurrent backbone (BasicVSR, BasicVSR++) carries its state through every frame, so cutting the
@@ -33,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import os
@@ -613,10 +621,15 @@ PROBE_TILE = 64  # LR pixels per side of the probe forward
 # The probe sees one shape; other shapes get other per-shape workspaces (cuDNN, oneDNN) and
 # the allocators fragment, which the measurement cannot see: a quarter more is planned for.
 MODEL_MARGIN = 1.25
-# x264's default (preset medium) keeps rc-lookahead 40 frames, 3 B-frames and 3 references,
-# plus one frame per frame thread (1.5 per core); each a yuv420p frame, 1.5 bytes per pixel.
-ENCODER_FRAMES_HELD = 40 + 3 + 3 + 1
-ENCODER_BYTES_PER_PIXEL = 1.5
+# x264 (preset medium, CRF) holds its lookahead's frames with their half-pel and low-res
+# planes. Its peak RSS measured here (benchmarks/bench_upscale.py --encoder, and raw PyAV at
+# 2560x1440: 1 and 6 threads gave the same) fits about 85 MiB plus 12 bytes per pixel plus
+# 3.3 per pixel and frame of lookahead; the plan assumes a little more of each. x264's default
+# lookahead is 40; the plan shortens it (a larger file at the same CRF) before the window.
+ENCODER_BYTES = 96 << 20
+ENCODER_BYTES_PER_PIXEL = 16.0
+ENCODER_BYTES_PER_PIXEL_PER_LOOKAHEAD = 3.6
+LOOKAHEAD_CHOICES = (40, 20, 10)  # frames, tried longest first
 # Per HR pixel besides the encoder's frames: the uint8 RGB frame handed over, its copy in an
 # FFmpeg frame and its conversion to yuv420p.
 WRITER_BYTES_PER_PIXEL = 3 + 3 + 1.5
@@ -698,8 +711,9 @@ def measure_model_memory(
 ) -> float:
     """Bytes per LR pixel-frame the network uses, measured on a probe forward of
     ``PROBE_FRAMES`` frames of at most ``PROBE_TILE`` x ``PROBE_TILE`` LR pixels of a
-    ``height`` x ``width`` video (run twice: the first run's one-off allocations are not per
-    pixel). ``audio`` (PROBE_FRAMES, n_mels, n_frames) is the probe's log-mel (fusion models).
+    ``height`` x ``width`` video, after a warm-up forward on one small frame (one-off
+    allocations are not per pixel). ``audio`` (PROBE_FRAMES, n_mels, n_frames) is the probe's
+    log-mel (fusion models).
 
     On the CPU this is the process's peak RSS (everything: activations, the output, the
     allocator's slack); on CUDA, torch's peak allocated device memory. Where the kernel gives
@@ -708,10 +722,18 @@ def measure_model_memory(
     frames = PROBE_FRAMES if audio is None else len(audio)
     lq = torch.zeros(frames, 3, min(PROBE_TILE, height), min(PROBE_TILE, width))
     pixel_frames = lq.shape[0] * lq.shape[2] * lq.shape[3]
-    upscaler.forward(lq, audio)
+    warm_up = lq[:1, :, : PROBE_TILE // 2, : PROBE_TILE // 2]
+    upscaler.forward(warm_up, audio[:1] if audio is not None else None)
     peak = _peak_memory_of(lambda: upscaler.forward(lq, audio), upscaler.device)
     output_bytes = 3 * 4 * upscaler.scale**2  # float32 RGB at HR, per LR pixel
     return max(peak / pixel_frames, output_bytes)
+
+
+def encoder_bytes(pixels: int, lookahead: int) -> int:
+    """The memory x264 is planned to use for frames of ``pixels`` pixels at rate-control
+    ``lookahead`` (frames)."""
+    per_pixel = ENCODER_BYTES_PER_PIXEL + ENCODER_BYTES_PER_PIXEL_PER_LOOKAHEAD * lookahead
+    return ENCODER_BYTES + int(per_pixel * pixels)
 
 
 @dataclass(frozen=True)
@@ -730,14 +752,15 @@ def estimate_peak(
     scale: int,
     model_bytes: float,
     baseline: int,
+    lookahead: int = LOOKAHEAD_CHOICES[0],
 ) -> MemoryEstimate:
     """The peak memory of upscaling ``num_frames`` frames of ``width`` x ``height`` (LR px) with
     resolved ``settings``: ``baseline`` bytes already in use (Python, torch, the model's
     weights), the network at ``model_bytes`` per LR pixel-frame of a tile (times
     :data:`MODEL_MARGIN`), the float32 blend buffer of one window at HR, the LR window
     (uint8 frames, two copies while a chunk is appended, and its float32 copy) and the
-    encoder's frames at HR. On CUDA the network's part is device memory and the host receives
-    each tile's float32 output."""
+    encoder at HR with ``lookahead`` frames of rate-control lookahead. On CUDA the network's
+    part is device memory and the host receives each tile's float32 output."""
     frames = min(settings.chunk, num_frames)
     tile_h, tile_w = (min(settings.tile, height), min(settings.tile, width)) if settings.tile else (
         height, width
@@ -746,12 +769,12 @@ def estimate_peak(
     model = int(MODEL_MARGIN * model_bytes * frames * tile_h * tile_w)
     tile_output = 3 * 4 * frames * tile_h * tile_w * scale**2
     on_device = torch.device(settings.device).type != "cpu"
-    encoder_frames = ENCODER_FRAMES_HELD + math.ceil(1.5 * (os.cpu_count() or 1))
     host = (
         baseline
         + 3 * 4 * frames * hr_pixels  # blend buffer
         + 3 * (2 + 4) * frames * height * width  # LR window
-        + int((encoder_frames * ENCODER_BYTES_PER_PIXEL + WRITER_BYTES_PER_PIXEL) * hr_pixels)
+        + encoder_bytes(hr_pixels, lookahead)
+        + int(WRITER_BYTES_PER_PIXEL * hr_pixels)
         + (tile_output if on_device else model)
     )
     return MemoryEstimate(host=host, device=model if on_device else 0)
@@ -765,6 +788,7 @@ class MemoryPlan:
     budget: int  # bytes allowed on the host (and on the device)
     device_budget: int | None  # bytes usable on a CUDA device; None on the CPU
     model_bytes: float  # measured bytes per LR pixel-frame of the network
+    encoder_lookahead: int  # frames of x264 rate-control lookahead
     estimate: MemoryEstimate
 
     @property
@@ -785,9 +809,10 @@ class MemoryPlan:
             peak += f" + {format_size(self.estimate.device)} on {settings.device}"
         verdict = "" if self.fits else " (over the budget, as the fixed sizes ask)"
         return (
-            f"plan: chunk {settings.chunk} frames (overlap {settings.overlap}), {tiles}, {peak} "
-            f"of {format_size(self.budget)}{verdict}; model {self.model_bytes / 1024:.1f} KiB "
-            f"per LR pixel-frame (measured)"
+            f"plan: chunk {settings.chunk} frames (overlap {settings.overlap}), {tiles}, "
+            f"encoder lookahead {self.encoder_lookahead} frames, {peak} of "
+            f"{format_size(self.budget)}{verdict}; model {self.model_bytes / 1024:.1f} KiB per "
+            "LR pixel-frame (measured)"
         )
 
 
@@ -807,10 +832,11 @@ def plan_inference(
     that the estimated peak (:func:`estimate_peak`, the network measured by
     :func:`measure_model_memory`) fits ``settings.max_memory``.
 
-    The longest window whose largest fitting tile is whole frames or at least
-    :data:`SMALLEST_EFFICIENT_TILE` px wins; failing that, the longest window with any tile
-    that fits. Fixed sizes are kept even over the budget (the plan says so). Raises
-    :class:`~avvsr.errors.MemoryBudgetError` when nothing unfixed can fit.
+    The longest window (then the longest encoder lookahead, :data:`LOOKAHEAD_CHOICES`) whose
+    largest fitting tile is whole frames or at least :data:`SMALLEST_EFFICIENT_TILE` px wins;
+    failing that, the longest window with any tile that fits. Fixed sizes are kept even over
+    the budget (the plan says so). Raises :class:`~avvsr.errors.MemoryBudgetError` when
+    nothing unfixed can fit.
     """
     budget = settings.max_memory or default_memory_budget()
     device = torch.device(settings.device)
@@ -829,18 +855,20 @@ def plan_inference(
     if settings.tile is None:  # tiles as large as the frame are whole frames
         tiles = [tile for tile in tiles if tile < max(height, width)]
     plans = []
-    for chunk in chunks:
-        for tile in tiles:
-            try:
-                candidate = dataclasses.replace(
-                    settings, chunk=chunk, tile=tile, max_memory=budget
-                ).with_defaults()
-            except ValueError:  # a fixed overlap that this window or tile cannot take
-                continue
-            estimate = estimate_peak(
-                candidate, width, height, num_frames, upscaler.scale, model_bytes, baseline
-            )
-            plans.append(MemoryPlan(candidate, budget, device_budget, model_bytes, estimate))
+    for chunk, lookahead, tile in itertools.product(chunks, LOOKAHEAD_CHOICES, tiles):
+        try:
+            candidate = dataclasses.replace(
+                settings, chunk=chunk, tile=tile, max_memory=budget
+            ).with_defaults()
+        except ValueError:  # a fixed overlap that this window or tile cannot take
+            continue
+        estimate = estimate_peak(
+            candidate, width, height, num_frames, upscaler.scale, model_bytes, baseline,
+            lookahead,
+        )
+        plans.append(
+            MemoryPlan(candidate, budget, device_budget, model_bytes, lookahead, estimate)
+        )
     if not plans:
         raise MemoryBudgetError(
             f"overlap {settings.overlap} / tile overlap {settings.tile_overlap} leave no window "
@@ -853,8 +881,8 @@ def plan_inference(
     ]
     if efficient or fitting:
         return (efficient or fitting)[0]
-    if len(plans) == 1:
-        return plans[0]
+    if len({(plan.settings.chunk, plan.settings.tile) for plan in plans}) == 1:
+        return plans[-1]  # the sizes are fixed: the shortest lookahead
     smallest = min(plans, key=lambda plan: plan.estimate.host)
     raise MemoryBudgetError(
         f"no window and tile sizes fit in {format_size(budget)} for {width}x{height} frames; "
@@ -913,14 +941,15 @@ class UpscaledVideoWriter:
 
     Frames are encoded (H.264 where the container takes it, else the container's default
     codec) with presentation times ``pts`` in ``time_base`` (the source's, so variable frame
-    rate is kept). The source's first audio stream is copied packet by packet when the output
-    container takes its codec, otherwise decoded and re-encoded with the container's default
-    audio codec; audio is interleaved with the video as the frames arrive. Audio packets whose
-    decoding times do not increase (repeated, going back or missing: muxers refuse them) are
-    moved to just after the packet before them (its time plus its duration), pts with dts;
-    ``audio_packets_retimed`` counts them. The file is written through
-    :func:`avvsr.atomic.atomic_write`: under a temporary name, renamed on a clean exit, deleted
-    on an exception or SIGINT/SIGTERM.
+    rate is kept); ``lookahead`` sets x264's rate-control lookahead (frames; None: x264's
+    default, 40), which most of its memory grows with. The source's first audio stream is
+    copied packet by packet when the output container takes its codec, otherwise decoded and
+    re-encoded with the container's default audio codec; audio is interleaved with the video
+    as the frames arrive. Audio packets whose decoding times do not increase (repeated, going
+    back or missing: muxers refuse them) are moved to just after the packet before them (its
+    time plus its duration), pts with dts; ``audio_packets_retimed`` counts them. The file is
+    written through :func:`avvsr.atomic.atomic_write`: under a temporary name, renamed on a
+    clean exit, deleted on an exception or SIGINT/SIGTERM.
     """
 
     def __init__(
@@ -934,6 +963,7 @@ class UpscaledVideoWriter:
         audio_source: Path | None = None,
         *,
         crf: int = 18,
+        lookahead: int | None = None,
         times: StageTimes | None = None,
     ) -> None:
         import av
@@ -963,8 +993,12 @@ class UpscaledVideoWriter:
             self.video.width, self.video.height = width, height
             self.video.pix_fmt = pixel_format_for(width, height)
             self.video.codec_context.time_base = time_base
+            options = {}
             if self.video.codec_context.name in CRF_CODECS:
-                self.video.options = {"crf": str(crf), "b": "0"}
+                options = {"crf": str(crf), "b": "0"}
+            if self.video.codec_context.name == "libx264" and lookahead is not None:
+                options["rc-lookahead"] = str(lookahead)
+            self.video.options = options
             if audio_source is not None:
                 self._open_audio_source(audio_source)
         except BaseException as error:
@@ -1200,7 +1234,8 @@ def upscale_video(
     destination.parent.mkdir(parents=True, exist_ok=True)
     writer = UpscaledVideoWriter(
         destination, out_width, out_height, info.fps, time_base, pts,
-        audio_source=source if info.has_audio else None, crf=crf, times=upscaler.times,
+        audio_source=source if info.has_audio else None, crf=crf,
+        lookahead=plan.encoder_lookahead if plan is not None else None, times=upscaler.times,
     )
     bar = tqdm(
         total=info.num_frames, desc=source.name, unit="frame", bar_format=PROGRESS_FORMAT,
