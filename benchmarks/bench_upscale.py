@@ -6,8 +6,10 @@ moving-pattern clip with a tone is generated, and the repository's tiny model
 upscales it x4 with the default settings (window and tiles planned from the default memory
 budget) in a fresh Python process. Printed per size: the plan (window, overlap, tiles, the
 estimated peak and the network's measured bytes per LR pixel-frame), the measured peak,
-frames/s and the share of wall time per stage. Then the plan the paper-size model
-(``basicvsr`` + MS-AVF) gets at 1080p, probed in a fresh process without upscaling.
+frames/s, the share of wall time per stage, and the plan a 300-frame video of that size gets
+(its windows are longer than the few frames run here). Then the plan the paper-size model
+(``basicvsr`` + MS-AVF) gets for a 300-frame 1080p video, probed in a fresh process without
+upscaling.
 
 Peak memory is the RSS high-water mark of the child process (``resource.getrusage(
 RUSAGE_SELF).ru_maxrss``, read by the child when it is done): everything the process touched,
@@ -33,6 +35,7 @@ FPS = 25.0
 SAMPLE_RATE = 16000
 # LR width x height : frames. Few frames at the large sizes keep the run to minutes on 2 cores.
 DEFAULT_SIZES = ("320x180:8", "640x360:4", "1280x720:2", "1920x1080:2")
+LONG_VIDEO_FRAMES = 300  # the plans printed for long videos (windows of up to 32 frames)
 
 
 def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
@@ -89,8 +92,26 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def plan_for(model, width: int, height: int, num_frames: int):
+    """The default plan for a ``width`` x ``height`` video of ``num_frames`` frames, with
+    silence as its audio (the plan does not depend on the sound)."""
+    import torch
+
+    from avvsr.inference import ChunkedUpscaler, InferenceSettings, plan_inference
+
+    settings = model.audio_features
+    n_frames = settings.log_mel().num_frames(settings.window_samples)
+
+    def silence(first: int, last: int) -> torch.Tensor:
+        return torch.zeros(last - first, settings.n_mels, n_frames)
+
+    upscaler = ChunkedUpscaler(model.net)
+    return plan_inference(upscaler, InferenceSettings(), width, height, num_frames, silence)
+
+
 def child_upscale(source: str, destination: str, checkpoint: str) -> dict:
-    """Upscale once at the default settings; the report, the plan and the peak RSS."""
+    """Upscale once at the default settings; the report, the plan and the peak RSS, then the
+    plan a long video (300 frames) of that size would get."""
     import torch
 
     from avvsr.inference import load_model, upscale_video
@@ -98,6 +119,8 @@ def child_upscale(source: str, destination: str, checkpoint: str) -> dict:
     model = load_model(checkpoint)
     loaded_rss_mib = _peak_rss_mib()
     report = upscale_video(source, destination, model, progress=False)
+    peak_rss_mib = _peak_rss_mib()
+    long_plan = plan_for(model, *report.input_size, LONG_VIDEO_FRAMES)
     return {
         "frames": report.num_frames,
         "input_size": report.input_size,
@@ -107,8 +130,9 @@ def child_upscale(source: str, destination: str, checkpoint: str) -> dict:
         "plan": report.plan.describe(),
         "estimated_peak_mib": report.plan.estimate.host / 2**20,
         "loaded_rss_mib": loaded_rss_mib,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib,
         "threads": torch.get_num_threads(),
+        "long_plan": long_plan.describe(),
     }
 
 
@@ -134,21 +158,10 @@ def child_encoder(width: str, height: str, frames: str, lookahead: str) -> dict:
 
 
 def child_plan(checkpoint: str, width: str, height: str) -> dict:
-    """The plan for a ``width`` x ``height`` video (300 frames) without upscaling it."""
-    import torch
+    """The plan for a ``width`` x ``height`` video of 300 frames, without upscaling it."""
+    from avvsr.inference import load_model
 
-    from avvsr.inference import ChunkedUpscaler, InferenceSettings, load_model, plan_inference
-
-    model = load_model(checkpoint)
-    settings = model.audio_features
-    upscaler = ChunkedUpscaler(model.net)
-    log_mel = settings.log_mel()
-    n_mels, n_frames = settings.n_mels, log_mel.num_frames(settings.window_samples)
-
-    def silence(first: int, last: int) -> torch.Tensor:
-        return torch.zeros(last - first, n_mels, n_frames)
-
-    plan = plan_inference(upscaler, InferenceSettings(), int(width), int(height), 300, silence)
+    plan = plan_for(load_model(checkpoint), int(width), int(height), LONG_VIDEO_FRAMES)
     return {"plan": plan.describe(), "peak_rss_mib": _peak_rss_mib()}
 
 
@@ -209,7 +222,8 @@ def main() -> None:
                 f"frames/s, peak RSS {format_size(result['peak_rss_mib'] * 2**20)} "
                 f"(estimated {format_size(result['estimated_peak_mib'] * 2**20)}; "
                 f"{format_size(result['loaded_rss_mib'] * 2**20)} after loading), "
-                f"{result['threads']} torch threads; time: {shares}\n  {result['plan']}"
+                f"{result['threads']} torch threads; time: {shares}\n  {result['plan']}\n"
+                f"  {LONG_VIDEO_FRAMES} frames would get: {result['long_plan']}"
             )
         if not args.no_paper_plan:
             paper = write_checkpoint(work / "paper.ckpt", "basicvsr")

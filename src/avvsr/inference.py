@@ -38,6 +38,7 @@ and the cross-fade gives those frames little weight.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import itertools
@@ -577,10 +578,11 @@ class _BlendBuffer:
         their slots."""
         while self.first < end:
             slot = self.buffer[self.first % len(self.buffer)]
-            frame = slot.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0)
+            frame = torch.empty(1, *slot.shape[1:], 3, dtype=torch.uint8)  # contiguous (H, W, 3)
+            frame[0].copy_(slot.clamp_(0, 1).mul_(255).round_().permute(1, 2, 0))
             slot.zero_()
             self.first += 1
-            yield frame[None].numpy()
+            yield frame.numpy()
 
 
 class _FrameBuffer:
@@ -622,13 +624,14 @@ PROBE_TILE = 64  # LR pixels per side of the probe forward
 # the allocators fragment, which the measurement cannot see: a quarter more is planned for.
 MODEL_MARGIN = 1.25
 # x264 (preset medium, CRF) holds its lookahead's frames with their half-pel and low-res
-# planes. Its peak RSS measured here (benchmarks/bench_upscale.py --encoder, and raw PyAV at
-# 2560x1440: 1 and 6 threads gave the same) fits about 85 MiB plus 12 bytes per pixel plus
-# 3.3 per pixel and frame of lookahead; the plan assumes a little more of each. x264's default
-# lookahead is 40; the plan shortens it (a larger file at the same CRF) before the window.
-ENCODER_BYTES = 96 << 20
-ENCODER_BYTES_PER_PIXEL = 16.0
-ENCODER_BYTES_PER_PIXEL_PER_LOOKAHEAD = 3.6
+# planes. The peak RSS of this module's writer measured here (benchmarks/bench_upscale.py
+# --encoder, 70 frames at 1280x720 and 2560x1440; 1 and 6 x264 threads gave the same) is
+# about 50 MB plus 51 bytes per pixel plus 3 per pixel and frame of lookahead; the plan
+# assumes a little more of each. x264's default lookahead is 40; the plan shortens it (a
+# larger file at the same CRF) before it shortens the window.
+ENCODER_BYTES = 64 << 20
+ENCODER_BYTES_PER_PIXEL = 48.0
+ENCODER_BYTES_PER_PIXEL_PER_LOOKAHEAD = 3.2
 LOOKAHEAD_CHOICES = (40, 20, 10)  # frames, tried longest first
 # Per HR pixel besides the encoder's frames: the uint8 RGB frame handed over, its copy in an
 # FFmpeg frame and its conversion to yuv420p.
@@ -688,9 +691,13 @@ def _reset_peak_rss() -> bool:
 
 def _peak_memory_of(run: Callable[[], None], device: torch.device) -> int:
     """Bytes ``run()`` used at its peak above what was in use before: CUDA's peak allocated
-    memory on a CUDA device, else the rise of the process's peak RSS over its RSS (0 where the
-    kernel gives no resettable peak)."""
+    memory on a CUDA device, else the rise of the process's peak RSS over its RSS after
+    returning the C allocator's free memory to the system (0 where the kernel gives no
+    resettable peak)."""
     gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        # glibc keeps freed memory resident for reuse, which a probe would not register.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
