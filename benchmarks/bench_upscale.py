@@ -34,7 +34,7 @@ from pathlib import Path
 FPS = 25.0
 SAMPLE_RATE = 16000
 # LR width x height : frames. Few frames at the large sizes keep the run to minutes on 2 cores.
-DEFAULT_SIZES = ("320x180:8", "640x360:4", "1280x720:2", "1920x1080:2")
+DEFAULT_SIZES = ("320x180:6", "640x360:3", "1280x720:2", "1920x1080:1")
 LONG_VIDEO_FRAMES = 300  # the plans printed for long videos (windows of up to 32 frames)
 
 
