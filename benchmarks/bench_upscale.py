@@ -1,18 +1,24 @@
-"""Benchmark of ``avvsr-upscale``: throughput, peak memory against video length, time per stage.
+"""Benchmark of ``avvsr-upscale``: peak memory and throughput by input size, at the defaults.
 
-Generates a moving-pattern clip with a tone for each length (default 100 and 1,000 frames),
-builds the repository's tiny model (``basicvsr_tiny`` + MS-AVF, random weights: speed and
-memory do not depend on the weights) and upscales each clip, chunked at the default settings,
-in a fresh Python process. Printed per run: frames/s, the peak resident memory of that
-process, and the share of wall time spent decoding (frames and audio), in the model (log-mel,
-network, blending) and encoding (video encode, audio copy, muxing). Then the ratio of the
-longest run's peak memory to the shortest's.
+For each LR input size (default 180p, 360p, 720p and 1080p; few frames at the large sizes) a
+moving-pattern clip with a tone is generated, and the repository's tiny model
+(``basicvsr_tiny`` + MS-AVF, random weights: speed and memory do not depend on the weights)
+upscales it x4 with the default settings (window and tiles planned from the default memory
+budget) in a fresh Python process. Printed per size: the plan (window, overlap, tiles, the
+estimated peak and the network's measured bytes per LR pixel-frame), the measured peak,
+frames/s, the share of wall time per stage, and the plan a 300-frame video of that size gets
+(its windows are longer than the few frames run here). Then the plan the paper-size model
+(``basicvsr`` + MS-AVF) gets for a 300-frame 1080p video, probed in a fresh process without
+upscaling.
 
 Peak memory is the RSS high-water mark of the child process (``resource.getrusage(
-RUSAGE_SELF).ru_maxrss`` read by the child when it is done): everything the process touched,
-Python, torch and the decoders included. The same mark read after loading the model (before
-upscaling) is printed too, so the memory the upscaling itself adds can be seen.
-Run with ``make bench-upscale`` or ``python benchmarks/bench_upscale.py --frames 100 1000``.
+RUSAGE_SELF).ru_maxrss``, read by the child when it is done): everything the process touched,
+Python, torch, the decoders and the encoder included. The mark after loading the model
+(before upscaling) is printed too. With few frames the encoder's lookahead never fills, so
+the measured peak stays below the estimate at the large sizes; ``--encoder`` measures x264's
+own memory per pixel over more frames, against the constants the plan assumes. Timings on a
+shared machine are noisy.
+Run with ``make bench-upscale`` or ``python benchmarks/bench_upscale.py --sizes 320x180:24``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import json
 import subprocess
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 FPS = 25.0
 SAMPLE_RATE = 16000
+# LR width x height : frames. Few frames at the large sizes keep the run to minutes on 2 cores.
+DEFAULT_SIZES = ("320x180:6", "640x360:3", "1280x720:2", "1920x1080:1")
+LONG_VIDEO_FRAMES = 300  # the plans printed for long videos (windows of up to 32 frames)
 
 
 def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
@@ -51,91 +61,163 @@ def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
     return write_video(path, chunks(), FPS, tone, SAMPLE_RATE)
 
 
-def write_tiny_checkpoint(path: Path) -> Path:
-    """The repository's ``basicvsr_tiny`` + ``msavf`` model, random weights, as a checkpoint."""
+def write_model(path: Path, backbone: str) -> Path:
+    """The repository's ``backbone`` + ``msavf`` model, random weights, as a checkpoint."""
     import torch
 
     from avvsr.checkpoint import write_checkpoint
     from avvsr.config import build_lit_module, compose
 
-    cfg = compose("train", ["model/backbone=basicvsr_tiny", "model/fusion=msavf"])
+    cfg = compose("train", [f"model/backbone={backbone}", "model/fusion=msavf"])
     torch.manual_seed(0)
     return write_checkpoint(build_lit_module(cfg.model), path)
 
 
-def child(source: str, destination: str, checkpoint: str) -> None:
-    """Upscale once and print the report and this process's peak RSS as JSON."""
+def _peak_rss_mib() -> float:
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def plan_for(model, width: int, height: int, num_frames: int):
+    """The default plan for a ``width`` x ``height`` video of ``num_frames`` frames, with
+    silence as its audio (the plan does not depend on the sound)."""
+    import torch
+
+    from avvsr.inference import ChunkedUpscaler, InferenceSettings, plan_inference
+
+    settings = model.audio_features
+    n_frames = settings.log_mel().num_frames(settings.window_samples)
+
+    def silence(first: int, last: int) -> torch.Tensor:
+        return torch.zeros(last - first, settings.n_mels, n_frames)
+
+    upscaler = ChunkedUpscaler(model.net)
+    return plan_inference(upscaler, InferenceSettings(), width, height, num_frames, silence)
+
+
+def child_upscale(source: str, destination: str, checkpoint: str) -> dict:
+    """Upscale once at the default settings; the report, the plan and the peak RSS, then the
+    plan a long video (300 frames) of that size would get."""
     import torch
 
     from avvsr.checkpoint import load_model
     from avvsr.inference import upscale_video
 
     model = load_model(checkpoint)
-    loaded_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    loaded_rss_mib = _peak_rss_mib()
     report = upscale_video(source, destination, model, progress=False)
-    print(json.dumps({
+    peak_rss_mib = _peak_rss_mib()
+    long_plan = plan_for(model, *report.input_size, LONG_VIDEO_FRAMES)
+    return {
         "frames": report.num_frames,
         "input_size": report.input_size,
         "output_size": report.output_size,
         "seconds": report.seconds,
         "stage_seconds": report.stage_seconds,
-        "loaded_rss_mib": loaded_rss_kib / 1024,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "plan": report.plan.describe(),
+        "estimated_peak_mib": report.plan.estimate.host / 2**20,
+        "loaded_rss_mib": loaded_rss_mib,
+        "peak_rss_mib": peak_rss_mib,
         "threads": torch.get_num_threads(),
-    }))
+        "long_plan": long_plan.describe(),
+    }
+
+
+def child_encoder(width: str, height: str, frames: str, lookahead: str) -> dict:
+    """Encode ``frames`` moving-noise frames with the upscaler's writer at x264 rate-control
+    ``lookahead``; the rise of peak RSS over the peak before (MiB)."""
+    import numpy as np
+
+    from avvsr.inference import UpscaledVideoWriter
+
+    width, height, frames = int(width), int(height), int(frames)
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        before = _peak_rss_mib()
+        with UpscaledVideoWriter(
+            Path(folder) / "encoded.mp4", width, height, FPS, Fraction(1, int(FPS)),
+            np.arange(frames), lookahead=int(lookahead),
+        ) as writer:
+            for index in range(frames):
+                writer.write(np.roll(image, 2 * index, axis=1)[None])
+        peak = _peak_rss_mib()
+    return {"rise_mib": peak - before}
+
+
+def child_plan(checkpoint: str, width: str, height: str) -> dict:
+    """The plan for a ``width`` x ``height`` video of 300 frames, without upscaling it."""
+    from avvsr.checkpoint import load_model
+
+    plan = plan_for(load_model(checkpoint), int(width), int(height), LONG_VIDEO_FRAMES)
+    return {"plan": plan.describe(), "peak_rss_mib": _peak_rss_mib()}
+
+
+def run_child(*args: str) -> dict:
+    finished = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True
+    )
+    if finished.returncode != 0:
+        sys.exit(f"child {args} failed:\n{finished.stderr}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--height", type=int, default=32, help="LR height of the clips")
-    parser.add_argument("--width", type=int, default=32, help="LR width of the clips")
-    parser.add_argument("--child", nargs=3, metavar=("IN", "OUT", "CKPT"), help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES),
+                        help="LR WIDTHxHEIGHT:FRAMES per run")
+    parser.add_argument("--no-paper-plan", action="store_true",
+                        help="skip the paper-size model's 1080p plan")
+    parser.add_argument("--encoder", nargs="*", default=["1280x720:70", "2560x1440:70"],
+                        help="HR WIDTHxHEIGHT:FRAMES to measure x264's memory at (none: skip)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        kind, *rest = args.child
+        children = {"upscale": child_upscale, "plan": child_plan, "encoder": child_encoder}
+        print(json.dumps(children[kind](*rest)))
         return
 
-    from avvsr.inference import DEFAULT_CHUNK, DEFAULT_OVERLAP
+    from avvsr.inference import LOOKAHEAD_CHOICES, encoder_bytes, format_size
 
-    results = []
+    for size in args.encoder:
+        dims, _, frames = size.partition(":")
+        width, height = dims.split("x")
+        for lookahead in (LOOKAHEAD_CHOICES[-1], LOOKAHEAD_CHOICES[0]):
+            measured = run_child("encoder", width, height, frames, str(lookahead))
+            planned = encoder_bytes(int(width) * int(height), lookahead)
+            print(f"x264 at {dims}, {frames} frames, rc-lookahead {lookahead}: peak RSS rise "
+                  f"{format_size(measured['rise_mib'] * 2**20)} (the plan assumes "
+                  f"{format_size(planned)})")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        checkpoint = write_tiny_checkpoint(work / "tiny.ckpt")
-        print(f"model: basicvsr_tiny + msavf (random weights), chunk {DEFAULT_CHUNK}, "
-              f"overlap {DEFAULT_OVERLAP}; clips {args.width}x{args.height} LR at {FPS:g} fps")
-        for num_frames in args.frames:
-            source = write_clip(work / f"clip{num_frames}.mp4", num_frames, args.height, args.width)
-            finished = subprocess.run(
-                [sys.executable, __file__, "--child", str(source),
-                 str(work / f"up{num_frames}.mp4"), str(checkpoint)],
-                capture_output=True, text=True,
-            )
-            if finished.returncode != 0:
-                sys.exit(f"upscaling {num_frames} frames failed:\n{finished.stderr}")
-            result = json.loads(finished.stdout.strip().splitlines()[-1])
-            results.append(result)
-            stages = result["stage_seconds"]
+        checkpoint = write_model(work / "tiny.ckpt", "basicvsr_tiny")
+        print(f"model: basicvsr_tiny + msavf (random weights), x4, default settings; clips at "
+              f"{FPS:g} fps")
+        for size in args.sizes:
+            dims, _, frames = size.partition(":")
+            width, height = (int(n) for n in dims.split("x"))
+            source = write_clip(work / f"clip{height}.mp4", int(frames), height, width)
+            result = run_child("upscale", str(source), str(work / f"up{height}.mp4"),
+                               str(checkpoint))
             shares = ", ".join(
                 f"{name} {100 * seconds / result['seconds']:.0f}%"
-                for name, seconds in stages.items()
+                for name, seconds in result["stage_seconds"].items()
             )
             print(
-                f"{num_frames:5d} frames -> {result['output_size'][0]}x{result['output_size'][1]}:"
-                f" {result['frames'] / result['seconds']:.2f} frames/s, "
-                f"peak RSS {result['peak_rss_mib']:.0f} MiB ({result['loaded_rss_mib']:.0f} MiB "
-                f"before upscaling), {result['threads']} torch threads; "
-                f"time: {shares}"
+                f"{width}x{height} -> {result['output_size'][0]}x{result['output_size'][1]}, "
+                f"{result['frames']} frames: {result['frames'] / result['seconds']:.3f} "
+                f"frames/s, peak RSS {format_size(result['peak_rss_mib'] * 2**20)} "
+                f"(estimated {format_size(result['estimated_peak_mib'] * 2**20)}; "
+                f"{format_size(result['loaded_rss_mib'] * 2**20)} after loading), "
+                f"{result['threads']} torch threads; time: {shares}\n  {result['plan']}\n"
+                f"  {LONG_VIDEO_FRAMES} frames would get: {result['long_plan']}"
             )
-    if len(results) > 1:
-        first, last = results[0], results[-1]
-        ratio = last["peak_rss_mib"] / first["peak_rss_mib"]
-        print(f"peak RSS {args.frames[-1]} frames / {args.frames[0]} frames: {ratio:.3f}")
-        added = [r["peak_rss_mib"] - r["loaded_rss_mib"] for r in (first, last)]
-        print(f"RSS added by upscaling: {added[0]:.0f} MiB ({args.frames[0]} frames), "
-              f"{added[1]:.0f} MiB ({args.frames[-1]} frames)")
+        if not args.no_paper_plan:
+            paper = write_model(work / "paper.ckpt", "basicvsr")
+            result = run_child("plan", str(paper), "1920", "1080")
+            print(f"paper-size basicvsr + msavf at 1920x1080 (probe only, peak RSS "
+                  f"{format_size(result['peak_rss_mib'] * 2**20)}):\n  {result['plan']}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ checkpoints of the repository's tiny model config, the fusion one trained on a m
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from avvsr.checkpoint import load_model
 from avvsr.cli import upscale as upscale_cli
 from avvsr.data.io import probe_video, read_audio, read_frames
-from avvsr.errors import MissingAudioError, NotAVideoError
+from avvsr.errors import MemoryBudgetError, MissingAudioError, NotAVideoError
 from avvsr.inference import (
     InferenceSettings,
     blend_weights,
@@ -68,7 +70,8 @@ def plain_model(tiny_checkpoints):
     return load_model(tiny_checkpoints["none"])
 
 
-FAST = InferenceSettings(chunk=8, overlap=2)  # several windows on a short clip
+# Several windows on a short clip; every size fixed, so no memory plan (and no probe forward).
+FAST = InferenceSettings(chunk=8, overlap=2, tile=0, tile_overlap=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,3 +325,225 @@ def test_cli_bf16_on_cpu_with_tiles(tmp_path, tiny_checkpoints):
     lq = torch.from_numpy(read_frames(source)).permute(0, 3, 1, 2).float()
     nearest = F.interpolate(lq, scale_factor=4, mode="nearest").permute(0, 2, 3, 1).numpy()
     assert psnr(bf16, fp32) > psnr(nearest, fp32)
+
+
+# --------------------------------------------------------------------------------------------
+# Audio packets whose times do not increase
+
+
+def write_repeated_audio_timestamps(path: Path, num_frames: int = 20) -> Path:
+    """A Matroska clip (which stores them) whose AAC packets repeat the timestamp of the packet
+    before them every third packet, as some cameras and remuxers write."""
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=int(FPS))
+        video.width, video.height, video.pix_fmt = 24, 16, "yuv420p"
+        audio = container.add_stream("aac", rate=16000, layout="mono")
+        sound = av.AudioFrame.from_ndarray(tone(440.0, num_frames / FPS), format="fltp",
+                                           layout="mono")
+        sound.sample_rate, sound.pts = 16000, 0
+        packets = [*audio.encode(sound), *audio.encode(None)]
+        for index, image in enumerate(moving_pattern(num_frames, 16, 24)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, 1 / video.codec_context.framerate
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        previous = None
+        for index, packet in enumerate(packets):
+            if index % 3 == 2:
+                packet.pts = packet.dts = previous
+            previous = packet.pts
+            container.mux(packet)
+    return path
+
+
+def test_audio_packets_with_repeated_timestamps_are_retimed(tmp_path, tiny_checkpoints, capsys):
+    source = write_repeated_audio_timestamps(tmp_path / "repeated.mkv")
+    with av.open(str(source)) as container:
+        source_dts = [packet.dts for packet in container.demux(audio=0) if packet.size]
+    assert len(set(source_dts)) < len(source_dts)  # the file does hold repeated timestamps
+    out = tmp_path / "out.mp4"  # MP4 takes only increasing decoding times
+    args = [str(source), str(out), "--ckpt", str(tiny_checkpoints["none"]), "--quiet",
+            "--chunk", "8", "--overlap", "2", "--tile", "0"]
+    assert upscale_cli.main(args) == 0
+    assert "audio copied (timestamps of" in capsys.readouterr().err
+    with av.open(str(out)) as container:
+        dts = [packet.dts for packet in container.demux(audio=0) if packet.size]
+    assert all(later > earlier for earlier, later in zip(dts, dts[1:], strict=False))
+    assert audio_packets(out) == audio_packets(source)  # copied unchanged, only retimed
+    assert probe_video(out).num_frames == 20
+
+
+# --------------------------------------------------------------------------------------------
+# Memory plan and progress
+
+
+def test_plan_keeps_1080p_within_the_budget(plain_model):
+    from avvsr.inference import ChunkedUpscaler, plan_inference
+
+    upscaler = ChunkedUpscaler(plain_model.net)
+    default = plan_inference(upscaler, InferenceSettings(), 1920, 1080, 300)
+    assert default.fits and default.estimate.host <= default.budget
+    whole = plan_inference(upscaler, InferenceSettings(chunk=32, tile=0), 1920, 1080, 300)
+    assert whole.settings.chunk == 32 and whole.settings.tile == 0  # fixed sizes win
+    assert not whole.fits and "over the budget" in whole.describe()
+    # A budget below what whole frames need gives a plan within it, with tiles or a shorter
+    # window; below the smallest plan, a clear error.
+    budget = int(0.6 * whole.estimate.host)
+    tight = plan_inference(upscaler, InferenceSettings(max_memory=budget), 1920, 1080, 300)
+    assert tight.fits and tight.estimate.host <= budget
+    assert tight.settings.tile > 0 or tight.settings.chunk < 32
+    with pytest.raises(MemoryBudgetError, match="--max-memory"):
+        plan_inference(upscaler, InferenceSettings(max_memory=1 << 20), 1920, 1080, 300)
+
+
+def test_plan_estimate_grows_with_window_tile_and_frame(plain_model):
+    from avvsr.inference import estimate_peak
+
+    def host(chunk=32, tile=0, width=640, height=360):
+        settings = InferenceSettings(chunk=chunk, tile=tile).with_defaults()
+        return estimate_peak(settings, width, height, 1000, 4, 1000.0, 0).host
+
+    assert host(chunk=16) < host(chunk=32)
+    assert host(tile=128) < host(tile=0)
+    assert host(width=320, height=180) < host()
+
+
+def test_progress_moves_from_the_first_tile(fusion_model):
+    from avvsr.inference import ChunkedUpscaler
+
+    num_frames = 12
+    lq_frames = to_uint8(moving_texture(num_frames, 40, 36, seed=3))
+    audio = tone_log_mel(fusion_model.audio_features, num_frames)
+    settings = InferenceSettings(chunk=8, overlap=2, tile=16, tile_overlap=4)
+    events: list[tuple[str, float]] = []
+    upscaler = ChunkedUpscaler(fusion_model.net, settings)
+    for frames in upscaler.upscale(
+        [lq_frames], num_frames, lambda first, last: audio[first:last],
+        progress=lambda done: events.append(("progress", done)),
+    ):
+        events.append(("frames", len(frames)))
+    assert events[0][0] == "progress" and 0 < events[0][1] < 1  # a tile, before any frame
+    progress = sum(value for kind, value in events if kind == "progress")
+    assert progress == pytest.approx(num_frames)
+    assert sum(value for kind, value in events if kind == "frames") == num_frames
+
+
+def test_cli_prints_the_memory_plan(tmp_path, tiny_checkpoints, capsys):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=6, height=16, width=24)
+    out = tmp_path / "out.mp4"
+    args = [str(source), str(out), "--ckpt", str(tiny_checkpoints["none"]), "--quiet"]
+    assert upscale_cli.main([*args, "--max-memory", "6GiB"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: chunk 32 frames (overlap 8), whole frames, encoder lookahead 40 frames, " \
+        "estimated peak" in err
+    assert "of 6.0 GiB" in err
+    with pytest.raises(SystemExit) as exit_info:
+        upscale_cli.main([*args, "--overwrite", "--max-memory", "lots"])
+    assert exit_info.value.code == 2
+    assert "not a size" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs refused before anything is loaded
+
+
+def refuse_model_loading(monkeypatch) -> None:
+    import avvsr.checkpoint
+
+    def load_model(path):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(avvsr.checkpoint, "load_model", load_model)
+
+
+@pytest.mark.parametrize("link", ["same path", "hard link", "symbolic link"])
+def test_output_that_is_the_input_is_refused(tmp_path, tiny_checkpoints, capsys, monkeypatch,
+                                             link):
+    refuse_model_loading(monkeypatch)
+    source = write_test_video(tmp_path / "in.mp4", num_frames=6, height=16, width=24)
+    original = source.read_bytes()
+    out = tmp_path / "out.mp4"
+    if link == "same path":
+        out = source
+    elif link == "hard link":
+        out.hardlink_to(source)
+    else:
+        out.symlink_to(source)
+    with pytest.raises(SystemExit) as exit_info:
+        upscale_cli.main([str(source), str(out), "--ckpt", str(tiny_checkpoints["none"]),
+                          "--overwrite", "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is the input" in err and "Traceback" not in err
+    assert source.read_bytes() == original
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("out.foo", "knows no container"), ("out", "no suffix"), ("folder", "is a folder"),
+     ("out.wav", "cannot hold video"), ("file.txt/out.mp4", "is a file, not a folder")],
+)
+def test_unusable_output_is_refused_before_loading(tmp_path, tiny_checkpoints, capsys,
+                                                   monkeypatch, name, message):
+    refuse_model_loading(monkeypatch)
+    source = write_test_video(tmp_path / "in.mp4", num_frames=6, height=16, width=24)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        upscale_cli.main([str(source), str(tmp_path / name), "--ckpt",
+                          str(tiny_checkpoints["none"]), "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and name.split("/")[-1] in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder", "in.mp4"]
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+
+
+def dead_process_id() -> int:
+    """The id of a process that has just ended (not reused within a test)."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    return int(finished.stdout)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_run_leaves_nothing_and_says_so(tmp_path, tiny_checkpoints, signum, status):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    source = write_test_video(tmp_path / "in.mp4", num_frames=400, height=32, width=32)
+    out = tmp_path / "out" / "up.mp4"
+    out.parent.mkdir()
+    # A partial file as avvsr.atomic names them, of a run on this host that was killed.
+    stale = out.parent / f".up.{dead_process_id()}-0123abcd@{socket.gethostname()}.partial.mp4"
+    stale.write_bytes(b"left by a killed run")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "avvsr.cli.upscale", str(source), str(out),
+         "--ckpt", str(tiny_checkpoints["none"]), "--chunk", "4", "--overlap", "1",
+         "--tile", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(f".up.{process.pid}-*.partial.mp4")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    assert not stale.exists()  # the dead run's partial file went when the writer started
+    time.sleep(0.5)  # mid-run: frames are being written
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"avvsr-upscale: interrupted by {signal.Signals(signum).name}; nothing was written to "
+        f"{out}"
+    )
+    assert list(out.parent.iterdir()) == []

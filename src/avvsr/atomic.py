@@ -1,17 +1,29 @@
-"""Atomic writes: an output appears under its name only when complete.
+"""Write a file (or a folder) under a temporary name and rename it into place when complete.
 
-Every file the suite writes for a user (videos, exports, figures, run records) is written to a
-hidden temporary name in the target's folder, unique to the writer (process id and a random
-part, so two writers never share one), with the target's suffix (so FFmpeg and PIL pick the
-same format), and renamed into place with :func:`os.replace` when complete; on an error the
-temporary file is deleted and the target is left as it was.
+:func:`atomic_write` yields a hidden path next to the target, ``.<stem>.<pid>-<random>@<host>
+.partial<suffix>``: in the same folder (so :func:`os.replace` is a rename on one file system),
+with the target's suffix (so FFmpeg picks the same muxer from the name), unique per process and
+call. Leaving the block normally renames it onto the target; an exception, Ctrl-C (SIGINT) or
+SIGTERM deletes it. SIGTERM's default action would end the process without unwinding, so while
+a block runs in the main thread a SIGTERM raises :class:`Interrupted` instead (a
+:class:`KeyboardInterrupt`, so ``except Exception`` does not swallow it).
+
+:func:`remove_stale_partials` deletes the partial names next to a target whose writer, a
+process on this host, no longer runs (killed with SIGKILL, or a crash of the interpreter), as
+:class:`avvsr.data.cache.DecodeCache` does for its temporary folders.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
+import shutil
+import signal
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,28 +34,118 @@ from avvsr.errors import OutputExistsError
 PARTIAL_MARKER = ".partial"
 
 
-def temporary_path(target: Path) -> Path:
-    """A hidden, writer-unique name next to ``target`` with the same suffix."""
-    unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return target.with_name(f".{target.stem}.{unique}{PARTIAL_MARKER}{target.suffix}")
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGINT or SIGTERM); ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def interrupt_signal(interrupt: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind ``interrupt``: SIGINT for a plain :class:`KeyboardInterrupt`."""
+    return signal.Signals(getattr(interrupt, "signum", signal.SIGINT))
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """The shell's status for it, 128 + the signal number: 130 (SIGINT), 143 (SIGTERM)."""
+    return 128 + interrupt_signal(interrupt)
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write ``target`` to; rename it into place on a clean exit,
-    delete it on an exception (the target is then untouched)."""
-    target = Path(target)
-    temporary = temporary_path(target)
+def terminate_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Interrupted` in the main thread (so ``finally``
+    blocks run) where it would otherwise end the process; elsewhere, or when a handler other
+    than the default is installed, nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        yield temporary
-        os.replace(temporary, target)
+        yield
     finally:
-        temporary.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("@", "_")
+
+
+def partial_path(target: str | os.PathLike[str]) -> Path:
+    """A fresh hidden name next to ``target`` with its suffix, marked with this process's id
+    and host: ``.<stem>.<pid>-<8 hex>@<host>.partial<suffix>``."""
+    target = Path(target)
+    owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}@{_host()}"
+    return target.with_name(f".{target.stem}.{owner}{PARTIAL_MARKER}{target.suffix}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_partials(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete the partial names of ``target`` (:func:`partial_path`) left by processes on this
+    host that no longer run; returns what was deleted. Those of live processes, of other hosts
+    and names that do not parse are left alone."""
+    target = Path(target)
+    pattern = f".{glob.escape(target.stem)}.*{PARTIAL_MARKER}{glob.escape(target.suffix)}"
+    owner_pattern = re.compile(r"(\d+)-[0-9a-f]{8}@(.*)")
+    removed = []
+    for candidate in target.parent.glob(pattern):
+        owner = candidate.name[len(target.stem) + 2 : -len(PARTIAL_MARKER + target.suffix)]
+        match = owner_pattern.fullmatch(owner)
+        if match and match[2] == _host() and not _process_alive(int(match[1])):
+            _delete(candidate)
+            removed.append(candidate)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_write(target: str | os.PathLike[str], *, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path (:func:`partial_path`) to write ``target`` under; on a normal
+    exit rename it onto ``target`` (:func:`os.replace`: an existing file is replaced, a
+    non-empty folder is not), on an exception or SIGINT/SIGTERM delete it.
+
+    ``folder=True`` creates the temporary path as an empty folder. Stale partial names of
+    ``target`` (:func:`remove_stale_partials`) are deleted first; the target's folder must
+    exist.
+    """
+    target = Path(target)
+    remove_stale_partials(target)
+    temporary = partial_path(target)
+    with terminate_raises():
+        try:
+            if folder:
+                temporary.mkdir()
+            yield temporary
+            os.replace(temporary, target)
+        finally:
+            if os.path.lexists(temporary):
+                _delete(temporary)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path``, atomically."""
-    with atomic_path(path) as temporary:
+    with atomic_write(path) as temporary:
         temporary.write_text(text)
 
 

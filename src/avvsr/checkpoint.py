@@ -363,13 +363,13 @@ def write_checkpoint(lit_module, destination: str | Path) -> Path:
     """Write ``lit_module`` (built by :func:`avvsr.config.build_lit_module`) as a checkpoint
     the loaders read, without a trainer (benchmarks, tools): its ``state_dict`` and model
     config, as the checkpoints Lightning writes for ``avvsr-train`` hold them."""
-    from avvsr.atomic import atomic_path
+    from avvsr.atomic import atomic_write
 
     checkpoint = {"state_dict": lit_module.state_dict()}
     add_model_config(checkpoint, lit_module.model_config)
     if MODEL_CONFIG_KEY not in checkpoint:
         raise ValueError("the module has no model config: build it with build_lit_module")
-    with atomic_path(destination) as temporary:
+    with atomic_write(destination) as temporary:
         torch.save(checkpoint, temporary)
     return Path(destination)
 
@@ -379,7 +379,7 @@ def write_export(model: LoadedModel, destination: str | Path, *, overwrite: bool
     ``destination`` (``.safetensors``), under a temporary name renamed when complete."""
     from safetensors.torch import save_file
 
-    from avvsr.atomic import atomic_path, refuse_existing
+    from avvsr.atomic import atomic_write, refuse_existing
 
     destination = Path(destination)
     if destination.suffix != EXPORT_SUFFIX:
@@ -388,6 +388,6 @@ def write_export(model: LoadedModel, destination: str | Path, *, overwrite: bool
     metadata = {"format": EXPORT_FORMAT, MODEL_CONFIG_KEY: json.dumps(model.model_config)}
     tensors = {key: value.contiguous() for key, value in model.net.state_dict().items()}
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(destination) as temporary:
+    with atomic_write(destination) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return destination

@@ -70,3 +70,12 @@ class WeightsError(PathError):
 
 class OutputExistsError(PathError, FileExistsError):
     """The output exists and overwriting was not asked for."""
+
+
+class OutputError(PathError):
+    """An output path cannot be written as asked (the input itself, a folder, a suffix that
+    names no known container); ``path`` names it and ``reason`` says why."""
+
+
+class MemoryBudgetError(AVVSRError):
+    """No window and tile sizes keep a run within the memory it may use."""

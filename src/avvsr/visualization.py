@@ -62,8 +62,8 @@ def save_png(image: Tensor, path) -> None:
     """Write ``(3, H, W)`` in [0, 1] as an 8-bit PNG (through a temporary file)."""
     from PIL import Image
 
-    from avvsr.atomic import atomic_path
+    from avvsr.atomic import atomic_write
 
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    with atomic_path(path) as temporary:
+    with atomic_write(path) as temporary:
         Image.fromarray(pixels).save(temporary, format="PNG")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avvsr.atomic import atomic_path
+from avvsr.atomic import atomic_write
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> float:
           f"chance {1 / num_classes:.3f})")
     if args.save:
         state = {f"audio_encoder.{key}": value for key, value in encoder.state_dict().items()}
-        with atomic_path(args.save) as temporary:
+        with atomic_write(args.save) as temporary:
             torch.save(state, temporary)
     return accuracy
 

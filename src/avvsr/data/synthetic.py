@@ -635,9 +635,9 @@ def _class_harmonics(config: SynthConfig) -> dict[str, list[list[float]]]:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    from avvsr.atomic import atomic_path
+    from avvsr.atomic import atomic_write
 
-    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+    with atomic_write(path) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)
 
 
