@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -670,11 +669,6 @@ def audio_windows(track: AudioTrack, timestamps_s: np.ndarray, window_s: float) 
 # Writing
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """A hidden name next to ``path`` with the same suffix (so FFmpeg picks the same muxer)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
-
-
 def _as_rate(fps: float) -> Fraction:
     """A frame rate as an exact fraction (29.97... -> 30000/1001)."""
     return Fraction(fps).limit_denominator(10_000)
@@ -719,7 +713,10 @@ class VideoWriter:
             raise FileNotFoundError(f"{self.path}: the folder does not exist")
         self.width, self.height = width, height
         self._rate = _as_rate(fps)
-        self._temporary = _temporary_sibling(self.path)
+        from avvsr.atomic import atomic_write
+
+        self._atomic = contextlib.ExitStack()
+        self._temporary = self._atomic.enter_context(atomic_write(self.path))
         self._container = av.open(str(self._temporary), mode="w")
         self._frames_written = 0
         self._samples_written = 0
@@ -836,14 +833,15 @@ class VideoWriter:
         except BaseException:
             self._discard()
             raise
-        os.replace(self._temporary, self.path)
+        self._atomic.close()  # renames the temporary file onto self.path
         return self.path
 
     def _discard(self) -> None:
         """Close without flushing and delete the temporary file."""
         with contextlib.suppress(Exception):
             self._container.close()
-        self._temporary.unlink(missing_ok=True)
+        error = RuntimeError("discarded")
+        self._atomic.__exit__(type(error), error, None)  # deletes the temporary file
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is None:
