@@ -57,3 +57,8 @@ class DatasetError(AVVSRError):
 
 class WeightsError(MediaError):
     """A weights or checkpoint file cannot be loaded into the model."""
+
+
+class ConversionError(WeightsError):
+    """A published checkpoint (BasicSR, mmagic, SPyNet) cannot be converted to an avvsr
+    backbone: unknown network, keys that cannot be placed or are missing, shapes that differ."""
