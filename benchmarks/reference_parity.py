@@ -63,6 +63,7 @@ BUILD_REQUIREMENTS = ["setuptools>=70", "wheel", "cython"]
 IN_VENV = "AVVSR_REFERENCE_VENV"
 BACKBONES = ("basicvsr", "iconvsr", "basicvsrpp", "edvr", "edvr_l")
 CLIP_ENDS_BACKBONES = ("iconvsr", "edvr", "edvr_l")
+SECTIONS = ("parity", "speed", "memory")
 
 # mmagic's names for BasicSR's modules, in order; each applies to the whole key.
 MMAGIC_RENAMES = [
@@ -360,7 +361,13 @@ def main() -> None:
         "--dump-keys", type=Path, help="only write the reference key shapes to this JSON file"
     )
     parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure (default: all)",
+    )
     parser.add_argument(
         "--probe", nargs=3, metavar=("NETWORK", "SIDE", "FRAMES"), help=argparse.SUPPRESS
     )
@@ -384,29 +391,39 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        print("Outputs, float64, 7 frames, every frame: max |avvsr - BasicSR| after conversion")
+        if "parity" in args.sections:
+            print_parity(bsr, folder)
+        if "speed" in args.sections:
+            print_speed(bsr, folder, args.repeats)
+    if "memory" in args.sections:
+        print_memory()
+
+
+def print_parity(bsr: types.SimpleNamespace, folder: Path) -> None:
+    print("Outputs, float64, 7 frames, every frame: max |avvsr - BasicSR| after conversion")
+    print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{'mmagic same':>13}")
+    for row in parity(bsr, folder):
+        size = "x".join(map(str, row["size"]))
+        mirror = f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
         print(
-            f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{'mmagic same':>13}"
+            f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}{mirror}"
+            f"{row['mmagic_same']:>13}"
         )
-        for row in parity(bsr, folder):
-            size = "x".join(map(str, row["size"]))
-            mirror = f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
-            print(
-                f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}{mirror}"
-                f"{row['mmagic_same']:>13}"
-            )
-        if args.skip_speed:
-            return
+
+
+def print_speed(bsr: types.SimpleNamespace, folder: Path, repeats: int) -> None:
+    print(
+        f"\nSpeed, float32, {torch.get_num_threads()} threads, x4, 7 frames of 64x64, "
+        f"median of {repeats} alternating runs (ms per output frame)"
+    )
+    print(f"{'network':<12}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
+    for row in speed(bsr, folder, repeats):
         print(
-            f"\nSpeed, float32, {torch.get_num_threads()} threads, x4, 7 frames of 64x64, "
-            f"median of {args.repeats} alternating runs (ms per output frame)"
+            f"{row['network']:<12}{row['avvsr']:>10.1f}{row['basicsr']:>10.1f}{row['ratio']:>8.2f}"
         )
-        print(f"{'network':<12}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
-        for row in speed(bsr, folder, args.repeats):
-            print(
-                f"{row['network']:<12}{row['avvsr']:>10.1f}{row['basicsr']:>10.1f}"
-                f"{row['ratio']:>8.2f}"
-            )
+
+
+def print_memory() -> None:
     print("\nExtra memory of one no_grad forward, float32, 64x64 LR (MiB, peak RSS delta)")
     print(f"{'network':<12}{'T':>4}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
     for name in BACKBONES:
