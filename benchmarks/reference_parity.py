@@ -237,10 +237,10 @@ def dump_keys(bsr: types.SimpleNamespace, path: Path) -> None:
     path.write_text(text + "\n")
 
 
-def parity(bsr: types.SimpleNamespace, folder: Path) -> Iterator[dict]:
+def parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> Iterator[dict]:
     """Max |avvsr - BasicSR| per backbone and LR size, float64. The mmagic file's converted
     state is compared with the BasicSR file's (equal: the same avvsr model, the same figure)."""
-    for name in (*BACKBONES, "spynet"):
+    for name in (*networks, "spynet"):
         torch.manual_seed(0)
         net = reference_network(bsr, name).double()
         files = zoo_files(net, name, folder)
@@ -272,10 +272,12 @@ def parity(bsr: types.SimpleNamespace, folder: Path) -> Iterator[dict]:
             yield row
 
 
-def speed(bsr: types.SimpleNamespace, folder: Path, repeats: int) -> list[dict]:
+def speed(
+    bsr: types.SimpleNamespace, folder: Path, networks: list[str], repeats: int
+) -> list[dict]:
     """Median ms per output frame, float32, both implementations alternating."""
     rows = []
-    for name in BACKBONES:
+    for name in networks:
         torch.manual_seed(0)
         net = reference_network(bsr, name)
         model = converted_model(zoo_files(net, name, folder)["basicsr"])
@@ -362,6 +364,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument(
+        "--networks", nargs="+", choices=BACKBONES, default=list(BACKBONES), help="default: all"
+    )
+    parser.add_argument(
         "--sections",
         nargs="+",
         choices=SECTIONS,
@@ -392,17 +397,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if "parity" in args.sections:
-            print_parity(bsr, folder)
+            print_parity(bsr, folder, args.networks)
         if "speed" in args.sections:
-            print_speed(bsr, folder, args.repeats)
+            print_speed(bsr, folder, args.networks, args.repeats)
     if "memory" in args.sections:
-        print_memory()
+        print_memory(args.networks)
 
 
-def print_parity(bsr: types.SimpleNamespace, folder: Path) -> None:
+def print_parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> None:
     print("Outputs, float64, 7 frames, every frame: max |avvsr - BasicSR| after conversion")
     print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{'mmagic same':>13}")
-    for row in parity(bsr, folder):
+    for row in parity(bsr, folder, networks):
         size = "x".join(map(str, row["size"]))
         mirror = f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
         print(
@@ -411,22 +416,24 @@ def print_parity(bsr: types.SimpleNamespace, folder: Path) -> None:
         )
 
 
-def print_speed(bsr: types.SimpleNamespace, folder: Path, repeats: int) -> None:
+def print_speed(
+    bsr: types.SimpleNamespace, folder: Path, networks: list[str], repeats: int
+) -> None:
     print(
         f"\nSpeed, float32, {torch.get_num_threads()} threads, x4, 7 frames of 64x64, "
         f"median of {repeats} alternating runs (ms per output frame)"
     )
     print(f"{'network':<12}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
-    for row in speed(bsr, folder, repeats):
+    for row in speed(bsr, folder, networks, repeats):
         print(
             f"{row['network']:<12}{row['avvsr']:>10.1f}{row['basicsr']:>10.1f}{row['ratio']:>8.2f}"
         )
 
 
-def print_memory() -> None:
+def print_memory(networks: list[str]) -> None:
     print("\nExtra memory of one no_grad forward, float32, 64x64 LR (MiB, peak RSS delta)")
     print(f"{'network':<12}{'T':>4}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
-    for name in BACKBONES:
+    for name in networks:
         for frames in (7, 14):
             mine, theirs = (forward_peak_mib(name, side, frames) for side in ("avvsr", "basicsr"))
             print(f"{name:<12}{frames:>4}{mine:>10.0f}{theirs:>10.0f}{mine / theirs:>8.2f}")
