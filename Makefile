@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: setup test test-all lint data bench bench-data bench-model bench-upscale \
+.PHONY: setup test test-all lint data bench bench-data bench-model bench-upscale bench-reference \
         reproduce-table reproduce-table-quick clean
 
 setup: $(STAMP)
@@ -44,6 +44,11 @@ bench-model: setup
 
 bench-upscale: setup
 	$(BIN)/python benchmarks/bench_upscale.py
+
+# avvsr's backbones against BasicSR's (outputs after conversion, speed, memory); the first run
+# installs BasicSR from PyPI into .cache/reference-venv.
+bench-reference: setup
+	$(BIN)/python benchmarks/reference_parity.py
 
 reproduce-table: setup
 	$(BIN)/python -m avvsr.reproduce --profile $(PROFILE)

@@ -22,7 +22,8 @@ from avvsr.models.backbones.blocks import (
     leaky_relu,
     resize_flow,
 )
-from avvsr.models.backbones.edvr import EDVR, window_indices
+from avvsr.models.backbones.edvr import EDVR, check_clip_ends, window_indices
+from avvsr.models.backbones.iconvsr import keyframe_windows
 
 TINY = ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny", "iconvsr_tiny"]
 WITH_SPYNET = ["basicvsr_tiny", "basicvsrpp_tiny", "iconvsr_tiny"]
@@ -216,6 +217,90 @@ def test_window_indices_of_short_clips_stay_inside(num_frames: int) -> None:
     assert indices.shape == (num_frames, 7)
     assert indices.min() >= 0 and indices.max() < num_frames
     assert indices[:, 3].tolist() == list(range(num_frames))
+
+
+def test_window_indices_basicsr_is_reflection_circle() -> None:
+    """BasicSR's ``generate_frame_indices(t, 7, 5, "reflection_circle")``: its docstring's
+    frame 0 is [4, 3, 0, 1, 2]; past an end, the frames beyond the window's other end."""
+    indices = window_indices(7, 5, "basicsr")
+    assert indices[0].tolist() == [4, 3, 0, 1, 2]
+    assert indices[1].tolist() == [4, 0, 1, 2, 3]
+    assert indices[3].tolist() == [1, 2, 3, 4, 5]
+    assert indices[5].tolist() == [3, 4, 5, 6, 2]
+    assert indices[6].tolist() == [4, 5, 6, 3, 2]
+
+
+@pytest.mark.parametrize("clip_ends", ["mirror", "basicsr"])
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 4])
+def test_windows_of_short_clips_stay_inside(clip_ends: str, num_frames: int) -> None:
+    for indices in (
+        window_indices(num_frames, 5, clip_ends),
+        keyframe_windows(num_frames, 5, list(range(num_frames)), clip_ends),
+    ):
+        assert indices.min() >= 0 and indices.max() < num_frames
+        assert indices[:, 2].tolist() == list(range(num_frames))
+
+
+def test_keyframe_windows_basicsr_cut_the_extended_clip() -> None:
+    """BasicSR's IconVSR extends the clip by x[:, [4, 3]] before and x[:, [-4, -5]] after and
+    cuts each keyframe's window from that."""
+    num_frames, keyframes = 12, [0, 5, 10, 11]
+    frames = list(range(num_frames))
+    extended = [4, 3, *frames, frames[-4], frames[-5]]
+    wanted = [extended[key : key + 5] for key in keyframes]
+    assert keyframe_windows(num_frames, 5, keyframes, "basicsr").tolist() == wanted
+    mirrored = window_indices(num_frames, 5)[keyframes]
+    assert keyframe_windows(num_frames, 5, keyframes, "mirror").tolist() == mirrored.tolist()
+
+
+@pytest.mark.parametrize("name", ["edvr", "edvr_l", "edvr_tiny", "iconvsr"])
+def test_configs_keep_mirrored_clip_ends(name: str) -> None:
+    assert build(name).clip_ends == "mirror"
+
+
+def test_clip_ends_must_be_known() -> None:
+    with pytest.raises(ValueError, match="clip_ends"):
+        check_clip_ends("circular")
+    with pytest.raises(ValueError, match="clip_ends"):
+        EDVR(num_feat=8, num_frames=3, deformable_groups=2, clip_ends="reflect")
+
+
+def build_basicsr_ends(name: str):
+    model = build_trained(name)
+    model.clip_ends = "basicsr"
+    return model
+
+
+def test_edvr_basicsr_ends_use_the_reflection_circle_windows() -> None:
+    """Frame 0 of a 5-frame clip with a 3-frame window reads frames [2, 0, 1], not [1, 0, 1]:
+    changing frame 2 changes frame 0's output only with BasicSR's clip ends."""
+    lq = torch.rand(1, 5, 3, 8, 8)
+    perturbed = lq.clone()
+    perturbed[:, 2] = torch.rand(3, 8, 8)
+    torch.manual_seed(0)
+    model = build_basicsr_ends("edvr_tiny")
+    with torch.no_grad():
+        assert not torch.equal(model(lq)[:, 0], model(perturbed)[:, 0])
+        model.clip_ends = "mirror"
+        assert torch.equal(model(lq)[:, 0], model(perturbed)[:, 0])
+
+
+def test_iconvsr_basicsr_ends_run_on_reflect_padded_frames() -> None:
+    """At 7x9 LR the whole network runs on the frames reflect-padded to 8x12, cropped after."""
+    model = build_basicsr_ends("iconvsr_tiny")
+    lq = torch.rand(1, 4, 3, 7, 9)
+    padded = F.pad(lq.flatten(0, 1), (0, 3, 0, 1), mode="reflect").unflatten(0, (1, 4))
+    seen: list[tuple[int, ...]] = []
+
+    def hook(feat: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(feat.shape))
+        return feat
+
+    with torch.no_grad():
+        out = model(lq, feature_hook=hook)
+        torch.testing.assert_close(out, model(padded)[..., :28, :36])
+    assert out.shape == (1, 4, 3, 28, 36)
+    assert seen == [(1, 4, model.fusion_channels, 7, 9)]
 
 
 def test_edvr_rejects_an_even_window() -> None:

@@ -79,3 +79,8 @@ class OutputError(PathError):
 
 class MemoryBudgetError(AVVSRError):
     """No window and tile sizes keep a run within the memory it may use."""
+
+
+class ConversionError(WeightsError):
+    """A published checkpoint (BasicSR, mmagic, SPyNet) cannot be converted to an avvsr
+    backbone: unknown network, keys that cannot be placed or are missing, shapes that differ."""

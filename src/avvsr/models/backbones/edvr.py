@@ -1,9 +1,9 @@
 """EDVR (Wang et al., CVPRW 2019): PCD alignment and TSA fusion over a sliding window.
 
 EDVR restores one centre frame from a window of ``num_frames`` neighbours. To return every
-frame, each frame t gets the window ``t - r .. t + r`` (``r = num_frames // 2``); at the clip
-ends the indices are *reflected* about the first/last frame (frame -1 is frame 1), folding
-again if a clip is shorter than the window. Per-frame pyramid features are computed once and
+frame, each frame t gets the window ``t - r .. t + r`` (``r = num_frames // 2``); how indices
+past the clip ends are filled is the ``clip_ends`` option (:data:`CLIP_ENDS`,
+:func:`window_indices`). Per-frame pyramid features are computed once and
 gathered into all windows, which then run as one batch. The window's neighbours are aligned to
 its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal and spatial
 attention); the fused centre-frame feature is the fusion point, followed by the reconstruction
@@ -38,19 +38,57 @@ NUM_LEVELS = 3
 """Pyramid levels of PCD alignment: full, half and quarter LR size."""
 
 
-def window_indices(num_frames: int, window: int) -> Tensor:
-    """Frame indices (T, window) of every frame's window, reflected at the clip ends.
+CLIP_ENDS = ("mirror", "basicsr")
+"""Values of the ``clip_ends`` option of the window-based backbones (EDVR, IconVSR's keyframes).
 
-    Row t is ``t - r .. t + r`` with ``r = window // 2``; an index past an end is mirrored
-    about that end frame (repeatedly, for clips shorter than the window).
-    """
-    radius = window // 2
-    indices = torch.arange(num_frames)[:, None] + torch.arange(-radius, radius + 1)[None, :]
+``"mirror"`` (the default of every config): an index past an end is mirrored about the end
+frame, so frame 0's 5-frame window is ``[2, 1, 0, 1, 2]``. ``"basicsr"``: what BasicSR and
+mmagic do, so their published weights reproduce their outputs; frame 0's window is
+``[4, 3, 0, 1, 2]``. For EDVR that is BasicSR's ``reflection_circle`` test padding (see
+:func:`window_indices`); for IconVSR, see :func:`avvsr.models.backbones.iconvsr.keyframe_windows`.
+"""
+
+
+def check_clip_ends(clip_ends: str) -> str:
+    """``clip_ends`` itself if it is one of :data:`CLIP_ENDS`, else a ``ValueError``."""
+    if clip_ends not in CLIP_ENDS:
+        raise ValueError(f"clip_ends must be one of {CLIP_ENDS}, got {clip_ends!r}")
+    return clip_ends
+
+
+def mirror_fold(indices: Tensor, num_frames: int) -> Tensor:
+    """Fold frame indices (any shape) into ``0 .. T-1`` by mirroring about the end frames,
+    repeatedly (-1 is frame 1, T is frame T-2)."""
     if num_frames == 1:
         return torch.zeros_like(indices)
     period = 2 * (num_frames - 1)
     indices = indices.remainder(period)
     return torch.where(indices >= num_frames, period - indices, indices)
+
+
+def window_indices(num_frames: int, window: int, clip_ends: str = "mirror") -> Tensor:
+    """Frame indices (T, window) of every frame's window; the centre column is the frame.
+
+    Row t is ``t - r .. t + r`` with ``r = window // 2``. An index i past an end is filled by
+    ``clip_ends``:
+
+    - ``"mirror"``: mirrored about the end frame (i = -1 is frame 1).
+    - ``"basicsr"``: BasicSR's ``reflection_circle`` (``generate_frame_indices`` in
+      ``basicsr/data/data_util.py``, the padding of its EDVR test configs): the window is
+      completed with the frames just past its *other* end, in reverse order; i < 0 is frame
+      ``t + r - i`` and i > T-1 is frame ``t - r - (i - (T - 1))``.
+
+    Indices still outside the clip (clips shorter than the window) are folded by mirroring.
+    """
+    check_clip_ends(clip_ends)
+    radius = window // 2
+    centres = torch.arange(num_frames)[:, None]
+    indices = centres + torch.arange(-radius, radius + 1)[None, :]
+    if clip_ends == "basicsr":
+        last = num_frames - 1
+        indices = torch.where(indices < 0, centres + radius - indices, indices)
+        indices = torch.where(indices > last, centres - radius - (indices - last), indices)
+    return mirror_fold(indices, num_frames)
 
 
 def upsample2x(x: Tensor) -> Tensor:
@@ -189,9 +227,9 @@ class TSAFusion(nn.Module):
 class WindowFusion(nn.Module):
     """EDVR's front end: per-frame pyramid features, PCD alignment and TSA fusion of windows.
 
-    ``forward(lq (B, T, 3, h, w), targets)`` -> (B, K, C, h, w): the fused feature of each of
-    the K ``targets`` (frame indices; all T frames when None), from the window of
-    ``num_frames`` frames around it (reflected at the clip ends, see :func:`window_indices`).
+    ``forward(lq (B, T, 3, h, w), windows (K, num_frames))`` -> (B, K, C, h, w): the fused
+    feature of each of the K windows (rows of frame indices into ``lq``, as made by
+    :func:`window_indices`), aligned to the window's centre column.
     """
 
     def __init__(
@@ -214,15 +252,15 @@ class WindowFusion(nn.Module):
         self.pcd_align = PCDAlignment(num_feat, deformable_groups)
         self.tsa_fusion = TSAFusion(num_feat, num_frames)
 
-    def forward(self, lq: Tensor, targets: list[int] | None = None) -> Tensor:
+    def forward(self, lq: Tensor, windows: Tensor) -> Tensor:
         batch, num_frames, _, height, width = lq.shape
-        targets = list(range(num_frames)) if targets is None else targets
+        windows = windows.to(lq.device)
+        targets = windows[:, self.num_frames // 2]
         padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
         pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
         for downsample in self.downsample:
             pyramid.append(downsample(pyramid[-1]))
 
-        windows = window_indices(num_frames, self.num_frames)[targets].to(lq.device)  # (K, W)
         neighbour, reference = [], []
         for level in pyramid:
             per_frame = level.unflatten(0, (batch, num_frames))  # (B, T, C, h_l, w_l)
@@ -231,9 +269,9 @@ class WindowFusion(nn.Module):
             centres = per_frame[:, targets].unsqueeze(2)  # (B, K, 1, C, h_l, w_l)
             reference.append(centres.expand_as(gathered).flatten(0, 2))
         aligned = self.pcd_align(neighbour, reference)  # (B*K*W, C, h_pad, w_pad)
-        windowed = aligned.unflatten(0, (batch * len(targets), self.num_frames))
+        windowed = aligned.unflatten(0, (batch * len(windows), self.num_frames))
         fused = self.tsa_fusion(windowed, centre=self.num_frames // 2)
-        return fused[..., :height, :width].unflatten(0, (batch, len(targets)))
+        return fused[..., :height, :width].unflatten(0, (batch, len(windows)))
 
 
 class EDVR(VSRBackbone):
@@ -248,6 +286,8 @@ class EDVR(VSRBackbone):
         num_reconstruct_blocks: residual blocks of the reconstruction trunk.
         scale: upsampling factor (2, 3, 4, 8, ...).
         hr_channels: channels of the last pixel-shuffle stage and the HR conv (paper: 64).
+        clip_ends: how windows are completed at the clip ends, ``"mirror"`` or ``"basicsr"``
+            (:func:`window_indices`); published EDVR weights expect ``"basicsr"``.
     """
 
     def __init__(
@@ -259,11 +299,13 @@ class EDVR(VSRBackbone):
         num_reconstruct_blocks: int = 10,
         scale: int = 4,
         hr_channels: int = 64,
+        clip_ends: str = "mirror",
     ) -> None:
         super().__init__()
         self.scale = scale
         self.fusion_channels = num_feat
         self.num_frames = num_frames
+        self.clip_ends = check_clip_ends(clip_ends)
         self.window_fusion = WindowFusion(
             num_feat, num_frames, deformable_groups, num_extract_blocks
         )
@@ -275,6 +317,7 @@ class EDVR(VSRBackbone):
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
         batch, num_frames = lq.shape[:2]
-        feat = apply_feature_hook(self.window_fusion(lq), feature_hook).flatten(0, 1)
+        windows = window_indices(num_frames, self.num_frames, self.clip_ends)
+        feat = apply_feature_hook(self.window_fusion(lq, windows), feature_hook).flatten(0, 1)
         sr = self.head(self.reconstruction(feat), lq.flatten(0, 1))
         return sr.unflatten(0, (batch, num_frames))

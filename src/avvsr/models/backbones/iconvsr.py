@@ -6,8 +6,17 @@ both recurrent branches mix it into their state there (information refill). The 
 also takes the backward branch's feature of the same frame (coupled propagation); its output
 is the per-frame feature that is reconstructed, and so the fusion point.
 
-Unlike the published code, keyframe windows are reflected at the clip ends like EDVR's, and
-reconstruction runs once, batched over all frames, after both branches.
+Reconstruction runs once, batched over all frames, after both branches. The ``clip_ends``
+option (:data:`~avvsr.models.backbones.edvr.CLIP_ENDS`) chooses how keyframe windows are
+completed at the clip ends and how sizes not divisible by 4 are padded:
+
+- ``"mirror"`` (the configs' default): windows mirrored about the end frame like EDVR's
+  (frame 0: ``[2, 1, 0, 1, 2]``); only the keyframe fusion sees replicate-padded frames.
+- ``"basicsr"``: as BasicSR's and mmagic's IconVSR, so their weights give their outputs: the
+  clip is extended once at each end (:func:`keyframe_windows`; frame 0: ``[4, 3, 0, 1, 2]``)
+  and the whole network runs on frames reflect-padded at the bottom and right to a multiple
+  of 4, the output cropped back. The hook then sees the LR-size crop of the padded features;
+  the padding margin (under 4 px) is reconstructed from unfused features.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avvsr.models.backbones.base import FeatureHook, VSRBackbone
@@ -27,7 +37,60 @@ from avvsr.models.backbones.blocks import (
     conv,
     recurrent_branch,
 )
-from avvsr.models.backbones.edvr import WindowFusion
+from avvsr.models.backbones.edvr import (
+    WindowFusion,
+    check_clip_ends,
+    mirror_fold,
+    window_indices,
+)
+
+PAD_MULTIPLE = 4
+"""The keyframe fusion's pyramid needs LR sizes divisible by this."""
+
+
+def keyframe_windows(
+    num_frames: int, window: int, keyframes: list[int], clip_ends: str = "mirror"
+) -> Tensor:
+    """Frame indices (K, window) of the keyframes' windows; the centre column is the keyframe.
+
+    ``"mirror"``: EDVR's windows (:func:`~avvsr.models.backbones.edvr.window_indices`).
+    ``"basicsr"``: BasicSR's ``IconVSR.get_keyframe_feature``: the clip is extended by
+    ``r = window // 2`` frames at each end, frames ``2r .. r+1`` before frame 0 and frames
+    ``T-r-2 .. T-2r-1`` after frame T-1 (for r = 2: ``x[:, [4, 3]]`` and ``x[:, [-4, -5]]``),
+    and each window is cut from that extended clip. Indices still outside the clip (clips
+    shorter than ``2r + 1`` frames, where BasicSR fails) are folded by mirroring.
+    """
+    check_clip_ends(clip_ends)
+    if clip_ends == "mirror":
+        return window_indices(num_frames, window, "mirror")[keyframes]
+    radius = window // 2
+    last = num_frames - 1
+    indices = torch.tensor(keyframes)[:, None] + torch.arange(-radius, radius + 1)[None, :]
+    indices = torch.where(indices < 0, radius - indices, indices)
+    indices = torch.where(indices > last, 2 * last - radius - indices, indices)
+    return mirror_fold(indices, num_frames)
+
+
+def reflect_pad_to_multiple(lq: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad ``lq`` (B, T, C, h, w) at the bottom and right to multiples of ``multiple``
+    (BasicSR's ``IconVSR.pad_spatial``); replicate where a side is too small to reflect."""
+    height, width = lq.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return lq
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    padded = F.pad(lq.flatten(0, 1), (0, pad_w, 0, pad_h), mode=mode)
+    return padded.unflatten(0, lq.shape[:2])
+
+
+def hook_on_crop(feat: Tensor, height: int, width: int, hook: FeatureHook | None) -> Tensor:
+    """Apply ``hook`` to the top-left ``height x width`` crop of ``feat`` (B, T, C, h', w') and
+    put the hooked crop back; the rest of ``feat`` is kept."""
+    if hook is None or feat.shape[-2:] == (height, width):
+        return apply_feature_hook(feat, hook)
+    hooked = apply_feature_hook(feat[..., :height, :width], hook)
+    right = feat[..., :height, width:]
+    return torch.cat([torch.cat([hooked, right], dim=-1), feat[..., height:, :]], dim=-2)
 
 
 class IconVSR(VSRBackbone):
@@ -44,6 +107,8 @@ class IconVSR(VSRBackbone):
         hr_channels: channels of the last pixel-shuffle stage and the HR conv (paper: 64).
         spynet: keyword arguments of :class:`~avvsr.models.backbones.blocks.SPyNet`
             (None: the paper-size SPyNet).
+        clip_ends: ``"mirror"`` or ``"basicsr"`` (module docstring); published IconVSR
+            weights expect ``"basicsr"``.
     """
 
     def __init__(
@@ -57,11 +122,13 @@ class IconVSR(VSRBackbone):
         scale: int = 4,
         hr_channels: int = 64,
         spynet: Mapping[str, Any] | None = None,
+        clip_ends: str = "mirror",
     ) -> None:
         super().__init__()
         self.scale = scale
         self.fusion_channels = num_feat
         self.keyframe_stride = keyframe_stride
+        self.clip_ends = check_clip_ends(clip_ends)
         self.spynet = SPyNet(**(spynet or {}))
         self.keyframe_fusion = WindowFusion(
             num_feat, num_frames, deformable_groups, num_extract_blocks
@@ -81,9 +148,15 @@ class IconVSR(VSRBackbone):
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
-        batch, num_frames, _, height, width = lq.shape
+        batch, num_frames, _, lr_height, lr_width = lq.shape
+        if self.clip_ends == "basicsr":
+            lq = reflect_pad_to_multiple(lq, PAD_MULTIPLE)
+        height, width = lq.shape[-2:]
         keyframes = self.keyframes(num_frames)
-        refill_feats = self.keyframe_fusion(lq, keyframes).unbind(1)
+        windows = keyframe_windows(
+            num_frames, self.keyframe_fusion.num_frames, keyframes, self.clip_ends
+        )
+        refill_feats = self.keyframe_fusion(lq, windows).unbind(1)
         refill = dict(zip(keyframes, refill_feats, strict=True))
         backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
         initial = lq.new_zeros(batch, self.fusion_channels, height, width)
@@ -105,6 +178,7 @@ class IconVSR(VSRBackbone):
             return self.forward_trunk(torch.cat(inputs, dim=1))
 
         feat = recurrent_branch(forward_flows, False, initial, forward_update)
-        feat = apply_feature_hook(feat, feature_hook)
+        feat = hook_on_crop(feat, lr_height, lr_width, feature_hook)
         sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
+        sr = sr[..., : self.scale * lr_height, : self.scale * lr_width]
         return sr.unflatten(0, (batch, num_frames))

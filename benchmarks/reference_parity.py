@@ -1,0 +1,443 @@
+"""avvsr's backbones against the reference implementations: outputs, speed and memory.
+
+Run: ``make bench-reference`` (or ``python benchmarks/reference_parity.py`` with avvsr
+importable). The first run creates ``.cache/reference-venv``: a venv that sees this
+interpreter's packages (the same torch wheel, through a ``.pth`` file) plus BasicSR from PyPI
+(``basicsr==1.4.2``, installed without its training dependencies, and OpenCV, which its
+utilities import). The script then re-runs itself in that venv.
+
+mmagic is not run. ``mmagic==1.2.0`` installs with ``mmengine`` and ``mmcv-lite``, but its
+EDVR and BasicVSR++ need mmcv's compiled operators (``mmcv.ops``: not in mmcv-lite, no wheel
+for this torch), its package refuses mmcv-lite 2.2 and, with 2.1, its import fails on numpy 2
+(``np.bool8``). Its checkpoints are made from BasicSR's networks by renaming the keys with
+mmagic's names (:data:`MMAGIC_RENAMES`, read from mmagic's ``basicvsr_net.py``,
+``iconvsr_net.py``, ``basicvsr_plusplus_net.py``, ``edvr_net.py``, whose modules are
+BasicSR's under other names): the mmagic rows check the naming, not mmagic's code.
+
+Per backbone (paper size, x4), the script:
+
+1. builds BasicSR's network with random weights (BasicVSR++ as on a GPU: BasicSR leaves its
+   alignment out when CUDA is missing), saves it as the zoo does (``{"params": ...}``; mmagic:
+   ``{"state_dict": {"generator.<key>": ...}}``), converts each file with
+   :func:`avvsr.models.convert.convert_state_dict` and loads it strictly;
+2. prints the largest absolute output difference (float64, 7 frames of 64x64 LR, all frames;
+   IconVSR also at 63x66, not divisible by 4) with the converted config (``clip_ends:
+   basicsr`` where it applies) and with the default ``clip_ends: mirror``, and whether the
+   mmagic file converts to the same tensors. EDVR's reference output for frame t is BasicSR's
+   EDVR on the window its test loader reads (``reflection_circle``); SPyNet's row compares
+   flows;
+3. times both (float32, 2 threads, alternating in this process, 6 repeats after a warm-up;
+   milliseconds per output frame, median) and measures the extra memory of one forward under
+   ``torch.no_grad`` at T = 7 and 14 (see :func:`forward_peak_mib`).
+
+``--dump-keys PATH`` only writes ``{format: {network: {key: shape}}}`` of the reference
+networks' files (the fixture ``tests/data/reference_keys.json`` of ``tests/test_convert.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch import Tensor, nn
+
+from avvsr.models.convert import build_backbone, convert_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".cache" / "reference-venv"
+REQUIREMENTS = ["basicsr==1.4.2", "opencv-python-headless"]
+BUILD_REQUIREMENTS = ["setuptools>=70", "wheel", "cython"]
+IN_VENV = "AVVSR_REFERENCE_VENV"
+BACKBONES = ("basicvsr", "iconvsr", "basicvsrpp", "edvr", "edvr_l")
+CLIP_ENDS_BACKBONES = ("iconvsr", "edvr", "edvr_l")
+SECTIONS = ("parity", "speed", "memory")
+
+# mmagic's names for BasicSR's modules, in order; each applies to the whole key.
+MMAGIC_RENAMES = [
+    (r"^(backward|forward)_trunk\.", r"\1_resblocks."),
+    (r"^upconv([12])\.", r"upsample\1.upsample_conv."),
+    (  # SPyNet's convs are ConvModules, numbered without the ReLUs between them
+        r"^spynet\.basic_module\.(\d+)\.basic_module\.(\d+)\.",
+        lambda m: f"spynet.basic_module.{m[1]}.basic_module.{int(m[2]) // 2}.conv.",
+    ),
+    (r"pcd_align\.", "pcd_alignment."),
+    (r"conv_l([23])_([12])\.", r"feat_l\1_conv\2.conv."),
+    (
+        r"(pcd_alignment\.(?:offset_conv[123]\.l\d|feat_conv\.l\d|cas_offset_conv[12]))\.",
+        r"\1.conv.",
+    ),
+    (
+        r"(fusion\.(?:feat_fusion|spatial_attn[1234]|spatial_attn_l[123]|spatial_attn_add1))\.",
+        r"\1.conv.",
+    ),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# the reference venv
+
+
+def ensure_venv() -> Path:
+    """Create ``.cache/reference-venv`` once; return its python."""
+    python = VENV / "bin" / "python"
+    stamp = VENV / ".installed"
+    if stamp.is_file() and stamp.read_text() == repr(REQUIREMENTS + BUILD_REQUIREMENTS):
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # This interpreter's packages (torch, numpy, avvsr's dependencies), after the venv's own.
+    Path(site, "avvsr-project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
+    # BasicSR's sdist lists torch among its build requirements: build it against the torch
+    # this venv already sees instead of letting pip fetch another one.
+    subprocess.run([*pip, *BUILD_REQUIREMENTS], check=True)
+    subprocess.run([*pip, "--no-build-isolation", *REQUIREMENTS], check=True)
+    stamp.write_text(repr(REQUIREMENTS + BUILD_REQUIREMENTS))
+    return python
+
+
+def import_basicsr() -> types.SimpleNamespace:
+    """BasicSR's network classes, without running ``basicsr/__init__.py`` (it imports the
+    whole training stack, whose data module needs a torchvision function removed in 0.17)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("basicsr")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("basicsr is not installed in this interpreter")
+    package_dir = list(spec.submodule_search_locations)[0]
+    for name in ("basicsr", "basicsr.archs", "basicsr.data"):
+        path = package_dir + name.removeprefix("basicsr").replace(".", "/")
+        module = types.ModuleType(name)
+        module.__path__ = [path]
+        sys.modules[name] = module
+    from basicsr.archs import basicvsr_arch, basicvsrpp_arch, edvr_arch, spynet_arch
+    from basicsr.data.data_util import generate_frame_indices
+
+    return types.SimpleNamespace(
+        BasicVSR=basicvsr_arch.BasicVSR,
+        IconVSR=basicvsr_arch.IconVSR,
+        BasicVSRPlusPlus=basicvsrpp_arch.BasicVSRPlusPlus,
+        EDVR=edvr_arch.EDVR,
+        SpyNet=spynet_arch.SpyNet,
+        generate_frame_indices=generate_frame_indices,
+    )
+
+
+def mmagic_key(key: str) -> str:
+    """BasicSR's key -> mmagic's (:data:`MMAGIC_RENAMES`)."""
+    for pattern, replacement in MMAGIC_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+# ----------------------------------------------------------------------------------------
+# reference networks and their files
+
+
+def reference_network(bsr: types.SimpleNamespace, name: str) -> nn.Module:
+    """BasicSR's network at avvsr's paper size, random weights (seeded by the caller):
+    BasicSR's own initialisation, every tensor then moved by N(0, 0.01^2) so the
+    zero-initialised offset convs carry signal too."""
+    if name == "basicvsr":
+        net = bsr.BasicVSR(num_feat=64, num_block=30)
+    elif name == "iconvsr":
+        net = bsr.IconVSR(num_feat=64, num_block=30, keyframe_stride=5, temporal_padding=2)
+    elif name == "basicvsrpp":
+        with mock.patch("torch.cuda.is_available", return_value=True):  # as on a GPU
+            net = bsr.BasicVSRPlusPlus(mid_channels=64, num_blocks=7)
+    elif name == "spynet":
+        net = bsr.SpyNet()
+    else:
+        large = name == "edvr_l"
+        net = bsr.EDVR(
+            num_feat=128 if large else 64,
+            num_frame=5,
+            deformable_groups=8,
+            num_extract_block=5,
+            num_reconstruct_block=40 if large else 10,
+        )
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    return net.eval()
+
+
+def zoo_files(net: nn.Module, name: str, folder: Path) -> dict[str, Path]:
+    """Save ``net`` as BasicSR's and mmagic's zoos do; format -> file."""
+    state = net.state_dict()
+    files = {"basicsr": folder / f"{name}_basicsr.pth", "mmagic": folder / f"{name}_mmagic.pth"}
+    if name == "spynet":  # the published file: SpyNet loads it before registering its buffers
+        state = {k: v for k, v in state.items() if k not in ("mean", "std")}
+        files = {"spynet": folder / "spynet_sintel_final.pth"}
+        torch.save({"params": state}, files["spynet"])
+        return files
+    torch.save({"params": state}, files["basicsr"])
+    generator = {f"generator.{mmagic_key(k)}": v for k, v in state.items()}
+    torch.save({"meta": {"note": "renamed from BasicSR"}, "state_dict": generator}, files["mmagic"])
+    return files
+
+
+def converted_model(path: Path, **overrides: object) -> nn.Module:
+    """The avvsr backbone of a zoo file, loaded strictly (extra ``overrides`` on top)."""
+    converted = convert_state_dict(torch.load(path, weights_only=True), source=str(path))
+    model = build_backbone(converted.backbone, {**converted.backbone_overrides, **overrides})
+    model.load_state_dict(converted.state, strict=True)
+    return model.eval()
+
+
+def reference_forward(bsr: types.SimpleNamespace, net: nn.Module, name: str, lq: Tensor) -> Tensor:
+    """BasicSR's output for every frame of ``lq`` (B, T, 3, h, w); EDVR frame by frame on the
+    windows of BasicSR's test loader (``reflection_circle``)."""
+    if not name.startswith("edvr"):
+        return net(lq)
+    frames = lq.shape[1]
+    windows = [bsr.generate_frame_indices(t, frames, 5, "reflection_circle") for t in range(frames)]
+    return torch.stack([net(lq[:, window]) for window in windows], dim=1)
+
+
+def key_shapes(state: dict[str, Tensor]) -> dict[str, list[int]]:
+    return {key: list(value.shape) for key, value in state.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# measurements
+
+
+def dump_keys(bsr: types.SimpleNamespace, path: Path) -> None:
+    """Write ``{format: {network: {key: shape}}}`` of the reference networks' zoo files."""
+    dump: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in (*BACKBONES, "spynet"):
+            for fmt, file in zoo_files(reference_network(bsr, name), name, Path(folder)).items():
+                blob = torch.load(file, weights_only=True)
+                state = blob.get("params") or {
+                    k.removeprefix("generator."): v for k, v in blob["state_dict"].items()
+                }
+                dump.setdefault(fmt, {})[name] = key_shapes(state)
+    text = json.dumps(dump, indent=1, sort_keys=True)  # then one shape per line:
+    text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m[0])), text)
+    path.write_text(text + "\n")
+
+
+def parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> Iterator[dict]:
+    """Max |avvsr - BasicSR| per backbone and LR size, float64. The mmagic file's converted
+    state is compared with the BasicSR file's (equal: the same avvsr model, the same figure)."""
+    for name in (*networks, "spynet"):
+        torch.manual_seed(0)
+        net = reference_network(bsr, name).double()
+        files = zoo_files(net, name, folder)
+        fmt = "spynet" if name == "spynet" else "basicsr"
+        model = converted_model(files[fmt]).double()
+        same = "-"
+        if "mmagic" in files:
+            other = converted_model(files["mmagic"]).double().state_dict()
+            same = (
+                "yes"
+                if all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
+                else "NO"
+            )
+        sizes = [(64, 64), (63, 66)] if name == "iconvsr" else [(64, 64)]
+        for size in sizes:
+            row = {"network": name, "size": size, "mmagic_same": same}
+            with torch.no_grad():
+                if name == "spynet":
+                    ref, supp = torch.rand(2, 7, 3, *size, dtype=torch.float64)
+                    row["converted"] = (model(ref, supp) - net(ref, supp)).abs().max().item()
+                    yield row
+                    continue
+                lq = torch.rand(1, 7, 3, *size, dtype=torch.float64)
+                expected = reference_forward(bsr, net, name, lq)
+                row["converted"] = (model(lq) - expected).abs().max().item()
+                if name in CLIP_ENDS_BACKBONES:
+                    mirror = converted_model(files[fmt], clip_ends="mirror").double()
+                    row["mirror"] = (mirror(lq) - expected).abs().max().item()
+            yield row
+
+
+def speed(
+    bsr: types.SimpleNamespace, folder: Path, networks: list[str], repeats: int
+) -> list[dict]:
+    """Median ms per output frame, float32, both implementations alternating."""
+    rows = []
+    for name in networks:
+        torch.manual_seed(0)
+        net = reference_network(bsr, name)
+        model = converted_model(zoo_files(net, name, folder)["basicsr"])
+        medians = time_both(bsr, net, model, name, torch.rand(1, 7, 3, 64, 64), repeats)
+        rows.append({"network": name, **medians, "ratio": medians["avvsr"] / medians["basicsr"]})
+    return rows
+
+
+def time_both(
+    bsr: types.SimpleNamespace,
+    net: nn.Module,
+    model: nn.Module,
+    name: str,
+    lq: Tensor,
+    repeats: int,
+) -> dict[str, float]:
+    """Median ms per output frame of avvsr's ``model`` and BasicSR's ``net`` on ``lq``, one
+    warm-up each, then ``repeats`` runs of each in turn."""
+    calls = {"avvsr": lambda: model(lq), "basicsr": lambda: reference_forward(bsr, net, name, lq)}
+    runs: dict[str, list[float]] = {side: [] for side in calls}
+    with torch.no_grad():
+        for call in calls.values():
+            call()
+        for _ in range(repeats):
+            for side, call in calls.items():
+                start = time.perf_counter()
+                call()
+                runs[side].append((time.perf_counter() - start) * 1000 / lq.shape[1])
+    return {side: statistics.median(times) for side, times in runs.items()}
+
+
+def forward_peak_mib(name: str, side: str, frames: int) -> float:
+    """Extra resident memory (MiB) of one ``torch.no_grad`` forward on 64x64 LR frames.
+
+    A fresh process (this script with ``--probe``) builds the network and the input, resets
+    the kernel's peak-RSS mark (``/proc/self/clear_refs``, 5), runs one forward and reports
+    ``VmHWM`` minus the RSS before the forward: every page the forward touched, allocator
+    caches included. glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) so large
+    tensors are unmapped when freed rather than kept in the heap, the same for both sides.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, __file__, "--probe", name, side, str(frames)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def probe(name: str, side: str, frames: int) -> None:
+    """The child of :func:`forward_peak_mib`: prints the forward's extra MiB."""
+    torch.set_num_threads(2)
+    bsr = import_basicsr()
+    torch.manual_seed(0)
+    net = reference_network(bsr, name)
+    with tempfile.TemporaryDirectory() as folder:
+        model = converted_model(zoo_files(net, name, Path(folder))["basicsr"])
+    call = (
+        (lambda x: model(x))
+        if side == "avvsr"
+        else (lambda x: reference_forward(bsr, net, name, x))
+    )
+    lq = torch.rand(1, frames, 3, 64, 64)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    with torch.no_grad():
+        out = call(lq)
+    peak = _status_kib("VmHWM")
+    assert out.shape[-2:] == (256, 256)
+    print((peak - before) / 1024)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dump-keys", type=Path, help="only write the reference key shapes to this JSON file"
+    )
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument(
+        "--networks", nargs="+", choices=BACKBONES, default=list(BACKBONES), help="default: all"
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure (default: all)",
+    )
+    parser.add_argument(
+        "--probe", nargs=3, metavar=("NETWORK", "SIDE", "FRAMES"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if os.environ.get(IN_VENV) != "1":
+        python = ensure_venv()
+        env = {**os.environ, IN_VENV: "1", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])
+        )
+        raise SystemExit(subprocess.run([str(python), __file__, *sys.argv[1:]], env=env).returncode)
+    if args.probe:
+        probe(args.probe[0], args.probe[1], int(args.probe[2]))
+        return
+
+    torch.set_num_threads(2)
+    bsr = import_basicsr()
+    if args.dump_keys:
+        dump_keys(bsr, args.dump_keys)
+        print(f"wrote {args.dump_keys}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if "parity" in args.sections:
+            print_parity(bsr, folder, args.networks)
+        if "speed" in args.sections:
+            print_speed(bsr, folder, args.networks, args.repeats)
+    if "memory" in args.sections:
+        print_memory(args.networks)
+
+
+def print_parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> None:
+    print("Outputs, float64, 7 frames, every frame: max |avvsr - BasicSR| after conversion")
+    print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{'mmagic same':>13}")
+    for row in parity(bsr, folder, networks):
+        size = "x".join(map(str, row["size"]))
+        mirror = f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
+        print(
+            f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}{mirror}"
+            f"{row['mmagic_same']:>13}"
+        )
+
+
+def print_speed(
+    bsr: types.SimpleNamespace, folder: Path, networks: list[str], repeats: int
+) -> None:
+    print(
+        f"\nSpeed, float32, {torch.get_num_threads()} threads, x4, 7 frames of 64x64, "
+        f"median of {repeats} alternating runs (ms per output frame)"
+    )
+    print(f"{'network':<12}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
+    for row in speed(bsr, folder, networks, repeats):
+        print(
+            f"{row['network']:<12}{row['avvsr']:>10.1f}{row['basicsr']:>10.1f}{row['ratio']:>8.2f}"
+        )
+
+
+def print_memory(networks: list[str]) -> None:
+    print("\nExtra memory of one no_grad forward, float32, 64x64 LR (MiB, peak RSS delta)")
+    print(f"{'network':<12}{'T':>4}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
+    for name in networks:
+        for frames in (7, 14):
+            mine, theirs = (forward_peak_mib(name, side, frames) for side in ("avvsr", "basicsr"))
+            print(f"{name:<12}{frames:>4}{mine:>10.0f}{theirs:>10.0f}{mine / theirs:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
