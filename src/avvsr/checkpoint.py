@@ -302,12 +302,95 @@ def _part_prefix(model: nn.Module, state: Mapping[str, Tensor]) -> str:
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a file of start weights (``model.init_weights``): an avvsr checkpoint or
-    export (network keys), or a plain state dict (a dictionary of tensors, or one under
-    ``state_dict``)."""
+    """The tensors of a file of start weights (``model.init_weights``), with ``AVVSRNet`` key
+    names: an avvsr checkpoint or export, a published BasicSR / mmagic / SPyNet checkpoint
+    (converted, :func:`read_published`; its keys under ``backbone.`` or ``backbone.spynet.``),
+    or a plain state dict (a dictionary of tensors, or one under ``state_dict``)."""
     path = _existing(path)
     blob, model_file = _read_file(path)
-    return model_file.state if model_file is not None else _state_dict_of(path, blob)
+    if model_file is not None:
+        return model_file.state
+    if is_published(blob):
+        converted = _convert(path, blob)
+        prefix = "backbone.spynet." if converted.backbone == "spynet" else "backbone."
+        if converted.backbone_overrides:
+            settings = " ".join(
+                f"model.backbone.{key}={value}"
+                for key, value in converted.backbone_overrides.items()
+            )
+            log.warning("%s: %s weights that expect %s", path, converted.backbone, settings)
+        return {prefix + key: value for key, value in converted.state.items()}
+    return _state_dict_of(path, blob)
+
+
+def is_published(blob: Any) -> bool:
+    """Whether ``blob`` is laid out as a model zoo saves its checkpoints: BasicSR's ``params``
+    / ``params_ema``, mmagic's ``state_dict`` of ``generator.`` keys, or SPyNet's
+    ``basic_module.*`` tensors."""
+    if not isinstance(blob, Mapping) or not blob:
+        return False
+    if any(isinstance(blob.get(key), Mapping) for key in ("params", "params_ema")):
+        return True
+    state = blob.get("state_dict")
+    if isinstance(state, Mapping):
+        return any(str(key).startswith("generator.") for key in state)
+    return all(str(key).startswith("basic_module.") for key in blob)
+
+
+def _convert(path: Path, blob: Any):
+    from avvsr.models.convert import convert_state_dict
+
+    return convert_state_dict(blob, source=str(path))
+
+
+def read_published(path: str | Path):
+    """A published checkpoint read once and converted
+    (:class:`~avvsr.models.convert.ConvertedWeights`); a file that is not one is a
+    :class:`WeightsError` naming it."""
+    path = _existing(path)
+    blob, model_file = _read_file(path)
+    if model_file is not None:
+        raise WeightsError(path, "is an avvsr model file already: use it as it is")
+    if not is_published(blob):
+        raise WeightsError(path, "not a BasicSR (params / params_ema), mmagic (state_dict of "
+                           "generator.*) or SPyNet (basic_module.*) checkpoint")
+    return _convert(path, blob)
+
+
+def convert_to_export(source: str | Path, destination: str | Path, *,
+                      overwrite: bool = False):
+    """Write the published checkpoint ``source`` as an avvsr export of its backbone (no
+    fusion) at ``destination``; return the conversion. SPyNet alone has no model config: its
+    export is a plain safetensors file of ``backbone.spynet.*`` tensors (start weights)."""
+    from safetensors.torch import save_file
+
+    from avvsr.atomic import atomic_write, refuse_existing
+    from avvsr.config import compose, plain_container
+
+    destination = Path(destination)
+    _check_export_name(destination)
+    refuse_existing(destination, overwrite)
+    converted = read_published(source)
+    if converted.backbone == "spynet":
+        tensors = {f"backbone.spynet.{k}": v.contiguous() for k, v in converted.state.items()}
+        with atomic_write(destination) as temporary:
+            save_file(tensors, str(temporary))
+        return converted
+    config = plain_container(compose("train", [
+        f"model/backbone={converted.backbone}", "model/fusion=none", "model.scale=4",
+    ]).model)
+    config["backbone"].update(converted.backbone_overrides)
+    lit_module = build_lit_module(config, optimizer=None)
+    load_weights(lit_module.net.backbone, converted.state, source=source)
+    model = LoadedModel(lit_module.net.eval(), lit_module.model_config,
+                        lit_module.audio_features, Path(source))
+    write_export(model, destination, overwrite=overwrite)
+    return converted
+
+
+def _check_export_name(destination: Path) -> None:
+    if destination.suffix != EXPORT_SUFFIX:
+        raise WeightsError(destination, f"exports are safetensors files; name it *{EXPORT_SUFFIX}")
 
 
 # --------------------------------------------------------------------------- models
@@ -382,8 +465,7 @@ def write_export(model: LoadedModel, destination: str | Path, *, overwrite: bool
     from avvsr.atomic import atomic_write, refuse_existing
 
     destination = Path(destination)
-    if destination.suffix != EXPORT_SUFFIX:
-        raise WeightsError(destination, f"exports are safetensors files; name it *{EXPORT_SUFFIX}")
+    _check_export_name(destination)
     refuse_existing(destination, overwrite)
     metadata = {"format": EXPORT_FORMAT, MODEL_CONFIG_KEY: json.dumps(model.model_config)}
     tensors = {key: value.contiguous() for key, value in model.net.state_dict().items()}
