@@ -121,18 +121,93 @@ def test_single_frame_clip(name: str) -> None:
         assert build(name)(torch.rand(1, 1, 3, 8, 8)).shape == (1, 1, 3, 32, 32)
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_hook_is_called_once_on_all_frames_at_the_lr_size(name: str) -> None:
-    model = build(name)
-    seen: list[tuple[int, ...]] = []
+def record_hook_calls(model, lq: torch.Tensor) -> list[tuple[slice, tuple[int, ...]]]:
+    """The (frames, feature shape) of every hook call of one forward of ``model`` on ``lq``."""
+    seen: list[tuple[slice, tuple[int, ...]]] = []
 
-    def hook(feat: torch.Tensor) -> torch.Tensor:
-        seen.append(tuple(feat.shape))
+    def hook(feat: torch.Tensor, frames: slice) -> torch.Tensor:
+        seen.append((frames, tuple(feat.shape)))
         return feat
 
+    model(lq, feature_hook=hook)
+    return seen
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_training_calls_the_hook_once_on_all_frames_at_the_lr_size(name: str) -> None:
+    model = build(name)
+    seen = record_hook_calls(model, torch.rand(2, 3, 3, 7, 9))
+    assert seen == [(slice(0, 3), (2, 3, model.fusion_channels, 7, 9))]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_inference_calls_the_hook_on_consecutive_groups_of_frames(name: str) -> None:
+    model = build(name)
+    model.inference_group = 2
     with torch.no_grad():
-        model(torch.rand(2, 3, 3, 7, 9), feature_hook=hook)
-    assert seen == [(2, 3, model.fusion_channels, 7, 9)]
+        seen = record_hook_calls(model, torch.rand(2, 5, 3, 7, 9))
+    channels = model.fusion_channels
+    assert seen == [
+        (slice(0, 2), (2, 2, channels, 7, 9)),
+        (slice(2, 4), (2, 2, channels, 7, 9)),
+        (slice(4, 5), (2, 1, channels, 7, 9)),
+    ]
+
+
+def frame_dependent_hook(feat: torch.Tensor, frames: slice) -> torch.Tensor:
+    """Scales each frame's features by a factor set by its index in the clip, so a hook call
+    given the wrong frames changes the output."""
+    index = torch.arange(frames.start, frames.stop, dtype=feat.dtype)
+    return feat * (1 + 0.1 * index).view(1, -1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("group", [1, 2, 5])
+@pytest.mark.parametrize("name", TINY)
+def test_inference_in_groups_equals_the_training_path_in_float64(name: str, group: int) -> None:
+    model = build_trained(name).double()
+    model.inference_group = group
+    lq = torch.rand(2, 5, 3, 7, 9, dtype=torch.float64)
+    training = model(lq, feature_hook=frame_dependent_hook)  # autograd on: all frames at once
+    with torch.no_grad():
+        grouped = model(lq, feature_hook=frame_dependent_hook)
+    assert torch.equal(grouped, training.detach())
+
+
+def batch_sizes(module: torch.nn.Module) -> list[int]:
+    """Records the batch size (first dimension of the first input) of every call of ``module``."""
+    sizes: list[int] = []
+
+    def record(_module: torch.nn.Module, args: tuple) -> None:
+        first = args[0][0] if isinstance(args[0], list) else args[0]
+        sizes.append(first.shape[0])
+
+    module.register_forward_pre_hook(record)
+    return sizes
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_inference_reconstructs_one_group_of_frames_at_a_time(name: str) -> None:
+    """The head (high-resolution intermediates) sees ``inference_group`` frames at a time
+    without autograd and all frames in training; so do EDVR's windows (PCD alignment)."""
+    model = build(name)
+    model.inference_group = 2
+    head = batch_sizes(model.head)
+    windows = getattr(model, "window_fusion", getattr(model, "keyframe_fusion", None))
+    aligned = batch_sizes(windows.pcd_align) if windows is not None else []
+    lq = torch.rand(1, 5, 3, 6, 6)
+    with torch.no_grad():
+        model(lq)
+    assert head == [2, 2, 1]
+    width = windows.num_frames if windows is not None else 0
+    if name == "edvr_tiny":  # every frame's window
+        assert aligned == [2 * width, 2 * width, width]
+    elif name == "iconvsr_tiny":  # keyframes 0, 2, 4
+        assert aligned == [2 * width, width]
+    head.clear()
+    aligned.clear()
+    model(lq)
+    assert head == [5]
+    assert len(aligned) == (windows is not None)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -140,7 +215,7 @@ def test_identity_hook_leaves_the_output_unchanged(name: str) -> None:
     model = build_trained(name)
     lq = torch.rand(1, 3, 3, 6, 6)
     with torch.no_grad():
-        torch.testing.assert_close(model(lq, feature_hook=lambda feat: feat), model(lq))
+        torch.testing.assert_close(model(lq, feature_hook=lambda feat, frames: feat), model(lq))
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -151,9 +226,12 @@ def test_hook_output_is_what_gets_reconstructed(name: str) -> None:
     lq_a, lq_b = torch.rand(2, 1, 3, 3, 6, 6)
     replacement = torch.randn(1, 3, model.fusion_channels, 6, 6)
     with torch.no_grad():
-        residual_a = model(lq_a, feature_hook=lambda feat: replacement) - bilinear(lq_a, 4)
-        residual_b = model(lq_b, feature_hook=lambda feat: replacement) - bilinear(lq_b, 4)
-        zeroed = model(lq_a, feature_hook=torch.zeros_like)
+        def replace(feat: torch.Tensor, frames: slice) -> torch.Tensor:
+            return replacement[:, frames]
+
+        residual_a = model(lq_a, feature_hook=replace) - bilinear(lq_a, 4)
+        residual_b = model(lq_b, feature_hook=replace) - bilinear(lq_b, 4)
+        zeroed = model(lq_a, feature_hook=lambda feat, frames: torch.zeros_like(feat))
         plain = model(lq_a)
     torch.testing.assert_close(residual_a, residual_b)
     assert not torch.allclose(zeroed, plain)
@@ -169,7 +247,7 @@ def test_untrained_backbone_outputs_the_bilinear_upsampling(name: str) -> None:
 def test_hook_must_keep_the_shape() -> None:
     model = build("basicvsr_tiny")
     with pytest.raises(ValueError, match="feature_hook"), torch.no_grad():
-        model(torch.rand(1, 2, 3, 8, 8), feature_hook=lambda feat: feat[:, :, :1])
+        model(torch.rand(1, 2, 3, 8, 8), feature_hook=lambda feat, frames: feat[:, :, :1])
 
 
 @pytest.mark.parametrize("name", WITH_SPYNET)

@@ -23,11 +23,11 @@ from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
     PixelShuffleHead,
     SPyNet,
-    apply_feature_hook,
     conv,
     flow_warp,
     leaky_relu_layer,
     propagation_order,
+    reconstruct_frames,
 )
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
@@ -133,10 +133,12 @@ class BasicVSRPlusPlus(VSRBackbone):
             reverse = name.startswith("backward")
             flows = backward_flows if reverse else forward_flows
             branches.append(self._propagate(branches, flows, name, reverse))
-        feat = self.reconstruction(torch.cat(branches, dim=2).flatten(0, 1))
-        feat = apply_feature_hook(feat.unflatten(0, (batch, num_frames)), feature_hook)
-        sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
-        return sr.unflatten(0, (batch, num_frames))
+
+        def features(frames: slice) -> Tensor:  # (B, T', C, h, w)
+            stacked = torch.cat([branch[:, frames] for branch in branches], dim=2)
+            return self.reconstruction(stacked.flatten(0, 1)).unflatten(0, (batch, -1))
+
+        return reconstruct_frames(features, lq, feature_hook, self.head, self.inference_group)
 
     def _propagate(self, earlier: list[Tensor], flows: Tensor, name: str, reverse: bool) -> Tensor:
         """One branch over the features of the ``earlier`` branches -> (B, T, C, h, w)."""

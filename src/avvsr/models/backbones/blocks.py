@@ -308,7 +308,9 @@ def deform_conv2d_by_sampling(
         align_corners=False,
     )
     sampled = sampled.view(batch, groups, channels // groups, taps, height, width)
-    columns = sampled * mask.view(batch, groups, 1, taps, height, width)
+    mask = mask.view(batch, groups, 1, taps, height, width)
+    # Without autograd, mask in place: the largest tensor here exists once, not twice.
+    columns = sampled * mask if torch.is_grad_enabled() else sampled.mul_(mask)
     out = weight.view(out_channels, channels * taps) @ columns.view(batch, channels * taps, -1)
     return (out + bias.view(1, -1, 1)).view(batch, out_channels, height, width)
 
@@ -366,13 +368,54 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
-def apply_feature_hook(feat: Tensor, feature_hook: FeatureHook | None) -> Tensor:
-    """Pass fusion-point features (B, T, C, h, w) through the hook, checking it keeps the shape."""
+def apply_feature_hook(feat: Tensor, frames: slice, feature_hook: FeatureHook | None) -> Tensor:
+    """Pass fusion-point features (B, T', C, h, w) of the clip's ``frames`` through the hook,
+    checking it keeps the shape."""
     if feature_hook is None:
         return feat
-    hooked = feature_hook(feat)
+    hooked = feature_hook(feat, frames)
     if hooked.shape != feat.shape:
         raise ValueError(
             f"feature_hook changed the shape {tuple(feat.shape)} to {tuple(hooked.shape)}"
         )
     return hooked
+
+
+def frame_groups(num_frames: int, group: int) -> list[slice]:
+    """The clip's frames as one slice while autograd records (training), else as consecutive
+    slices of ``group`` frames (the last may be shorter), in order."""
+    if torch.is_grad_enabled():
+        return [slice(0, num_frames)]
+    return [slice(start, min(start + group, num_frames)) for start in range(0, num_frames, group)]
+
+
+def reconstruct_frames(
+    features: Callable[[slice], Tensor],
+    lq: Tensor,
+    feature_hook: FeatureHook | None,
+    reconstruct: Callable[[Tensor, Tensor], Tensor],
+    group: int,
+) -> Tensor:
+    """Fusion-point features, fusion hook and reconstruction of a clip, group by group.
+
+    ``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w). ``features(frames)`` gives the fusion-point
+    features (B, T', C, h, w) of the clip's ``frames`` (a slice), and
+    ``reconstruct(feat (N, C, h, w), lq (N, 3, h, w))`` maps hooked features to output frames;
+    both must treat frames independently. The groups are :func:`frame_groups`: all frames at
+    once while autograd records, so training keeps one graph; else ``group`` frames at a time,
+    so the intermediates of only one group exist at once and inference memory does not grow
+    with T. Every frame is computed by the same functions either way (equal in float64).
+    """
+    batch, num_frames = lq.shape[:2]
+    groups = frame_groups(num_frames, group)
+    out: Tensor | None = None
+    for frames in groups:
+        hooked = apply_feature_hook(features(frames), frames, feature_hook)
+        sr = reconstruct(hooked.flatten(0, 1), lq[:, frames].flatten(0, 1))
+        sr = sr.unflatten(0, (batch, -1))
+        if len(groups) == 1:
+            return sr
+        if out is None:
+            out = sr.new_empty(batch, num_frames, *sr.shape[2:])
+        out[:, frames] = sr
+    return out

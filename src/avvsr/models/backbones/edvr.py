@@ -4,7 +4,9 @@ EDVR restores one centre frame from a window of ``num_frames`` neighbours. To re
 frame, each frame t gets the window ``t - r .. t + r`` (``r = num_frames // 2``); at the clip
 ends the indices are *reflected* about the first/last frame (frame -1 is frame 1), folding
 again if a clip is shorter than the window. Per-frame pyramid features are computed once and
-gathered into all windows, which then run as one batch. The window's neighbours are aligned to
+gathered into the windows, which run as one batch (in training) or a group of frames' windows
+at a time (at inference, with the reconstruction of each group, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames`). The window's neighbours are aligned to
 its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal and spatial
 attention); the fused centre-frame feature is the fusion point, followed by the reconstruction
 trunk and the pixel-shuffle head.
@@ -26,12 +28,13 @@ from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
     PixelShuffleHead,
     ResidualBlockNoBN,
-    apply_feature_hook,
     conv,
+    frame_groups,
     leaky_relu,
     leaky_relu_layer,
     make_layer,
     pad_to_multiple,
+    reconstruct_frames,
 )
 
 NUM_LEVELS = 3
@@ -189,9 +192,11 @@ class TSAFusion(nn.Module):
 class WindowFusion(nn.Module):
     """EDVR's front end: per-frame pyramid features, PCD alignment and TSA fusion of windows.
 
-    ``forward(lq (B, T, 3, h, w), targets)`` -> (B, K, C, h, w): the fused feature of each of
-    the K ``targets`` (frame indices; all T frames when None), from the window of
+    ``forward(lq (B, T, 3, h, w), targets, group)`` -> (B, K, C, h, w): the fused feature of
+    each of the K ``targets`` (frame indices; all T frames when None), from the window of
     ``num_frames`` frames around it (reflected at the clip ends, see :func:`window_indices`).
+    With autograd off, ``group`` targets' windows are fused at a time (None: all at once).
+    ``forward`` is :meth:`pyramid` then :meth:`fuse`.
     """
 
     def __init__(
@@ -214,18 +219,34 @@ class WindowFusion(nn.Module):
         self.pcd_align = PCDAlignment(num_feat, deformable_groups)
         self.tsa_fusion = TSAFusion(num_feat, num_frames)
 
-    def forward(self, lq: Tensor, targets: list[int] | None = None) -> Tensor:
-        batch, num_frames, _, height, width = lq.shape
-        targets = list(range(num_frames)) if targets is None else targets
+    def forward(
+        self, lq: Tensor, targets: list[int] | None = None, group: int | None = None
+    ) -> Tensor:
+        targets = list(range(lq.shape[1])) if targets is None else targets
+        pyramid, size = self.pyramid(lq), lq.shape[-2:]
+        parts = frame_groups(len(targets), group or len(targets))
+        fused = [self.fuse(pyramid, targets[part], size) for part in parts]
+        return fused[0] if len(fused) == 1 else torch.cat(fused, dim=1)
+
+    def pyramid(self, lq: Tensor) -> list[Tensor]:
+        """Per-frame features of ``lq`` (B, T, 3, h, w) at each pyramid level, finest first:
+        (B, T, C, h_l, w_l), padded to multiples of 4 at the finest level."""
+        batch, num_frames = lq.shape[:2]
         padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
         pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
         for downsample in self.downsample:
             pyramid.append(downsample(pyramid[-1]))
+        return [level.unflatten(0, (batch, num_frames)) for level in pyramid]
 
-        windows = window_indices(num_frames, self.num_frames)[targets].to(lq.device)  # (K, W)
+    def fuse(self, pyramid: list[Tensor], targets: list[int], size: tuple[int, int]) -> Tensor:
+        """The fused features (B, K, C, h, w) of the K ``targets`` from the clip's
+        :meth:`pyramid`, cropped to the LR ``size`` (h, w)."""
+        batch, num_frames = pyramid[0].shape[:2]
+        height, width = size
+        device = pyramid[0].device
+        windows = window_indices(num_frames, self.num_frames)[targets].to(device)  # (K, W)
         neighbour, reference = [], []
-        for level in pyramid:
-            per_frame = level.unflatten(0, (batch, num_frames))  # (B, T, C, h_l, w_l)
+        for per_frame in pyramid:  # (B, T, C, h_l, w_l)
             gathered = per_frame[:, windows]  # (B, K, W, C, h_l, w_l)
             neighbour.append(gathered.flatten(0, 2))
             centres = per_frame[:, targets].unsqueeze(2)  # (B, K, 1, C, h_l, w_l)
@@ -274,7 +295,12 @@ class EDVR(VSRBackbone):
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
-        batch, num_frames = lq.shape[:2]
-        feat = apply_feature_hook(self.window_fusion(lq), feature_hook).flatten(0, 1)
-        sr = self.head(self.reconstruction(feat), lq.flatten(0, 1))
-        return sr.unflatten(0, (batch, num_frames))
+        pyramid, frames = self.window_fusion.pyramid(lq), list(range(lq.shape[1]))
+
+        def features(group: slice) -> Tensor:  # (B, T', C, h, w)
+            return self.window_fusion.fuse(pyramid, frames[group], lq.shape[-2:])
+
+        def reconstruct(feat: Tensor, group_lq: Tensor) -> Tensor:
+            return self.head(self.reconstruction(feat), group_lq)
+
+        return reconstruct_frames(features, lq, feature_hook, reconstruct, self.inference_group)

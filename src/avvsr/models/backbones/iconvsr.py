@@ -7,7 +7,9 @@ also takes the backward branch's feature of the same frame (coupled propagation)
 is the per-frame feature that is reconstructed, and so the fusion point.
 
 Unlike the published code, keyframe windows are reflected at the clip ends like EDVR's, and
-reconstruction runs once, batched over all frames, after both branches.
+reconstruction runs after both branches, over all frames at once in training and in groups of
+frames at inference (same computation, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from avvsr.models.backbones.blocks import (
     ConvResidualBlocks,
     PixelShuffleHead,
     SPyNet,
-    apply_feature_hook,
     conv,
+    reconstruct_frames,
     recurrent_branch,
 )
 from avvsr.models.backbones.edvr import WindowFusion
@@ -83,7 +85,7 @@ class IconVSR(VSRBackbone):
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
         batch, num_frames, _, height, width = lq.shape
         keyframes = self.keyframes(num_frames)
-        refill_feats = self.keyframe_fusion(lq, keyframes).unbind(1)
+        refill_feats = self.keyframe_fusion(lq, keyframes, self.inference_group).unbind(1)
         refill = dict(zip(keyframes, refill_feats, strict=True))
         backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
         initial = lq.new_zeros(batch, self.fusion_channels, height, width)
@@ -105,6 +107,6 @@ class IconVSR(VSRBackbone):
             return self.forward_trunk(torch.cat(inputs, dim=1))
 
         feat = recurrent_branch(forward_flows, False, initial, forward_update)
-        feat = apply_feature_hook(feat, feature_hook)
-        sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
-        return sr.unflatten(0, (batch, num_frames))
+        return reconstruct_frames(
+            lambda frames: feat[:, frames], lq, feature_hook, self.head, self.inference_group
+        )
