@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.ops import deform_conv2d
 
+from avvsr.models.avvsr_net import AVVSRNet
 from avvsr.models.backbones.basicvsrpp import SecondOrderDeformableAlignment
 from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
@@ -24,7 +25,8 @@ from avvsr.models.backbones.blocks import (
 )
 from avvsr.models.backbones.edvr import EDVR, window_indices
 
-BACKBONE_CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "backbone"
+MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+BACKBONE_CONF = MODEL_CONF / "backbone"
 ICONVSR = "avvsr.models.backbones.iconvsr.IconVSR"
 INLINE_CONFIGS = {  # backbones without a config file
     "iconvsr": {"_target_": ICONVSR, "scale": "${model.scale}"},
@@ -171,6 +173,34 @@ def test_inference_in_groups_equals_the_training_path_in_float64(name: str, grou
     with torch.no_grad():
         grouped = model(lq, feature_hook=frame_dependent_hook)
     assert torch.equal(grouped, training.detach())
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("name", TINY)
+def test_msavf_fused_in_groups_equals_all_frames_at_once(
+    name: str, dtype: torch.dtype, atol: float
+) -> None:
+    """MS-AVF treats frames independently: fusing groups of frames gives the output and the
+    masks of fusing the whole clip (float32 to 1e-6; float64 to 1e-14, not bit for bit: its
+    linear layers' matrix products round differently for a different number of rows)."""
+    net = AVVSRNet(
+        build_trained(name),
+        instantiate(OmegaConf.load(MODEL_CONF / "audio_encoder" / "tiny.yaml")),
+        instantiate(OmegaConf.load(MODEL_CONF / "fusion" / "msavf.yaml")),
+    )
+    with torch.no_grad():  # move MS-AVF off its identity start
+        for parameter in net.fusion.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    net = net.to(dtype).eval()
+    net.backbone.inference_group = 2
+    lq = torch.rand(2, 5, 3, 7, 9, dtype=dtype)
+    audio = torch.randn(2, 5, 64, 33, dtype=dtype) - 5
+    whole = net(lq, audio)  # autograd on: one hook call
+    with torch.no_grad():
+        grouped = net(lq, audio)
+    assert len(grouped.masks) == len(whole.masks) == 3
+    for mine, reference in zip([grouped.sr, *grouped.masks], [whole.sr, *whole.masks]):
+        torch.testing.assert_close(mine, reference.detach(), rtol=0, atol=atol)
 
 
 def batch_sizes(module: torch.nn.Module) -> list[int]:
