@@ -199,7 +199,7 @@ def test_msavf_fused_in_groups_equals_all_frames_at_once(
     with torch.no_grad():
         grouped = net(lq, audio)
     assert len(grouped.masks) == len(whole.masks) == 3
-    for mine, reference in zip([grouped.sr, *grouped.masks], [whole.sr, *whole.masks]):
+    for mine, reference in zip([grouped.sr, *grouped.masks], [whole.sr, *whole.masks], strict=True):
         torch.testing.assert_close(mine, reference.detach(), rtol=0, atol=atol)
 
 

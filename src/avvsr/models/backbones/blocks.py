@@ -311,7 +311,7 @@ def deform_conv2d_by_sampling(
     mask = mask.view(batch, groups, 1, taps, height, width)
     # Without autograd, mask in place: the largest tensor here exists once, not twice.
     columns = sampled * mask if torch.is_grad_enabled() else sampled.mul_(mask)
-    out = weight.view(out_channels, channels * taps) @ columns.view(batch, channels * taps, -1)
+    out = weight.reshape(out_channels, channels * taps) @ columns.view(batch, channels * taps, -1)
     return (out + bias.view(1, -1, 1)).view(batch, out_channels, height, width)
 
 
