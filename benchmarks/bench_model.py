@@ -147,18 +147,22 @@ def measure(
 
 def measure_inference(backbone: str, frames: int, size: int, repeats: int) -> dict:
     """Run in a fresh process: the plain backbone with autograd off on a clip of ``frames``
-    frames: ms per output frame and the extra memory (MiB) of the first forward."""
+    frames: ms per output frame (mean of ``repeats`` forwards after the first; with 0, of the
+    first, warm-up included) and the extra memory (MiB) of the first forward."""
     import torch
 
     torch.manual_seed(0)
     net = build(backbone, "none").eval()
     lq = torch.rand(1, frames, 3, size, size)
     with torch.no_grad():
-        extra_mib = peak_growth_mib(lambda: net(lq))  # also the warm-up
         start = time.perf_counter()
-        for _ in range(repeats):
-            net(lq)
-        seconds = (time.perf_counter() - start) / repeats
+        extra_mib = peak_growth_mib(lambda: net(lq))  # also the warm-up
+        seconds = time.perf_counter() - start  # with repeats=0: the first forward's time
+        if repeats:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                net(lq)
+            seconds = (time.perf_counter() - start) / repeats
     return {"ms_per_frame": 1000 * seconds / frames, "extra_mib": extra_mib}
 
 
@@ -179,7 +183,12 @@ def inference_table(args: argparse.Namespace) -> None:
     print()
     print(
         f"Inference, autograd off, backbone alone: x4, LR {args.size}x{args.size}, batch 1, "
-        f"{args.threads} CPU threads, {args.repeats} timed forwards after the measured first"
+        f"{args.threads} CPU threads, "
+        + (
+            f"{args.repeats} timed forwards after the measured first"
+            if args.repeats
+            else "time of the measured first forward (warm-up included)"
+        )
     )
     sides = ["this"] + (["baseline"] if args.baseline_src else [])
     header = f"{'backbone':<12}{'frames':>7}" + "".join(
