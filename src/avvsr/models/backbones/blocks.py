@@ -25,12 +25,14 @@ LEAKY_SLOPE = 0.1
 """Negative slope of every leaky ReLU in the backbones."""
 
 
-def leaky_relu(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, LEAKY_SLOPE)
+def leaky_relu(x: Tensor, inplace: bool = False) -> Tensor:
+    return F.leaky_relu(x, LEAKY_SLOPE, inplace=inplace)
 
 
-def leaky_relu_layer() -> nn.LeakyReLU:
-    return nn.LeakyReLU(LEAKY_SLOPE)
+def leaky_relu_layer(inplace: bool = False) -> nn.LeakyReLU:
+    """In place is safe after a convolution or pixel shuffle: their backward does not read
+    their output, and the leaky ReLU's own backward needs only its output."""
+    return nn.LeakyReLU(LEAKY_SLOPE, inplace=inplace)
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -65,7 +67,8 @@ class ResidualBlockNoBN(nn.Module):
             self.conv2.weight.mul_(0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+        # In place (same values): conv1's output and conv2's are read by no backward.
+        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
 
 
 def make_layer(block_factory: Callable[[], nn.Module], num_blocks: int) -> nn.Sequential:
@@ -345,7 +348,7 @@ class PixelShuffleHead(nn.Module):
         for index, factor in enumerate(factors):
             out_channels = hr_channels if index == len(factors) - 1 else in_channels
             stages += [conv(channels, out_channels * factor**2), nn.PixelShuffle(factor)]
-            stages += [leaky_relu_layer()]
+            stages += [leaky_relu_layer(inplace=True)]  # at HR: one tensor fewer
             channels = out_channels
         self.upsample = nn.Sequential(*stages)
         self.conv_hr = conv(hr_channels, hr_channels)
@@ -354,7 +357,7 @@ class PixelShuffleHead(nn.Module):
         nn.init.zeros_(self.conv_last.bias)
 
     def forward(self, feat: Tensor, lq: Tensor) -> Tensor:
-        hr = leaky_relu(self.conv_hr(self.upsample(feat)))
+        hr = leaky_relu(self.conv_hr(self.upsample(feat)), inplace=True)
         base = F.interpolate(lq, scale_factor=self.scale, mode="bilinear", align_corners=False)
         return self.conv_last(hr) + base
 
