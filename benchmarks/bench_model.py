@@ -12,10 +12,13 @@ study's training shape (4 clips x 5 frames, 16x16 LR crops).
 Then the inference table: each paper-size backbone alone (no fusion) with autograd off, at
 each of ``--inference-frames`` clip lengths (7 and 14), in a fresh subprocess per
 configuration: ms per output frame and the forward's extra memory (peak resident set during
-the first forward minus the resident set before it). With ``--baseline-src DIR`` (a ``src``
-folder of another checkout of avvsr, e.g. the commit before a change) every configuration also
-runs on that code, alternating with this one, and the table prints this/baseline ratios. Timings
-on a shared machine are noisy; the memory figures and same-run ratios are steadier.
+the first forward minus the resident set before it). With ``--repeats`` above 0 it also times,
+alternately in the same process, the whole-clip path (autograd on, nothing requiring
+gradients: the training path without a graph), for the effect of grouping alone. With
+``--baseline-src DIR`` (a ``src`` folder of another checkout of avvsr, e.g. the commit before a
+change) every configuration also runs on that code, alternating with this one, and the table
+prints this/baseline ratios. Timings on a shared machine are noisy; the memory figures and
+same-run ratios are steadier.
 """
 
 from __future__ import annotations
@@ -148,22 +151,38 @@ def measure(
 def measure_inference(backbone: str, frames: int, size: int, repeats: int) -> dict:
     """Run in a fresh process: the plain backbone with autograd off on a clip of ``frames``
     frames: ms per output frame (mean of ``repeats`` forwards after the first; with 0, of the
-    first, warm-up included) and the extra memory (MiB) of the first forward."""
+    first, warm-up included) and the extra memory (MiB) of the first forward.
+
+    With ``repeats``, also ``whole_ms_per_frame``: the same forward with autograd on but no
+    parameter requiring gradients, so no graph is recorded and the backbones take their
+    training path (all frames at once), timed alternately with the grouped one.
+    """
     import torch
 
     torch.manual_seed(0)
-    net = build(backbone, "none").eval()
+    net = build(backbone, "none").eval().requires_grad_(False)
     lq = torch.rand(1, frames, 3, size, size)
-    with torch.no_grad():
-        start = time.perf_counter()
-        extra_mib = peak_growth_mib(lambda: net(lq))  # also the warm-up
-        seconds = time.perf_counter() - start  # with repeats=0: the first forward's time
-        if repeats:
+
+    def timed(mode) -> float:
+        with mode():
             start = time.perf_counter()
-            for _ in range(repeats):
-                net(lq)
-            seconds = (time.perf_counter() - start) / repeats
-    return {"ms_per_frame": 1000 * seconds / frames, "extra_mib": extra_mib}
+            net(lq)
+            return time.perf_counter() - start
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        extra_mib = peak_growth_mib(lambda: net(lq))  # also the warm-up
+    seconds, whole_seconds = time.perf_counter() - start, float("nan")
+    if repeats:
+        timed(torch.enable_grad)  # its warm-up
+        pairs = [(timed(torch.no_grad), timed(torch.enable_grad)) for _ in range(repeats)]
+        seconds = sum(grouped for grouped, _ in pairs) / repeats
+        whole_seconds = sum(whole for _, whole in pairs) / repeats
+    return {
+        "ms_per_frame": 1000 * seconds / frames,
+        "whole_ms_per_frame": 1000 * whole_seconds / frames,
+        "extra_mib": extra_mib,
+    }
 
 
 def run_child(arguments: list[str], src: str | None = None) -> dict:
@@ -194,6 +213,8 @@ def inference_table(args: argparse.Namespace) -> None:
     header = f"{'backbone':<12}{'frames':>7}" + "".join(
         f"{side + ' ms/frame':>20}{side + ' extra MiB':>20}" for side in sides
     )
+    if args.repeats:  # see measure_inference
+        header += f"{'whole-clip ms/frame':>21}"
     if args.baseline_src:
         header += f"{'time ratio':>12}{'memory ratio':>14}"
         print(f"baseline: {args.baseline_src}; ratios are this / baseline")
@@ -210,6 +231,8 @@ def inference_table(args: argparse.Namespace) -> None:
             line = f"{backbone:<12}{frames:>7}" + "".join(
                 f"{r['ms_per_frame']:>20.1f}{r['extra_mib']:>20.0f}" for r in results
             )
+            if args.repeats:
+                line += f"{results[0]['whole_ms_per_frame']:>21.1f}"
             if args.baseline_src:
                 this, baseline = results
                 line += f"{this['ms_per_frame'] / baseline['ms_per_frame']:>12.2f}"
