@@ -218,25 +218,29 @@ def batch_sizes(module: torch.nn.Module) -> list[int]:
 @pytest.mark.parametrize("name", TINY)
 def test_inference_reconstructs_one_group_of_frames_at_a_time(name: str) -> None:
     """The head (high-resolution intermediates) sees ``inference_group`` frames at a time
-    without autograd and all frames in training; so do EDVR's windows (PCD alignment)."""
+    without autograd and all frames in training; so do EDVR's windows (PCD alignment) and
+    SPyNet's frame pairs (both directions: 2 * (T - 1) of them)."""
     model = build(name)
     model.inference_group = 2
     head = batch_sizes(model.head)
+    flows = batch_sizes(model.spynet) if hasattr(model, "spynet") else []
     windows = getattr(model, "window_fusion", getattr(model, "keyframe_fusion", None))
     aligned = batch_sizes(windows.pcd_align) if windows is not None else []
     lq = torch.rand(1, 5, 3, 6, 6)
     with torch.no_grad():
         model(lq)
     assert head == [2, 2, 1]
+    assert flows == ([2, 2, 2, 2] if hasattr(model, "spynet") else [])
     width = windows.num_frames if windows is not None else 0
     if name == "edvr_tiny":  # every frame's window
         assert aligned == [2 * width, 2 * width, width]
     elif name == "iconvsr_tiny":  # keyframes 0, 2, 4
         assert aligned == [2 * width, width]
-    head.clear()
-    aligned.clear()
+    for sizes in (head, aligned, flows):
+        sizes.clear()
     model(lq)
     assert head == [5]
+    assert flows == ([8] if hasattr(model, "spynet") else [])
     assert len(aligned) == (windows is not None)
 
 

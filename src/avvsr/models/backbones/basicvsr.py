@@ -63,7 +63,7 @@ class BasicVSR(VSRBackbone):
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
         batch = lq.shape[0]
-        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         backward = self._propagate(lq, backward_flows, self.backward_trunk, reverse=True)
         forward = self._propagate(lq, forward_flows, self.forward_trunk, reverse=False)
 

@@ -25,6 +25,7 @@ from avvsr.models.backbones.blocks import (
     SPyNet,
     conv,
     flow_warp,
+    in_groups,
     leaky_relu_layer,
     propagation_order,
     reconstruct_frames,
@@ -126,8 +127,10 @@ class BasicVSRPlusPlus(VSRBackbone):
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
         batch, num_frames = lq.shape[:2]
-        spatial = self.feat_extract(lq.flatten(0, 1)).unflatten(0, (batch, num_frames))
-        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        frames = lq.flatten(0, 1)
+        spatial = in_groups(self.feat_extract, [frames], self.inference_group)
+        spatial = spatial.unflatten(0, (batch, num_frames))
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         branches: list[Tensor] = [spatial]  # each (B, T, C, h, w)
         for name in BRANCHES:
             reverse = name.startswith("backward")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -185,11 +186,12 @@ class SPyNet(nn.Module):
         frames = (frames - self.mean) / self.std
         return F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
 
-    def neighbour_flows(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+    def neighbour_flows(self, frames: Tensor, group: int | None = None) -> tuple[Tensor, Tensor]:
         """Flows between neighbouring frames of ``frames`` (B, T, 3, h, w).
 
         Returns ``(backward, forward)``, each (B, T-1, 2, h, w): ``backward[:, i]`` warps frame
-        i+1 onto frame i, ``forward[:, i]`` warps frame i onto frame i+1.
+        i+1 onto frame i, ``forward[:, i]`` warps frame i onto frame i+1. With autograd off,
+        ``group`` frame pairs at a time (None: all at once; see :func:`in_groups`).
         """
         batch, num_frames, channels, height, width = frames.shape
         if num_frames == 1:
@@ -197,7 +199,8 @@ class SPyNet(nn.Module):
             return empty, empty
         earlier = frames[:, :-1].reshape(-1, channels, height, width)
         later = frames[:, 1:].reshape(-1, channels, height, width)
-        flows = self(torch.cat([earlier, later]), torch.cat([later, earlier]))
+        pairs = [torch.cat([earlier, later]), torch.cat([later, earlier])]
+        flows = in_groups(self, pairs, group or len(pairs[0]))
         backward, forward = flows.view(2, batch, num_frames - 1, 2, height, width).unbind(0)
         return backward, forward
 
@@ -278,7 +281,12 @@ class ModulatedDeformConv2d(nn.Module):
         if x.device.type == "cuda":
             padding = self.kernel_size // 2
             return deform_conv2d(x, offset, self.weight, self.bias, padding=padding, mask=mask)
-        return deform_conv2d_by_sampling(x, offset, self.weight, self.bias, mask)
+
+        def sample(x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+            return deform_conv2d_by_sampling(x, offset, self.weight, self.bias, mask)
+
+        # Without autograd one sample at a time: the sampled taps are 9x the input's size.
+        return in_groups(sample, [x, offset, mask], 1)
 
 
 def deform_conv2d_by_sampling(
@@ -384,9 +392,26 @@ def apply_feature_hook(feat: Tensor, frames: slice, feature_hook: FeatureHook | 
     return hooked
 
 
+def in_groups(function: Callable[..., Any], inputs: Sequence[Tensor], group: int) -> Any:
+    """``function(*inputs)`` for a ``function`` that maps the samples of its inputs (N, ...)
+    independently and returns a tensor or a list of tensors (N, ...).
+
+    While autograd records, one call; else one call per :func:`frame_groups` group of
+    ``group`` samples, the results joined along N, so the function's intermediates exist for
+    one group at a time. The same values either way.
+    """
+    parts = frame_groups(inputs[0].shape[0], group)
+    if len(parts) == 1:
+        return function(*inputs)
+    results = [function(*(x[part] for x in inputs)) for part in parts]
+    if isinstance(results[0], Tensor):
+        return torch.cat(results)
+    return [torch.cat(per_output) for per_output in zip(*results, strict=True)]
+
+
 def frame_groups(num_frames: int, group: int) -> list[slice]:
-    """The clip's frames as one slice while autograd records (training), else as consecutive
-    slices of ``group`` frames (the last may be shorter), in order."""
+    """Frames (or samples) 0 .. ``num_frames - 1`` as one slice while autograd records
+    (training), else as consecutive slices of ``group`` (the last may be shorter), in order."""
     if torch.is_grad_enabled():
         return [slice(0, num_frames)]
     return [slice(start, min(start + group, num_frames)) for start in range(0, num_frames, group)]

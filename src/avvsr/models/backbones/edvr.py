@@ -30,6 +30,7 @@ from avvsr.models.backbones.blocks import (
     ResidualBlockNoBN,
     conv,
     frame_groups,
+    in_groups,
     leaky_relu,
     leaky_relu_layer,
     make_layer,
@@ -223,20 +224,26 @@ class WindowFusion(nn.Module):
         self, lq: Tensor, targets: list[int] | None = None, group: int | None = None
     ) -> Tensor:
         targets = list(range(lq.shape[1])) if targets is None else targets
-        pyramid, size = self.pyramid(lq), lq.shape[-2:]
+        pyramid, size = self.pyramid(lq, group), lq.shape[-2:]
         parts = frame_groups(len(targets), group or len(targets))
         fused = [self.fuse(pyramid, targets[part], size) for part in parts]
         return fused[0] if len(fused) == 1 else torch.cat(fused, dim=1)
 
-    def pyramid(self, lq: Tensor) -> list[Tensor]:
+    def pyramid(self, lq: Tensor, group: int | None = None) -> list[Tensor]:
         """Per-frame features of ``lq`` (B, T, 3, h, w) at each pyramid level, finest first:
-        (B, T, C, h_l, w_l), padded to multiples of 4 at the finest level."""
+        (B, T, C, h_l, w_l), padded to multiples of 4 at the finest level. With autograd off,
+        ``group`` frames at a time (None: all at once)."""
         batch, num_frames = lq.shape[:2]
         padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
-        pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
+        pyramid = in_groups(self._pyramid, [padded], group or len(padded))
+        return [level.unflatten(0, (batch, num_frames)) for level in pyramid]
+
+    def _pyramid(self, padded: Tensor) -> list[Tensor]:
+        """Padded frames (N, 3, h, w) -> their features at each level, (N, C, h_l, w_l)."""
+        pyramid = [self.feat_extract(padded)]  # finest first
         for downsample in self.downsample:
             pyramid.append(downsample(pyramid[-1]))
-        return [level.unflatten(0, (batch, num_frames)) for level in pyramid]
+        return pyramid
 
     def fuse(self, pyramid: list[Tensor], targets: list[int], size: tuple[int, int]) -> Tensor:
         """The fused features (B, K, C, h, w) of the K ``targets`` from the clip's
@@ -295,7 +302,8 @@ class EDVR(VSRBackbone):
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
-        pyramid, frames = self.window_fusion.pyramid(lq), list(range(lq.shape[1]))
+        pyramid = self.window_fusion.pyramid(lq, self.inference_group)
+        frames = list(range(lq.shape[1]))
 
         def features(group: slice) -> Tensor:  # (B, T', C, h, w)
             return self.window_fusion.fuse(pyramid, frames[group], lq.shape[-2:])

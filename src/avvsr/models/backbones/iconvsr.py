@@ -87,7 +87,7 @@ class IconVSR(VSRBackbone):
         keyframes = self.keyframes(num_frames)
         refill_feats = self.keyframe_fusion(lq, keyframes, self.inference_group).unbind(1)
         refill = dict(zip(keyframes, refill_feats, strict=True))
-        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         initial = lq.new_zeros(batch, self.fusion_channels, height, width)
 
         def refilled(frame: int, state: Tensor, mix: nn.Module) -> Tensor:
