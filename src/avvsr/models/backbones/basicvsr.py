@@ -61,7 +61,7 @@ class BasicVSR(VSRBackbone):
         return self.spynet.parameters()
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch = lq.shape[0]
         backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         backward = self._propagate(lq, backward_flows, self.backward_trunk, reverse=True)

@@ -125,7 +125,7 @@ class BasicVSRPlusPlus(VSRBackbone):
         return self.spynet.parameters()
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch, num_frames = lq.shape[:2]
         frames = lq.flatten(0, 1)
         spatial = in_groups(self.feat_extract, [frames], self.inference_group)

@@ -301,7 +301,7 @@ class EDVR(VSRBackbone):
         self.head = PixelShuffleHead(num_feat, scale, hr_channels)
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         pyramid = self.window_fusion.pyramid(lq, self.inference_group)
         frames = list(range(lq.shape[1]))
 

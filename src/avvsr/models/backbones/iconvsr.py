@@ -82,7 +82,7 @@ class IconVSR(VSRBackbone):
         return sorted({*range(0, num_frames, self.keyframe_stride), num_frames - 1})
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch, num_frames, _, height, width = lq.shape
         keyframes = self.keyframes(num_frames)
         refill_feats = self.keyframe_fusion(lq, keyframes, self.inference_group).unbind(1)
