@@ -8,42 +8,71 @@ high-water mark, measured in a fresh subprocess per configuration). Then the MS-
 of parameters and time, against the target of at most 1.10 at paper size. With ``--train-step``
 it also times a training step (forward, backward, Adam) of the tiny configs at the CPU
 study's training shape (4 clips x 5 frames, 16x16 LR crops).
+
+Then the inference table: each paper-size backbone alone (no fusion) with autograd off, at
+each of ``--inference-frames`` clip lengths (7 and 14), in a fresh subprocess per
+configuration: ms per output frame and the forward's extra memory (peak resident set during
+the first forward minus the resident set before it). With ``--repeats`` above 0 it also times,
+alternately in the same process, the whole-clip path (autograd on, nothing requiring
+gradients: the training path without a graph), for the effect of grouping alone. With
+``--baseline-src DIR`` (a ``src`` folder of another checkout of avvsr that has
+``avvsr.config``, e.g. the commit before a change) every configuration also runs on that code,
+alternating with this one, and the table prints this/baseline ratios. Timings on a shared machine are noisy; the memory figures and
+same-run ratios are steadier.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 BACKBONES = ["basicvsr", "basicvsrpp", "edvr", "basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny"]
 FUSIONS = ["none", "msavf"]
+PAPER_BACKBONES = ["basicvsr", "iconvsr", "basicvsrpp", "edvr", "edvr_l"]
 
 
 def build(backbone: str, fusion: str):
-    """An AVVSRNet from the repo's configs (paper-size audio encoder for paper backbones)."""
-    import hydra
-    from omegaconf import OmegaConf
-
-    from avvsr.models.avvsr_net import AVVSRNet
+    """The AVVSRNet of the repository's model config with ``backbone`` and ``fusion``
+    (paper-size audio encoder for paper backbones), composed as the command line does."""
+    from avvsr.config import build_lit_module, compose
 
     encoder = "tiny" if backbone.endswith("_tiny") else "paper"
-    root = OmegaConf.create({"model": {"scale": 4}})
-    root.model.backbone = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
-    root.model.audio_encoder = OmegaConf.load(CONF / "audio_encoder" / f"{encoder}.yaml")
-    root.model.fusion = (
-        OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml") if fusion != "none" else None
-    )
-    return AVVSRNet(
-        hydra.utils.instantiate(root.model.backbone),
-        hydra.utils.instantiate(root.model.audio_encoder),
-        hydra.utils.instantiate(root.model.fusion) if fusion != "none" else None,
-    )
+    config = compose("train", [
+        f"model/backbone={backbone}", f"model/audio_encoder={encoder}", f"model/fusion={fusion}",
+    ])
+    return build_lit_module(config.model).net
+
+
+def resident_kib(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_growth_mib(run) -> float:
+    """How far the resident set rises above its level before ``run()`` while it runs (MiB).
+
+    On Linux the peak is reset first (``/proc/self/clear_refs``), so earlier peaks (building
+    the model) cannot hide this one; elsewhere it is the growth of getrusage's all-time peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        before_kib = resident_kib("VmRSS")
+        run()
+        return (resident_kib("VmHWM") - before_kib) / 1024
+    except OSError:
+        before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kib) / 1024
 
 
 def train_step_seconds(net, repeats: int) -> float:
@@ -80,10 +109,8 @@ def measure(
         return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
     params = count(net)
-    rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.inference_mode():
-        net(lq, audio)  # warm-up; also the peak-memory measurement
-        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before_kib) / 1024
+        peak_mib = peak_growth_mib(lambda: net(lq, audio))  # also the warm-up
         counter = FlopCounterMode(display=False)
         with counter:
             net(lq, audio)
@@ -103,6 +130,98 @@ def measure(
     }
 
 
+def measure_inference(backbone: str, frames: int, size: int, repeats: int) -> dict:
+    """Run in a fresh process: the plain backbone with autograd off on a clip of ``frames``
+    frames: ms per output frame (mean of ``repeats`` forwards after the first; with 0, of the
+    first, warm-up included) and the extra memory (MiB) of the first forward.
+
+    With ``repeats``, also ``whole_ms_per_frame``: the same forward with autograd on but no
+    parameter requiring gradients, so no graph is recorded and the backbones take their
+    training path (all frames at once), timed alternately with the grouped one.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    net = build(backbone, "none").eval().requires_grad_(False)
+    lq = torch.rand(1, frames, 3, size, size)
+
+    def timed(mode) -> float:
+        with mode():
+            start = time.perf_counter()
+            net(lq)
+            return time.perf_counter() - start
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        extra_mib = peak_growth_mib(lambda: net(lq))  # also the warm-up
+    seconds, whole_seconds = time.perf_counter() - start, float("nan")
+    if repeats:
+        timed(torch.enable_grad)  # its warm-up
+        pairs = [(timed(torch.no_grad), timed(torch.enable_grad)) for _ in range(repeats)]
+        seconds = sum(grouped for grouped, _ in pairs) / repeats
+        whole_seconds = sum(whole for _, whole in pairs) / repeats
+    return {
+        "ms_per_frame": 1000 * seconds / frames,
+        "whole_ms_per_frame": 1000 * whole_seconds / frames,
+        "extra_mib": extra_mib,
+    }
+
+
+def run_child(arguments: list[str], src: str | None = None) -> dict:
+    """This script with ``arguments`` in a fresh process (importing avvsr from ``src`` when
+    given) -> the JSON dict it prints last."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    command = [sys.executable, __file__, *arguments]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def inference_table(args: argparse.Namespace) -> None:
+    """Print ms/frame and extra forward memory of the paper-size backbones with autograd off,
+    per clip length, and the ratios to ``--baseline-src`` when given."""
+    print()
+    print(
+        f"Inference, autograd off, backbone alone: x4, LR {args.size}x{args.size}, batch 1, "
+        f"{args.threads} CPU threads, "
+        + (
+            f"{args.repeats} timed forwards after the measured first"
+            if args.repeats
+            else "time of the measured first forward (warm-up included)"
+        )
+    )
+    sides = ["this"] + (["baseline"] if args.baseline_src else [])
+    header = f"{'backbone':<12}{'frames':>7}" + "".join(
+        f"{side + ' ms/frame':>20}{side + ' extra MiB':>20}" for side in sides
+    )
+    if args.repeats:  # see measure_inference
+        header += f"{'whole-clip ms/frame':>21}"
+    if args.baseline_src:
+        header += f"{'time ratio':>12}{'memory ratio':>14}"
+        print(f"baseline: {args.baseline_src}; ratios are this / baseline")
+    print(header)
+    print("-" * len(header))
+    for backbone in args.inference_backbones:
+        for frames in args.inference_frames:
+            arguments = ["--inference-child", backbone, str(frames)]
+            arguments += ["--size", str(args.size), "--repeats", str(args.repeats)]
+            arguments += ["--threads", str(args.threads)]
+            results = [run_child(arguments)]
+            if args.baseline_src:
+                results.append(run_child(arguments, args.baseline_src))
+            line = f"{backbone:<12}{frames:>7}" + "".join(
+                f"{r['ms_per_frame']:>20.1f}{r['extra_mib']:>20.0f}" for r in results
+            )
+            if args.repeats:
+                line += f"{results[0]['whole_ms_per_frame']:>21.1f}"
+            if args.baseline_src:
+                this, baseline = results
+                line += f"{this['ms_per_frame'] / baseline['ms_per_frame']:>12.2f}"
+                line += f"{this['extra_mib'] / baseline['extra_mib']:>14.2f}"
+            print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=7)
@@ -111,8 +230,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-step", action="store_true", help="also time training steps")
     parser.add_argument("--only", nargs="*", default=BACKBONES, help="backbone configs to measure")
+    parser.add_argument(
+        "--inference-frames", nargs="*", type=int, default=[7, 14], help="clip lengths"
+    )
+    parser.add_argument(
+        "--inference-backbones", nargs="*", default=PAPER_BACKBONES, help="for the inference table"
+    )
+    parser.add_argument(
+        "--inference-only", action="store_true", help="only the inference table"
+    )
+    parser.add_argument("--baseline-src", help="src folder of the avvsr code to compare with")
     parser.add_argument("--child", nargs=2, metavar=("BACKBONE", "FUSION"), help=argparse.SUPPRESS)
+    parser.add_argument("--inference-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.inference_child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        backbone, frames = args.inference_child
+        print(json.dumps(measure_inference(backbone, int(frames), args.size, args.repeats)))
+        return
+    if args.inference_only:
+        inference_table(args)
+        return
 
     if args.child:
         import torch
@@ -177,6 +318,7 @@ def main() -> None:
             f"{backbone:<16} params: MS-AVF x{fusion_ratio:.3f}, audio path x{path_ratio:.3f};"
             f"  time x{time_ratio:.3f}{verdict}"
         )
+    inference_table(args)
 
 
 if __name__ == "__main__":

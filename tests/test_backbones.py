@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from torchvision.ops import deform_conv2d
 
 from avvsr.config import compose
+from avvsr.models.avvsr_net import AVVSRNet
 from avvsr.models.backbones.basicvsrpp import SecondOrderDeformableAlignment
 from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
@@ -102,18 +103,124 @@ def test_single_frame_clip(name: str) -> None:
         assert build(name)(torch.rand(1, 1, 3, 8, 8)).shape == (1, 1, 3, 32, 32)
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_hook_is_called_once_on_all_frames_at_the_lr_size(name: str) -> None:
-    model = build(name)
-    seen: list[tuple[int, ...]] = []
+def record_hook_calls(model, lq: torch.Tensor) -> list[tuple[slice, tuple[int, ...]]]:
+    """The (frames, feature shape) of every hook call of one forward of ``model`` on ``lq``."""
+    seen: list[tuple[slice, tuple[int, ...]]] = []
 
-    def hook(feat: torch.Tensor) -> torch.Tensor:
-        seen.append(tuple(feat.shape))
+    def hook(feat: torch.Tensor, frames: slice) -> torch.Tensor:
+        seen.append((frames, tuple(feat.shape)))
         return feat
 
+    model(lq, feature_hook=hook)
+    return seen
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_training_calls_the_hook_once_on_all_frames_at_the_lr_size(name: str) -> None:
+    model = build(name)
+    seen = record_hook_calls(model, torch.rand(2, 3, 3, 7, 9))
+    assert seen == [(slice(0, 3), (2, 3, model.fusion_channels, 7, 9))]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_inference_calls_the_hook_on_consecutive_groups_of_frames(name: str) -> None:
+    model = build(name)
+    model.inference_group = 2
     with torch.no_grad():
-        model(torch.rand(2, 3, 3, 7, 9), feature_hook=hook)
-    assert seen == [(2, 3, model.fusion_channels, 7, 9)]
+        seen = record_hook_calls(model, torch.rand(2, 5, 3, 7, 9))
+    channels = model.fusion_channels
+    assert seen == [
+        (slice(0, 2), (2, 2, channels, 7, 9)),
+        (slice(2, 4), (2, 2, channels, 7, 9)),
+        (slice(4, 5), (2, 1, channels, 7, 9)),
+    ]
+
+
+def frame_dependent_hook(feat: torch.Tensor, frames: slice) -> torch.Tensor:
+    """Scales each frame's features by a factor set by its index in the clip, so a hook call
+    given the wrong frames changes the output."""
+    index = torch.arange(frames.start, frames.stop, dtype=feat.dtype)
+    return feat * (1 + 0.1 * index).view(1, -1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("group", [1, 2, 5])
+@pytest.mark.parametrize("name", TINY)
+def test_inference_in_groups_equals_the_training_path_in_float64(name: str, group: int) -> None:
+    model = build_trained(name).double()
+    model.inference_group = group
+    lq = torch.rand(2, 5, 3, 7, 9, dtype=torch.float64)
+    training = model(lq, feature_hook=frame_dependent_hook)  # autograd on: all frames at once
+    with torch.no_grad():
+        grouped = model(lq, feature_hook=frame_dependent_hook)
+    assert torch.equal(grouped, training.detach())
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("name", TINY)
+def test_msavf_fused_in_groups_equals_all_frames_at_once(
+    name: str, dtype: torch.dtype, atol: float
+) -> None:
+    """MS-AVF treats frames independently: fusing groups of frames gives the output and the
+    masks of fusing the whole clip (float32 to 1e-6; float64 to 1e-14, not bit for bit: its
+    linear layers' matrix products round differently for a different number of rows)."""
+    model = compose("train", ["model/audio_encoder=tiny", "model/fusion=msavf"]).model
+    net = AVVSRNet(
+        build_trained(name), instantiate(model.audio_encoder), instantiate(model.fusion)
+    )
+    with torch.no_grad():  # move MS-AVF off its identity start
+        for parameter in net.fusion.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    net = net.to(dtype).eval()
+    net.backbone.inference_group = 2
+    lq = torch.rand(2, 5, 3, 7, 9, dtype=dtype)
+    audio = torch.randn(2, 5, 64, 33, dtype=dtype) - 5
+    whole = net(lq, audio)  # autograd on: one hook call
+    with torch.no_grad():
+        grouped = net(lq, audio)
+    assert len(grouped.masks) == len(whole.masks) == 3
+    for mine, reference in zip([grouped.sr, *grouped.masks], [whole.sr, *whole.masks], strict=True):
+        torch.testing.assert_close(mine, reference.detach(), rtol=0, atol=atol)
+
+
+def batch_sizes(module: torch.nn.Module) -> list[int]:
+    """Records the batch size (first dimension of the first input) of every call of ``module``."""
+    sizes: list[int] = []
+
+    def record(_module: torch.nn.Module, args: tuple) -> None:
+        first = args[0][0] if isinstance(args[0], list) else args[0]
+        sizes.append(first.shape[0])
+
+    module.register_forward_pre_hook(record)
+    return sizes
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_inference_reconstructs_one_group_of_frames_at_a_time(name: str) -> None:
+    """The head (high-resolution intermediates) sees ``inference_group`` frames at a time
+    without autograd and all frames in training; so do EDVR's windows (PCD alignment) and
+    SPyNet's frame pairs (both directions: 2 * (T - 1) of them)."""
+    model = build(name)
+    model.inference_group = 2
+    head = batch_sizes(model.head)
+    flows = batch_sizes(model.spynet) if hasattr(model, "spynet") else []
+    windows = getattr(model, "window_fusion", getattr(model, "keyframe_fusion", None))
+    aligned = batch_sizes(windows.pcd_align) if windows is not None else []
+    lq = torch.rand(1, 5, 3, 6, 6)
+    with torch.no_grad():
+        model(lq)
+    assert head == [2, 2, 1]
+    assert flows == ([2, 2, 2, 2] if hasattr(model, "spynet") else [])
+    width = windows.num_frames if windows is not None else 0
+    if name == "edvr_tiny":  # every frame's window
+        assert aligned == [2 * width, 2 * width, width]
+    elif name == "iconvsr_tiny":  # keyframes 0, 2, 4
+        assert aligned == [2 * width, width]
+    for sizes in (head, aligned, flows):
+        sizes.clear()
+    model(lq)
+    assert head == [5]
+    assert flows == ([8] if hasattr(model, "spynet") else [])
+    assert len(aligned) == (windows is not None)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -121,7 +228,7 @@ def test_identity_hook_leaves_the_output_unchanged(name: str) -> None:
     model = build_trained(name)
     lq = torch.rand(1, 3, 3, 6, 6)
     with torch.no_grad():
-        torch.testing.assert_close(model(lq, feature_hook=lambda feat: feat), model(lq))
+        torch.testing.assert_close(model(lq, feature_hook=lambda feat, frames: feat), model(lq))
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -132,9 +239,12 @@ def test_hook_output_is_what_gets_reconstructed(name: str) -> None:
     lq_a, lq_b = torch.rand(2, 1, 3, 3, 6, 6)
     replacement = torch.randn(1, 3, model.fusion_channels, 6, 6)
     with torch.no_grad():
-        residual_a = model(lq_a, feature_hook=lambda feat: replacement) - bilinear(lq_a, 4)
-        residual_b = model(lq_b, feature_hook=lambda feat: replacement) - bilinear(lq_b, 4)
-        zeroed = model(lq_a, feature_hook=torch.zeros_like)
+        def replace(feat: torch.Tensor, frames: slice) -> torch.Tensor:
+            return replacement[:, frames]
+
+        residual_a = model(lq_a, feature_hook=replace) - bilinear(lq_a, 4)
+        residual_b = model(lq_b, feature_hook=replace) - bilinear(lq_b, 4)
+        zeroed = model(lq_a, feature_hook=lambda feat, frames: torch.zeros_like(feat))
         plain = model(lq_a)
     torch.testing.assert_close(residual_a, residual_b)
     assert not torch.allclose(zeroed, plain)
@@ -150,7 +260,7 @@ def test_untrained_backbone_outputs_the_bilinear_upsampling(name: str) -> None:
 def test_hook_must_keep_the_shape() -> None:
     model = build("basicvsr_tiny")
     with pytest.raises(ValueError, match="feature_hook"), torch.no_grad():
-        model(torch.rand(1, 2, 3, 8, 8), feature_hook=lambda feat: feat[:, :, :1])
+        model(torch.rand(1, 2, 3, 8, 8), feature_hook=lambda feat, frames: feat[:, :, :1])
 
 
 @pytest.mark.parametrize("name", WITH_SPYNET)
@@ -292,15 +402,15 @@ def test_iconvsr_basicsr_ends_run_on_reflect_padded_frames() -> None:
     padded = F.pad(lq.flatten(0, 1), (0, 3, 0, 1), mode="reflect").unflatten(0, (1, 4))
     seen: list[tuple[int, ...]] = []
 
-    def hook(feat: torch.Tensor) -> torch.Tensor:
+    def hook(feat: torch.Tensor, frames: slice) -> torch.Tensor:
         seen.append(tuple(feat.shape))
         return feat
 
-    with torch.no_grad():
+    with torch.no_grad():  # inference: the hook sees one frame at a time (inference_group 1)
         out = model(lq, feature_hook=hook)
         torch.testing.assert_close(out, model(padded)[..., :28, :36])
     assert out.shape == (1, 4, 3, 28, 36)
-    assert seen == [(1, 4, model.fusion_channels, 7, 9)]
+    assert seen == [(1, 1, model.fusion_channels, 7, 9)] * 4
 
 
 def test_edvr_rejects_an_even_window() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from avvsr.models.backbones.base import VSRBackbone
@@ -79,13 +80,16 @@ class AVVSRNet(nn.Module):
                 "this model fuses audio: pass log-mel `audio` (B, T, n_mels, n_frames)"
             )
         embedding = self.audio_encoder(audio)  # (B, T, D)
-        masks: list[Tensor] = []
+        group_masks: list[list[Tensor]] = []  # per hook call (group of frames), per scale
 
-        def fuse(feat: Tensor) -> Tensor:
-            batch, frames = feat.shape[:2]
-            fused, scale_masks = self.fusion(feat.flatten(0, 1), embedding.flatten(0, 1))
-            masks.extend(m.unflatten(0, (batch, frames)) for m in scale_masks)
-            return fused.unflatten(0, (batch, frames))
+        def fuse(feat: Tensor, frames: slice) -> Tensor:
+            batch = feat.shape[0]
+            audio_feat = embedding[:, frames].flatten(0, 1)
+            fused, scale_masks = self.fusion(feat.flatten(0, 1), audio_feat)
+            group_masks.append([m.unflatten(0, (batch, -1)) for m in scale_masks])
+            return fused.unflatten(0, (batch, -1))
 
         sr = self.backbone(lq, feature_hook=fuse)
+        # The groups come in frame order: join each scale's masks along T.
+        masks = [torch.cat(scale, dim=1) for scale in zip(*group_masks, strict=True)]
         return AVVSROutput(sr=sr, masks=masks)

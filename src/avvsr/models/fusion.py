@@ -66,9 +66,11 @@ class AudioGuidedFiLM(nn.Module):
         self.film = nn.Linear(audio_dim, 2 * channels)
 
     def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
-        # The similarity is computed in float32: normalising float16 vectors underflows.
-        keys = F.normalize(self.visual_proj(visual).float(), dim=1)
-        query = F.normalize(self.audio_proj(audio).float(), dim=1)
+        # The similarity is computed in float32 at least: normalising float16 vectors underflows
+        # (and a float64 model stays float64, so its output does not depend on the batch).
+        precision = torch.promote_types(visual.dtype, torch.float32)
+        keys = F.normalize(self.visual_proj(visual).to(precision), dim=1)
+        query = F.normalize(self.audio_proj(audio).to(precision), dim=1)
         cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
         logits = self.log_temperature.exp() * cosine + self.logit_bias
         mask = torch.sigmoid(logits).to(visual.dtype)

@@ -3,8 +3,9 @@
 Each branch (backward in time, then forward) carries a feature map from frame to frame: warp
 it onto the current frame with SPyNet flow, concatenate the frame, refine with residual blocks.
 The two branches are fused per frame by a 1x1 conv; that fused feature is the fusion point.
-Unlike the published code, reconstruction runs once, batched over all frames, after both
-branches (same computation, and the hook sees every frame at once).
+Unlike the published code, reconstruction runs after both branches, over all frames at once
+in training and in groups of frames at inference (same computation, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from avvsr.models.backbones.blocks import (
     ConvResidualBlocks,
     PixelShuffleHead,
     SPyNet,
-    apply_feature_hook,
     conv,
     leaky_relu,
+    reconstruct_frames,
     recurrent_branch,
 )
 
@@ -60,16 +61,17 @@ class BasicVSR(VSRBackbone):
         return self.spynet.parameters()
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
-        batch, num_frames, _, height, width = lq.shape
-        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
+        batch = lq.shape[0]
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         backward = self._propagate(lq, backward_flows, self.backward_trunk, reverse=True)
         forward = self._propagate(lq, forward_flows, self.forward_trunk, reverse=False)
-        both = torch.cat([backward, forward], dim=2).flatten(0, 1)  # (B*T, 2C, h, w)
-        feat = leaky_relu(self.fusion(both))
-        feat = apply_feature_hook(feat.unflatten(0, (batch, num_frames)), feature_hook)
-        sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
-        return sr.unflatten(0, (batch, num_frames))
+
+        def features(frames: slice) -> Tensor:  # (B, T', C, h, w)
+            both = torch.cat([backward[:, frames], forward[:, frames]], dim=2)
+            return leaky_relu(self.fusion(both.flatten(0, 1))).unflatten(0, (batch, -1))
+
+        return reconstruct_frames(features, lq, feature_hook, self.head, self.inference_group)
 
     def _propagate(self, lq: Tensor, flows: Tensor, trunk: nn.Module, reverse: bool) -> Tensor:
         """One recurrent branch over ``lq`` (B, T, 3, h, w) -> features (B, T, C, h, w)."""

@@ -23,11 +23,12 @@ from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
     PixelShuffleHead,
     SPyNet,
-    apply_feature_hook,
     conv,
     flow_warp,
+    in_groups,
     leaky_relu_layer,
     propagation_order,
+    reconstruct_frames,
 )
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
@@ -124,19 +125,23 @@ class BasicVSRPlusPlus(VSRBackbone):
         return self.spynet.parameters()
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch, num_frames = lq.shape[:2]
-        spatial = self.feat_extract(lq.flatten(0, 1)).unflatten(0, (batch, num_frames))
-        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        frames = lq.flatten(0, 1)
+        spatial = in_groups(self.feat_extract, [frames], self.inference_group)
+        spatial = spatial.unflatten(0, (batch, num_frames))
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         branches: list[Tensor] = [spatial]  # each (B, T, C, h, w)
         for name in BRANCHES:
             reverse = name.startswith("backward")
             flows = backward_flows if reverse else forward_flows
             branches.append(self._propagate(branches, flows, name, reverse))
-        feat = self.reconstruction(torch.cat(branches, dim=2).flatten(0, 1))
-        feat = apply_feature_hook(feat.unflatten(0, (batch, num_frames)), feature_hook)
-        sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
-        return sr.unflatten(0, (batch, num_frames))
+
+        def features(frames: slice) -> Tensor:  # (B, T', C, h, w)
+            stacked = torch.cat([branch[:, frames] for branch in branches], dim=2)
+            return self.reconstruction(stacked.flatten(0, 1)).unflatten(0, (batch, -1))
+
+        return reconstruct_frames(features, lq, feature_hook, self.head, self.inference_group)
 
     def _propagate(self, earlier: list[Tensor], flows: Tensor, name: str, reverse: bool) -> Tensor:
         """One branch over the features of the ``earlier`` branches -> (B, T, C, h, w)."""

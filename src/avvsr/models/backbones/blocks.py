@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,14 @@ LEAKY_SLOPE = 0.1
 """Negative slope of every leaky ReLU in the backbones."""
 
 
-def leaky_relu(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, LEAKY_SLOPE)
+def leaky_relu(x: Tensor, inplace: bool = False) -> Tensor:
+    return F.leaky_relu(x, LEAKY_SLOPE, inplace=inplace)
 
 
-def leaky_relu_layer() -> nn.LeakyReLU:
-    return nn.LeakyReLU(LEAKY_SLOPE)
+def leaky_relu_layer(inplace: bool = False) -> nn.LeakyReLU:
+    """In place is safe after a convolution or pixel shuffle: their backward does not read
+    their output, and the leaky ReLU's own backward needs only its output."""
+    return nn.LeakyReLU(LEAKY_SLOPE, inplace=inplace)
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -65,7 +68,8 @@ class ResidualBlockNoBN(nn.Module):
             self.conv2.weight.mul_(0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+        # In place (same values): conv1's output and conv2's are read by no backward.
+        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
 
 
 def make_layer(block_factory: Callable[[], nn.Module], num_blocks: int) -> nn.Sequential:
@@ -182,11 +186,12 @@ class SPyNet(nn.Module):
         frames = (frames - self.mean) / self.std
         return F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
 
-    def neighbour_flows(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+    def neighbour_flows(self, frames: Tensor, group: int | None = None) -> tuple[Tensor, Tensor]:
         """Flows between neighbouring frames of ``frames`` (B, T, 3, h, w).
 
         Returns ``(backward, forward)``, each (B, T-1, 2, h, w): ``backward[:, i]`` warps frame
-        i+1 onto frame i, ``forward[:, i]`` warps frame i onto frame i+1.
+        i+1 onto frame i, ``forward[:, i]`` warps frame i onto frame i+1. With autograd off,
+        ``group`` frame pairs at a time (None: all at once; see :func:`in_groups`).
         """
         batch, num_frames, channels, height, width = frames.shape
         if num_frames == 1:
@@ -194,7 +199,8 @@ class SPyNet(nn.Module):
             return empty, empty
         earlier = frames[:, :-1].reshape(-1, channels, height, width)
         later = frames[:, 1:].reshape(-1, channels, height, width)
-        flows = self(torch.cat([earlier, later]), torch.cat([later, earlier]))
+        pairs = [torch.cat([earlier, later]), torch.cat([later, earlier])]
+        flows = in_groups(self, pairs, group or len(pairs[0]))
         backward, forward = flows.view(2, batch, num_frames - 1, 2, height, width).unbind(0)
         return backward, forward
 
@@ -275,7 +281,12 @@ class ModulatedDeformConv2d(nn.Module):
         if x.device.type == "cuda":
             padding = self.kernel_size // 2
             return deform_conv2d(x, offset, self.weight, self.bias, padding=padding, mask=mask)
-        return deform_conv2d_by_sampling(x, offset, self.weight, self.bias, mask)
+
+        def sample(x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+            return deform_conv2d_by_sampling(x, offset, self.weight, self.bias, mask)
+
+        # Without autograd one sample at a time: the sampled taps are 9x the input's size.
+        return in_groups(sample, [x, offset, mask], 1)
 
 
 def deform_conv2d_by_sampling(
@@ -308,8 +319,10 @@ def deform_conv2d_by_sampling(
         align_corners=False,
     )
     sampled = sampled.view(batch, groups, channels // groups, taps, height, width)
-    columns = sampled * mask.view(batch, groups, 1, taps, height, width)
-    out = weight.view(out_channels, channels * taps) @ columns.view(batch, channels * taps, -1)
+    mask = mask.view(batch, groups, 1, taps, height, width)
+    # Without autograd, mask in place: the largest tensor here exists once, not twice.
+    columns = sampled * mask if torch.is_grad_enabled() else sampled.mul_(mask)
+    out = weight.reshape(out_channels, channels * taps) @ columns.view(batch, channels * taps, -1)
     return (out + bias.view(1, -1, 1)).view(batch, out_channels, height, width)
 
 
@@ -343,7 +356,7 @@ class PixelShuffleHead(nn.Module):
         for index, factor in enumerate(factors):
             out_channels = hr_channels if index == len(factors) - 1 else in_channels
             stages += [conv(channels, out_channels * factor**2), nn.PixelShuffle(factor)]
-            stages += [leaky_relu_layer()]
+            stages += [leaky_relu_layer(inplace=True)]  # at HR: one tensor fewer
             channels = out_channels
         self.upsample = nn.Sequential(*stages)
         self.conv_hr = conv(hr_channels, hr_channels)
@@ -352,7 +365,7 @@ class PixelShuffleHead(nn.Module):
         nn.init.zeros_(self.conv_last.bias)
 
     def forward(self, feat: Tensor, lq: Tensor) -> Tensor:
-        hr = leaky_relu(self.conv_hr(self.upsample(feat)))
+        hr = leaky_relu(self.conv_hr(self.upsample(feat)), inplace=True)
         base = F.interpolate(lq, scale_factor=self.scale, mode="bilinear", align_corners=False)
         return self.conv_last(hr) + base
 
@@ -366,13 +379,71 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
-def apply_feature_hook(feat: Tensor, feature_hook: FeatureHook | None) -> Tensor:
-    """Pass fusion-point features (B, T, C, h, w) through the hook, checking it keeps the shape."""
+def apply_feature_hook(feat: Tensor, frames: slice, feature_hook: FeatureHook | None) -> Tensor:
+    """Pass fusion-point features (B, T', C, h, w) of the clip's ``frames`` through the hook,
+    checking it keeps the shape."""
     if feature_hook is None:
         return feat
-    hooked = feature_hook(feat)
+    hooked = feature_hook(feat, frames)
     if hooked.shape != feat.shape:
         raise ValueError(
             f"feature_hook changed the shape {tuple(feat.shape)} to {tuple(hooked.shape)}"
         )
     return hooked
+
+
+def in_groups(function: Callable[..., Any], inputs: Sequence[Tensor], group: int) -> Any:
+    """``function(*inputs)`` for a ``function`` that maps the samples of its inputs (N, ...)
+    independently and returns a tensor or a list of tensors (N, ...).
+
+    While autograd records, one call; else one call per :func:`frame_groups` group of
+    ``group`` samples, the results joined along N, so the function's intermediates exist for
+    one group at a time. The same values either way.
+    """
+    parts = frame_groups(inputs[0].shape[0], group)
+    if len(parts) == 1:
+        return function(*inputs)
+    results = [function(*(x[part] for x in inputs)) for part in parts]
+    if isinstance(results[0], Tensor):
+        return torch.cat(results)
+    return [torch.cat(per_output) for per_output in zip(*results, strict=True)]
+
+
+def frame_groups(num_frames: int, group: int) -> list[slice]:
+    """Frames (or samples) 0 .. ``num_frames - 1`` as one slice while autograd records
+    (training), else as consecutive slices of ``group`` (the last may be shorter), in order."""
+    if torch.is_grad_enabled():
+        return [slice(0, num_frames)]
+    return [slice(start, min(start + group, num_frames)) for start in range(0, num_frames, group)]
+
+
+def reconstruct_frames(
+    features: Callable[[slice], Tensor],
+    lq: Tensor,
+    feature_hook: FeatureHook | None,
+    reconstruct: Callable[[Tensor, Tensor], Tensor],
+    group: int,
+) -> Tensor:
+    """Fusion-point features, fusion hook and reconstruction of a clip, group by group.
+
+    ``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w). ``features(frames)`` gives the fusion-point
+    features (B, T', C, h, w) of the clip's ``frames`` (a slice), and
+    ``reconstruct(feat (N, C, h, w), lq (N, 3, h, w))`` maps hooked features to output frames;
+    both must treat frames independently. The groups are :func:`frame_groups`: all frames at
+    once while autograd records, so training keeps one graph; else ``group`` frames at a time,
+    so the intermediates of only one group exist at once and inference memory does not grow
+    with T. Every frame is computed by the same functions either way (equal in float64).
+    """
+    batch, num_frames = lq.shape[:2]
+    groups = frame_groups(num_frames, group)
+    out: Tensor | None = None
+    for frames in groups:
+        hooked = apply_feature_hook(features(frames), frames, feature_hook)
+        sr = reconstruct(hooked.flatten(0, 1), lq[:, frames].flatten(0, 1))
+        sr = sr.unflatten(0, (batch, -1))
+        if len(groups) == 1:
+            return sr
+        if out is None:
+            out = sr.new_empty(batch, num_frames, *sr.shape[2:])
+        out[:, frames] = sr
+    return out

@@ -4,7 +4,9 @@ EDVR restores one centre frame from a window of ``num_frames`` neighbours. To re
 frame, each frame t gets the window ``t - r .. t + r`` (``r = num_frames // 2``); how indices
 past the clip ends are filled is the ``clip_ends`` option (:data:`CLIP_ENDS`,
 :func:`window_indices`). Per-frame pyramid features are computed once and
-gathered into all windows, which then run as one batch. The window's neighbours are aligned to
+gathered into the windows, which run as one batch (in training) or a group of frames' windows
+at a time (at inference, with the reconstruction of each group, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames`). The window's neighbours are aligned to
 its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal and spatial
 attention); the fused centre-frame feature is the fusion point, followed by the reconstruction
 trunk and the pixel-shuffle head.
@@ -26,12 +28,14 @@ from avvsr.models.backbones.blocks import (
     ModulatedDeformConv2d,
     PixelShuffleHead,
     ResidualBlockNoBN,
-    apply_feature_hook,
     conv,
+    frame_groups,
+    in_groups,
     leaky_relu,
     leaky_relu_layer,
     make_layer,
     pad_to_multiple,
+    reconstruct_frames,
 )
 
 NUM_LEVELS = 3
@@ -227,9 +231,11 @@ class TSAFusion(nn.Module):
 class WindowFusion(nn.Module):
     """EDVR's front end: per-frame pyramid features, PCD alignment and TSA fusion of windows.
 
-    ``forward(lq (B, T, 3, h, w), windows (K, num_frames))`` -> (B, K, C, h, w): the fused
-    feature of each of the K windows (rows of frame indices into ``lq``, as made by
-    :func:`window_indices`), aligned to the window's centre column.
+    ``forward(lq (B, T, 3, h, w), windows (K, num_frames), group)`` -> (B, K, C, h, w): the
+    fused feature of each of the K windows (rows of frame indices into ``lq``, as made by
+    :func:`window_indices`), aligned to the window's centre column. With autograd off,
+    ``group`` windows are fused at a time (None: all at once). ``forward`` is :meth:`pyramid`
+    then :meth:`fuse`.
     """
 
     def __init__(
@@ -252,26 +258,45 @@ class WindowFusion(nn.Module):
         self.pcd_align = PCDAlignment(num_feat, deformable_groups)
         self.tsa_fusion = TSAFusion(num_feat, num_frames)
 
-    def forward(self, lq: Tensor, windows: Tensor) -> Tensor:
-        batch, num_frames, _, height, width = lq.shape
-        windows = windows.to(lq.device)
-        targets = windows[:, self.num_frames // 2]
+    def forward(self, lq: Tensor, windows: Tensor, group: int | None = None) -> Tensor:
+        pyramid, size = self.pyramid(lq, group), lq.shape[-2:]
+        parts = frame_groups(len(windows), group or len(windows))
+        fused = [self.fuse(pyramid, windows[part], size) for part in parts]
+        return fused[0] if len(fused) == 1 else torch.cat(fused, dim=1)
+
+    def pyramid(self, lq: Tensor, group: int | None = None) -> list[Tensor]:
+        """Per-frame features of ``lq`` (B, T, 3, h, w) at each pyramid level, finest first:
+        (B, T, C, h_l, w_l), padded to multiples of 4 at the finest level. With autograd off,
+        ``group`` frames at a time (None: all at once)."""
+        batch, num_frames = lq.shape[:2]
         padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
-        pyramid = [self.feat_extract(padded)]  # per frame, finest first: (B*T, C, h_l, w_l)
+        pyramid = in_groups(self._pyramid, [padded], group or len(padded))
+        return [level.unflatten(0, (batch, num_frames)) for level in pyramid]
+
+    def _pyramid(self, padded: Tensor) -> list[Tensor]:
+        """Padded frames (N, 3, h, w) -> their features at each level, (N, C, h_l, w_l)."""
+        pyramid = [self.feat_extract(padded)]  # finest first
         for downsample in self.downsample:
             pyramid.append(downsample(pyramid[-1]))
+        return pyramid
 
+    def fuse(self, pyramid: list[Tensor], windows: Tensor, size: tuple[int, int]) -> Tensor:
+        """The fused features (B, K, C, h, w) of the K ``windows`` (K, num_frames) from the
+        clip's :meth:`pyramid`, cropped to the LR ``size`` (h, w)."""
+        batch = pyramid[0].shape[0]
+        height, width = size
+        windows = windows.to(pyramid[0].device)
+        targets = windows[:, self.num_frames // 2]
         neighbour, reference = [], []
-        for level in pyramid:
-            per_frame = level.unflatten(0, (batch, num_frames))  # (B, T, C, h_l, w_l)
+        for per_frame in pyramid:  # (B, T, C, h_l, w_l)
             gathered = per_frame[:, windows]  # (B, K, W, C, h_l, w_l)
             neighbour.append(gathered.flatten(0, 2))
             centres = per_frame[:, targets].unsqueeze(2)  # (B, K, 1, C, h_l, w_l)
             reference.append(centres.expand_as(gathered).flatten(0, 2))
         aligned = self.pcd_align(neighbour, reference)  # (B*K*W, C, h_pad, w_pad)
-        windowed = aligned.unflatten(0, (batch * len(windows), self.num_frames))
+        windowed = aligned.unflatten(0, (batch * len(targets), self.num_frames))
         fused = self.tsa_fusion(windowed, centre=self.num_frames // 2)
-        return fused[..., :height, :width].unflatten(0, (batch, len(windows)))
+        return fused[..., :height, :width].unflatten(0, (batch, len(targets)))
 
 
 class EDVR(VSRBackbone):
@@ -302,10 +327,10 @@ class EDVR(VSRBackbone):
         clip_ends: str = "mirror",
     ) -> None:
         super().__init__()
+        self.clip_ends = check_clip_ends(clip_ends)
         self.scale = scale
         self.fusion_channels = num_feat
         self.num_frames = num_frames
-        self.clip_ends = check_clip_ends(clip_ends)
         self.window_fusion = WindowFusion(
             num_feat, num_frames, deformable_groups, num_extract_blocks
         )
@@ -315,9 +340,14 @@ class EDVR(VSRBackbone):
         self.head = PixelShuffleHead(num_feat, scale, hr_channels)
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
-        batch, num_frames = lq.shape[:2]
-        windows = window_indices(num_frames, self.num_frames, self.clip_ends)
-        feat = apply_feature_hook(self.window_fusion(lq, windows), feature_hook).flatten(0, 1)
-        sr = self.head(self.reconstruction(feat), lq.flatten(0, 1))
-        return sr.unflatten(0, (batch, num_frames))
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
+        pyramid = self.window_fusion.pyramid(lq, self.inference_group)
+        windows = window_indices(lq.shape[1], self.num_frames, self.clip_ends)
+
+        def features(group: slice) -> Tensor:  # (B, T', C, h, w)
+            return self.window_fusion.fuse(pyramid, windows[group], lq.shape[-2:])
+
+        def reconstruct(feat: Tensor, group_lq: Tensor) -> Tensor:
+            return self.head(self.reconstruction(feat), group_lq)
+
+        return reconstruct_frames(features, lq, feature_hook, reconstruct, self.inference_group)

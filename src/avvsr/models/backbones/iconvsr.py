@@ -6,9 +6,11 @@ both recurrent branches mix it into their state there (information refill). The 
 also takes the backward branch's feature of the same frame (coupled propagation); its output
 is the per-frame feature that is reconstructed, and so the fusion point.
 
-Reconstruction runs once, batched over all frames, after both branches. The ``clip_ends``
-option (:data:`~avvsr.models.backbones.edvr.CLIP_ENDS`) chooses how keyframe windows are
-completed at the clip ends and how sizes not divisible by 4 are padded:
+Reconstruction runs after both branches, over all frames at once in training and in groups of
+frames at inference (same computation, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames`). The ``clip_ends`` option
+(:data:`~avvsr.models.backbones.edvr.CLIP_ENDS`) chooses how keyframe windows are completed at
+the clip ends and how sizes not divisible by 4 are padded:
 
 - ``"mirror"`` (the configs' default): windows mirrored about the end frame like EDVR's
   (frame 0: ``[2, 1, 0, 1, 2]``); only the keyframe fusion sees replicate-padded frames.
@@ -35,6 +37,7 @@ from avvsr.models.backbones.blocks import (
     SPyNet,
     apply_feature_hook,
     conv,
+    reconstruct_frames,
     recurrent_branch,
 )
 from avvsr.models.backbones.edvr import (
@@ -83,14 +86,20 @@ def reflect_pad_to_multiple(lq: Tensor, multiple: int) -> Tensor:
     return padded.unflatten(0, lq.shape[:2])
 
 
-def hook_on_crop(feat: Tensor, height: int, width: int, hook: FeatureHook | None) -> Tensor:
-    """Apply ``hook`` to the top-left ``height x width`` crop of ``feat`` (B, T, C, h', w') and
-    put the hooked crop back; the rest of ``feat`` is kept."""
-    if hook is None or feat.shape[-2:] == (height, width):
-        return apply_feature_hook(feat, hook)
-    hooked = apply_feature_hook(feat[..., :height, :width], hook)
-    right = feat[..., :height, width:]
-    return torch.cat([torch.cat([hooked, right], dim=-1), feat[..., height:, :]], dim=-2)
+def hook_on_crop(hook: FeatureHook | None, height: int, width: int) -> FeatureHook | None:
+    """A hook that applies ``hook`` to the top-left ``height x width`` crop of the features
+    (B, T', C, h', w') of padded frames and puts the hooked crop back (the rest is kept)."""
+    if hook is None:
+        return None
+
+    def cropped(feat: Tensor, frames: slice) -> Tensor:
+        if feat.shape[-2:] == (height, width):
+            return hook(feat, frames)
+        hooked = apply_feature_hook(feat[..., :height, :width], frames, hook)
+        right = feat[..., :height, width:]
+        return torch.cat([torch.cat([hooked, right], dim=-1), feat[..., height:, :]], dim=-2)
+
+    return cropped
 
 
 class IconVSR(VSRBackbone):
@@ -147,7 +156,7 @@ class IconVSR(VSRBackbone):
         return sorted({*range(0, num_frames, self.keyframe_stride), num_frames - 1})
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
-        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on (B, T, num_feat, h, w)."""
+        """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch, num_frames, _, lr_height, lr_width = lq.shape
         if self.clip_ends == "basicsr":
             lq = reflect_pad_to_multiple(lq, PAD_MULTIPLE)
@@ -156,9 +165,9 @@ class IconVSR(VSRBackbone):
         windows = keyframe_windows(
             num_frames, self.keyframe_fusion.num_frames, keyframes, self.clip_ends
         )
-        refill_feats = self.keyframe_fusion(lq, windows).unbind(1)
+        refill_feats = self.keyframe_fusion(lq, windows, self.inference_group).unbind(1)
         refill = dict(zip(keyframes, refill_feats, strict=True))
-        backward_flows, forward_flows = self.spynet.neighbour_flows(lq)
+        backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
         initial = lq.new_zeros(batch, self.fusion_channels, height, width)
 
         def refilled(frame: int, state: Tensor, mix: nn.Module) -> Tensor:
@@ -178,7 +187,8 @@ class IconVSR(VSRBackbone):
             return self.forward_trunk(torch.cat(inputs, dim=1))
 
         feat = recurrent_branch(forward_flows, False, initial, forward_update)
-        feat = hook_on_crop(feat, lr_height, lr_width, feature_hook)
-        sr = self.head(feat.flatten(0, 1), lq.flatten(0, 1))
-        sr = sr[..., : self.scale * lr_height, : self.scale * lr_width]
-        return sr.unflatten(0, (batch, num_frames))
+        hook = hook_on_crop(feature_hook, lr_height, lr_width)
+        sr = reconstruct_frames(
+            lambda frames: feat[:, frames], lq, hook, self.head, self.inference_group
+        )
+        return sr[..., : self.scale * lr_height, : self.scale * lr_width]
