@@ -2,7 +2,7 @@
 
 1. generates the study's synthetic data set if it is absent (CPU profiles): where its data
    config reads it (``data.train.root``), with the generator parameters that config names
-   (``synthetic_set``, e.g. ``conf/data/synth_fill.yaml``; the generator's defaults without);
+   (``synthetic_set``, e.g. ``conf/data/synth_families.yaml``; the generator's defaults without);
 2. runs the profile's sweeps (``conf/sweep/<name>.yaml``, see ``PROFILES``) through
    ``avvsr-train -m``, each run fitting, then testing its best checkpoint with the
    true/shuffled/silent audio controls;
