@@ -17,8 +17,8 @@ alternately in the same process, the whole-clip path (autograd on, nothing requi
 gradients: the training path without a graph), for the effect of grouping alone. With
 ``--baseline-src DIR`` (a ``src`` folder of another checkout of avvsr that has
 ``avvsr.config``, e.g. the commit before a change) every configuration also runs on that code,
-alternating with this one, and the table prints this/baseline ratios. Timings on a shared machine are noisy; the memory figures and
-same-run ratios are steadier.
+alternating with this one, and the table prints this/baseline ratios. Timings on a shared
+machine are noisy; the memory figures and same-run ratios are steadier.
 """
 
 from __future__ import annotations

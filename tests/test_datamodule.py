@@ -98,13 +98,14 @@ def test_synthetic_config_gives_the_documented_batches(data_dir: Path, tmp_path:
 
     batch = next(iter(module.train_dataloader()))
     b, t, c = module.batch_size, module.clip_len, module.crop_size
-    assert set(batch) == {"lq", "gt", "audio", "has_audio", "mask", "key"}
+    assert set(batch) == {"lq", "gt", "audio", "has_audio", "mask", "distractor_mask", "key"}
     expected = {
         "lq": ((b, t, 3, c // SCALE, c // SCALE), torch.float32),
         "gt": ((b, t, 3, c, c), torch.float32),
         "audio": ((b, t, n_mels, n_frames), torch.float32),
         "has_audio": ((b,), torch.bool),
         "mask": ((b, t, 1, c, c), torch.float32),
+        "distractor_mask": ((b, t, 1, c, c), torch.float32),
     }
     for name, (shape, dtype) in expected.items():
         assert (tuple(batch[name].shape), batch[name].dtype) == (shape, dtype), name

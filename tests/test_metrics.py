@@ -14,7 +14,13 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from avvsr.metrics import MaskAgreement, RegionPSNR, VideoPSNR, VideoSSIM
+from avvsr.metrics import (
+    MaskAgreement,
+    RegionPSNR,
+    SourceDistractorAUC,
+    VideoPSNR,
+    VideoSSIM,
+)
 
 
 # ---------------------------------------------------------------- numpy references (float64)
@@ -297,3 +303,78 @@ def test_mask_agreement_merged_halves_equal_one_metric_on_all() -> None:
     whole, merged = split_updates(MaskAgreement, batches)
     for name in ("iou", "auc"):
         torch.testing.assert_close(merged[name], whole[name], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------- source-vs-distractor AUC
+def two_objects(frames: int = 2, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, T, 1, size, size) source (top-left quarter) and distractor (bottom-right quarter)
+    masks; the other half of the frame is background."""
+    source, distractor = torch.zeros(2, 1, frames, 1, size, size)
+    half = size // 2
+    source[..., :half, :half] = 1.0
+    distractor[..., half:, half:] = 1.0
+    return source, distractor
+
+
+def source_auc(attention, source, distractor) -> float:
+    metric = SourceDistractorAUC()
+    metric.update(attention, source, distractor)
+    return metric.compute()["auc"].item()
+
+
+def test_source_auc_of_masks_with_known_preference() -> None:
+    source, distractor = two_objects()
+    background = 1 - source - distractor
+    assert source_auc(source, source, distractor) == 1.0
+    assert source_auc(distractor, source, distractor) == 0.0
+    assert source_auc(torch.full_like(source, 0.3), source, distractor) == 0.5
+    # Attention on objects alike, whatever it does on the background: no preference.
+    assert source_auc(source + distractor, source, distractor) == 0.5
+    assert source_auc(background, source, distractor) == 0.5
+    # Half the source above everything else, the other half tied with the distractor:
+    # P(source > distractor) + P(tie) / 2 = 1/2 + 1/4.
+    half_source = source.clone()
+    half_source[..., : source.shape[-1] // 4, :] = 0.0
+    assert source_auc(half_source, source, distractor) == 0.75
+
+
+def test_source_auc_differs_from_whole_frame_auc_where_the_mask_finds_objects() -> None:
+    """A mask that finds both objects scores well over the whole frame but 0.5 here."""
+    source, distractor = two_objects()
+    objects = source + distractor
+    assert agreement(objects, source)["auc"] > 0.8
+    assert source_auc(objects, source, distractor) == 0.5
+
+
+def test_source_auc_upsamples_attention_and_skips_clips_without_both_objects() -> None:
+    source, distractor = two_objects(size=16)
+    low_source, _ = two_objects(size=4)
+    no_distractor = torch.zeros_like(distractor)
+    metric = SourceDistractorAUC()
+    metric.update(torch.cat([low_source, 1 - low_source, low_source]),
+                  torch.cat([source, source, source]),
+                  torch.cat([distractor, distractor, no_distractor]))
+    assert (metric.compute()["auc"].item(), metric.skipped.item()) == (0.5, 1)
+    assert source_auc(low_source, source, distractor) == 1.0
+
+
+def test_source_auc_matches_numpy_on_random_masks_and_merges_exactly() -> None:
+    generator = torch.Generator().manual_seed(12)
+    labels = torch.randint(0, 3, (3, 2, 1, 6, 6), generator=generator)  # 0 bg, 1 src, 2 distr
+    source, distractor = (labels == 1).float(), (labels == 2).float()
+    attention = torch.randint(0, 5, (3, 2, 1, 6, 6), generator=generator) / 4  # many ties
+    expected = [
+        np_auc(scores.ravel()[clip.ravel() > 0], clip.ravel()[clip.ravel() > 0] == 1)
+        for scores, clip in zip(attention.numpy(), labels.numpy(), strict=True)
+    ]
+    assert abs(source_auc(attention, source, distractor) - np.mean(expected)) < 1e-6
+    batches = [(attention[:1], source[:1], distractor[:1]),
+               (attention[1:], source[1:], distractor[1:])]
+    whole, merged = split_updates(SourceDistractorAUC, batches)
+    torch.testing.assert_close(merged["auc"], whole["auc"], rtol=0, atol=1e-12)
+
+
+def test_source_auc_rejects_masks_of_different_shapes() -> None:
+    source, distractor = two_objects()
+    with pytest.raises(ValueError, match="differ in shape"):
+        SourceDistractorAUC().update(source, source, distractor[..., :8])

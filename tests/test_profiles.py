@@ -7,6 +7,7 @@ runs train on the CPU in tests/test_multiprocess.py."""
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,12 @@ def test_reproduce_generates_the_set_the_study_trains_on(tmp_path: Path) -> None
     for name, value in study.synthetic_set.items():
         if name not in ("num_train", "num_val", "num_test", "num_frames"):
             assert params[name] == value, name
-    assert (study.synthetic_set.num_objects, study.synthetic_set.background_contrast) == (1, 0)
+    # Issue 14: at least two objects, the silent ones of another family, a source that covers
+    # at most 35% of the frame.
+    synth = study.synthetic_set
+    assert synth.num_objects >= 2 and synth.num_sounding == 1
+    assert (synth.family_cue, synth.distractors) == ("hue", "other_family")
+    assert math.pi * synth.object_radius_max_px**2 <= 0.35 * synth.height * synth.width
 
 
 def test_a_mistyped_synthetic_set_parameter_fails_when_composed() -> None:

@@ -39,7 +39,8 @@ def sweep(tmp_path: Path) -> Path:
             "basicvsr_tiny",
             "none",
             seed,
-            **{"test/true/psnr_y_inside": plain, "test/params": 1e5},
+            **{"test/true/psnr_y_inside": plain, "test/true/psnr_y_distractors": 35.0,
+               "test/params": 1e5},
         )
         write_run(
             tmp_path / f"m{seed}",
@@ -50,11 +51,24 @@ def sweep(tmp_path: Path) -> Path:
                 "test/true/psnr_y_inside": fused,
                 "test/shuffled/psnr_y_inside": plain,
                 "test/silent/psnr_y_inside": plain,
+                "test/true/psnr_y_distractors": 35.0 - 0.1 * seed,
+                "test/true/source_vs_distractor_auc": 0.9 + 0.01 * seed,
+                "test/shuffled/source_vs_distractor_auc": 0.2,
+                "test/silent/source_vs_distractor_auc": 0.5,
                 "test/params": 1.2e5,
             },
         )
     (tmp_path / "unfinished").mkdir()  # a run that died writes no metrics.json
     return tmp_path
+
+
+def cells_of(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def table_header(text: str) -> list[str]:
+    """The header cells of the first table in ``text``."""
+    return cells_of(next(line for line in text.splitlines() if line.startswith("| backbone")))
 
 
 def test_runs_are_grouped_into_rows_with_mean_std_and_paired_gain(
@@ -68,10 +82,21 @@ def test_runs_are_grouped_into_rows_with_mean_std_and_paired_gain(
     fused_row = next(line for line in text.splitlines() if "| msavf-s3 |" in line)
     # means and sample standard deviations of the values above
     assert "30.50 ± 0.50" in none_row and "32.00 ± 1.00" in fused_row
-    # paired gains 1.0, 1.5, 2.0 -> 1.50 ± 0.50
-    assert fused_row.rstrip(" |").endswith("1.50 ± 0.50")
+    cells = dict(zip(table_header(text), cells_of(fused_row), strict=True))
+    # paired gains 1.0, 1.5, 2.0 -> 1.50 ± 0.50; in the distractors 0, -0.1, -0.2
+    assert cells["Δ PSNR-Y in source vs none"] == "1.50 ± 0.50"
+    assert cells["Δ PSNR-Y in distractors vs none"] == "-0.10 ± 0.10"
+    assert cells["PSNR-Y in distractors"] == "34.90 ± 0.10"
+    assert cells["source-vs-distractor AUC"] == "0.910 ± 0.010"
+    none_cells = dict(zip(table_header(text), cells_of(none_row), strict=True))
+    assert none_cells["source-vs-distractor AUC"] == "–"  # no masks without fusion
     controls = text.split("## Audio controls")[1]
     assert "32.00 ± 1.00 | 30.50 ± 0.50 | 30.50 ± 0.50" in controls
+    control_cells = dict(zip(table_header(controls), cells_of(
+        next(line for line in controls.splitlines() if "| msavf-s3 |" in line)), strict=True))
+    assert [control_cells[f"source-vs-distractor AUC ({c})"]
+            for c in ("true", "shuffled", "silent")] == ["0.910 ± 0.010", "0.200 ± 0.000",
+                                                         "0.500 ± 0.000"]
     assert (out / "results.csv").read_text().count("\n") > 4
     assert "\\begin{tabular}" in (out / "results.tex").read_text()
 

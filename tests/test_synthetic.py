@@ -285,6 +285,97 @@ def test_lr_frames_after_bicubic_degradation_are_class_blind(class_variants):
 
 
 # --------------------------------------------------------------------------------------------
+# Families: what the LR frames show (the family), and what they do not (the class within it)
+
+# The classes that the audio must separate (one family) differ at LR by at most this (issue 14:
+# "at most ~3.5 grey levels", decoded files); different families by at least this much on
+# average over the object's LR pixels, in their most different channel.
+LR_FAMILY_CLASS_DIFFERENCE_MAX = 3.5
+LR_FAMILY_DIFFERENCE_MIN = 20.0
+FAMILIES = SynthConfig(num_classes=4, classes_per_family=2, family_cue="hue",
+                       distractors="other_family", num_frames=3)
+
+
+@pytest.fixture(scope="module")
+def family_variants(tmp_path_factory):
+    """Clips of ``FAMILIES`` with the sounding object rendered in each class (in its family's
+    colour, as the generator gives it), written, decoded and degraded x4 (BI):
+    ``{clip index: {class: (LR float64 (T, 3, h, w), LR object pixels bool (T, h, w))}}``."""
+    root = tmp_path_factory.mktemp("families")
+    variants = {}
+    for index in range(VARIANT_CLIPS):
+        spec = sample_clip(FAMILIES, "test", index)
+        (sounding_id,) = [obj.id for obj in spec.objects if obj.sounding]
+        variants[index] = {}
+        for class_name in FAMILIES.classes:
+            objects = tuple(
+                dataclasses.replace(obj, class_name=class_name,
+                                    colour_rgb=FAMILIES.family_colour(class_name))
+                if obj.id == sounding_id else obj
+                for obj in spec.objects
+            )
+            key = f"{index}/{class_name}"
+            entry = write_clip(dataclasses.replace(spec, objects=objects, key=key), root)
+            frames = torch.from_numpy(read_frames(root / entry.video)).double()
+            labels = torch.from_numpy(np.load(root / entry.labels) == sounding_id)
+            # LR pixels whose whole 4x4 HR block lies in the object.
+            inside = -torch.nn.functional.max_pool2d(-labels.double()[:, None], 4)[:, 0] > 0.5
+            variants[index][class_name] = (
+                degrade(frames.permute(0, 3, 1, 2), 4, "BI"), frames, inside
+            )
+    return variants
+
+
+def test_lr_frames_within_a_family_are_class_blind(family_variants):
+    for index, by_class in family_variants.items():
+        for family in FAMILIES.families:
+            for first, second in itertools.combinations(family, 2):
+                (lr_a, hr_a, _), (lr_b, hr_b, _) = by_class[first], by_class[second]
+                lr_difference = (lr_a - lr_b).abs().max().item()
+                hr_difference = (hr_a - hr_b).abs().max().item()
+                assert lr_difference <= LR_FAMILY_CLASS_DIFFERENCE_MAX, (
+                    index, first, second, lr_difference)
+                assert hr_difference > LR_FAMILY_CLASS_DIFFERENCE_MAX, (index, first, second)
+
+
+def test_lr_frames_show_the_family(family_variants):
+    for index, by_class in family_variants.items():
+        for first, second in itertools.combinations(FAMILIES.classes, 2):
+            if FAMILIES.family_of(first) == FAMILIES.family_of(second):
+                continue
+            (lr_a, _, inside), (lr_b, _, _) = by_class[first], by_class[second]
+            per_channel = (lr_a - lr_b).abs().permute(1, 0, 2, 3)[:, inside].mean(dim=1)
+            assert per_channel.max().item() >= LR_FAMILY_DIFFERENCE_MIN, (index, first, second)
+
+
+@pytest.mark.parametrize("distractors", ["other_family", "same_family"])
+def test_distractors_and_colours_follow_the_families(tmp_path, distractors):
+    config = dataclasses.replace(FAMILIES, distractors=distractors, num_objects=3,
+                                 num_train=8, num_val=0, num_test=0, num_frames=2)
+    manifest = load_manifest(generate(config, tmp_path / "set", progress=False))
+    for entry in manifest.splits["train"]:
+        (source,) = [obj for obj in entry.objects if obj.sounding]
+        for obj in entry.objects:
+            assert tuple(obj.colour_rgb) == synthetic.FAMILY_HUES[config.family_of(obj.class_name)]
+            if obj.sounding:
+                continue
+            same_family = config.family_of(obj.class_name) == config.family_of(source.class_name)
+            assert same_family == (distractors == "same_family"), entry.key
+            # The same family's distractor is of the other class: only the harmonics differ.
+            assert (obj.class_name != source.class_name), entry.key
+
+
+def test_distractor_choice_keeps_the_layout_of_any():
+    """Distractor classes come from their own random stream: the scene stays the same."""
+    for index in range(4):
+        plain = sample_clip(dataclasses.replace(FAMILIES, distractors="any"), "val", index)
+        other = sample_clip(FAMILIES, "val", index)
+        for first, second in zip(plain.objects, other.objects, strict=True):
+            assert (first.start_xy_px, first.envelope, first.sounding) == (
+                second.start_xy_px, second.envelope, second.sounding)
+
+
+# --------------------------------------------------------------------------------------------
 # Synchrony and masks
 
 
@@ -499,6 +590,10 @@ def test_sound_source_mask_rejects_a_wrong_label_map(small_set, tmp_path):
         ({"grating_amplitude": 100.0}, "leave 0..255"),
         ({"num_sounding": 3}, "num_sounding"),
         ({"num_classes": 9}, "num_classes"),
+        ({"family_cue": "shape"}, "family_cue"),
+        ({"distractors": "nearby"}, "distractors"),
+        ({"distractors": "other_family", "classes_per_family": 4}, "needs two families"),
+        ({"classes_per_family": 0}, "classes_per_family"),
     ],
 )
 def test_config_rejects_designs_that_break_the_benchmark(changes, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,7 +29,8 @@ def test_train_then_test_records_metrics_with_every_audio_control(
     assert (record["backbone"], record["fusion"], record["steps"]) == (backbone, "msavf-s3", 4)
     metrics = record["metrics"]
     for control in ("true", "shuffled", "silent"):
-        for name in ("psnr", "psnr_y", "ssim_y", "psnr_y_inside", "psnr_y_outside", "mask_auc"):
+        for name in ("psnr", "psnr_y", "ssim_y", "psnr_y_inside", "psnr_y_outside", "mask_auc",
+                     "psnr_y_distractors", "source_vs_distractor_auc"):
             assert torch.isfinite(torch.tensor(metrics[f"test/{control}/{name}"])), (control, name)
     assert metrics["test/params"] > 0 and metrics["test/ms_per_frame"] > 0
     assert Path(record["best_checkpoint"]).is_file()
@@ -126,6 +128,7 @@ def test_the_report_figure_draws_each_msavf_run_with_its_masks(
     from avvsr.report import load_runs
     from avvsr.reproduce import attention_figure
     from avvsr.train import train
+    from avvsr.visualization import DISTRACTOR_COLOUR, OUTLINE_COLOUR
 
     for fusion in ("none", "msavf"):
         workdir = tmp_path / fusion
@@ -137,5 +140,11 @@ def test_the_report_figure_draws_each_msavf_run_with_its_masks(
     assert not attention_figure(load_runs(tmp_path / "none"), figure)
     assert not figure.exists()
     assert attention_figure(load_runs(tmp_path), figure, clips=2)
-    # One row per test clip: LR | output | HR | the masks of MS-AVF's 3 scales, 96x96 each.
-    assert Image.open(figure).size == (6 * 96, 2 * 96)
+    # One row per test clip, 96x96 frames enlarged x3: LR | HR | output and the masks of
+    # MS-AVF's 3 scales with true audio | the same with shuffled audio; titles above.
+    pixels = np.asarray(Image.open(figure).convert("RGB"))
+    assert pixels.shape[1] >= 10 * 3 * 96 and pixels.shape[0] >= 2 * 3 * 96
+    # The source (green) and distractor (blue) outlines are drawn.
+    for colour in (OUTLINE_COLOUR, DISTRACTOR_COLOUR):
+        painted = (pixels == np.round(np.asarray(colour) * 255)).all(axis=-1)
+        assert painted.sum() > 100, colour

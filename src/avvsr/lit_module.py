@@ -8,7 +8,8 @@ training clips get silent audio so that, on silent or audio-less video, a fusion
 back to the visual-only result.
 
 Evaluation: whole clips; PSNR/SSIM on RGB and Y; PSNR inside/outside the sound-source mask and
-the attention masks' agreement with it, where masks are known. At test time every audio control
+inside the silent distractors, the attention masks' agreement with the source and their
+source-vs-distractor AUC, where masks are known. At test time every audio control
 in ``audio_controls`` runs on the same batch and its metrics are logged as
 ``test/<control>/<metric>``: ``true`` audio, ``shuffled`` (each clip gets another clip's audio,
 a fixed permutation made by the data set) and ``silent``.
@@ -27,11 +28,23 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from avvsr.data.audio_features import SILENCE_LOG_MEL, AudioFeatureSettings
-from avvsr.metrics import MaskAgreement, RegionPSNR, VideoPSNR, VideoSSIM
+from avvsr.metrics import (
+    MaskAgreement,
+    RegionPSNR,
+    SourceDistractorAUC,
+    VideoPSNR,
+    VideoSSIM,
+)
 from avvsr.models.avvsr_net import AVVSRNet, AVVSROutput, FusionFactory
 from avvsr.models.backbones.base import VSRBackbone
 
 AUDIO_CONTROLS = ("true", "shuffled", "silent")
+# Region PSNR-Y metrics: name -> (batch key of the mask, region of it that is scored).
+REGION_METRICS = {
+    "psnr_y_inside": ("mask", "inside"),
+    "psnr_y_outside": ("mask", "outside"),
+    "psnr_y_distractors": ("distractor_mask", "inside"),
+}
 
 
 # Charbonnier epsilon on [0, 1] pixels (the default of conf/model/default.yaml loss_eps).
@@ -141,19 +154,21 @@ class AVVSRLitModule(LightningModule):
             )
 
     def _metrics(self) -> MetricCollection:
-        """PSNR/SSIM on RGB and Y; Y-PSNR inside/outside the sound source; the agreement of
-        the finest attention mask with the sound-source mask (fusion with attention only)."""
+        """PSNR/SSIM on RGB and Y; Y-PSNR inside/outside the sound source and inside the
+        silent distractors; the agreement of the finest attention mask with the sound-source
+        mask and its source-vs-distractor AUC over object pixels (fusion with attention only)."""
         metrics: dict[str, nn.Module] = {}
         for y_channel, suffix in ((False, ""), (True, "_y")):
             kwargs = {"crop_border": self.crop_border, "test_y_channel": y_channel}
             metrics[f"psnr{suffix}"] = VideoPSNR(**kwargs)
             metrics[f"ssim{suffix}"] = VideoSSIM(**kwargs)
-        for region in ("inside", "outside"):
-            metrics[f"psnr_y_{region}"] = RegionPSNR(
-                region=region, crop_border=self.crop_border, test_y_channel=True
+        for name, region in REGION_METRICS.items():
+            metrics[name] = RegionPSNR(
+                region=region[1], crop_border=self.crop_border, test_y_channel=True
             )
         if self.net.uses_audio:
             metrics["mask"] = MaskAgreement()
+            metrics["source_vs_distractor"] = SourceDistractorAUC()
         return MetricCollection(metrics, compute_groups=False)
 
     # ----------------------------------------------------------------- forward and training
@@ -180,14 +195,20 @@ class AVVSRLitModule(LightningModule):
             if name == "mask":
                 if "mask" in batch and out.masks:
                     metric.update(out.masks[0], batch["mask"])
-            elif name.startswith("psnr_y_"):
-                if "mask" in batch:
-                    metric.update(sr, batch["gt"], batch["mask"])
+            elif name == "source_vs_distractor":
+                if "distractor_mask" in batch and out.masks:
+                    metric.update(out.masks[0], batch["mask"], batch["distractor_mask"])
+            elif name in REGION_METRICS:
+                mask_key = REGION_METRICS[name][0]
+                if mask_key in batch:
+                    metric.update(sr, batch["gt"], batch[mask_key])
             else:
                 metric.update(sr, batch["gt"])
 
     def _log_metrics(self, prefix: str, metrics: MetricCollection) -> None:
-        """Log each metric that saw data; MaskAgreement gives ``iou`` and ``auc``."""
+        """Log each metric that saw data as ``<prefix>/<name>``; a metric that computes a dict
+        (MaskAgreement: ``iou``, ``auc``; SourceDistractorAUC: ``auc``) as
+        ``<prefix>/<name>_<key>``."""
         for name, metric in metrics.items():
             if not metric.update_called:
                 continue

@@ -205,6 +205,26 @@ class RegionPSNR(ClipMeanMetric):
         self.skipped += (~scored).sum()
 
 
+def check_attention(attention: Tensor, target: Tensor) -> None:
+    """``attention`` ``(B, T, 1, h, w)`` and ``target`` ``(B, T, 1, H, W)``; ``ValueError``
+    otherwise."""
+    if attention.ndim != 5 or target.ndim != 5 or attention.shape[:3] != target.shape[:3]:
+        raise ValueError(
+            f"expected attention (B, T, 1, h, w) and target (B, T, 1, H, W), got "
+            f"{tuple(attention.shape)} and {tuple(target.shape)}"
+        )
+
+
+def upsample_attention(attention: Tensor, target: Tensor) -> Tensor:
+    """``attention`` ``(B, T, 1, h, w)`` bilinearly upsampled to the size of ``target``
+    ``(B, T, 1, H, W)`` -> float32 ``(B, T * H * W)``, one row of pixel scores per clip."""
+    check_attention(attention, target)
+    return F.interpolate(
+        attention.flatten(0, 1).float(), size=target.shape[-2:], mode="bilinear",
+        align_corners=False,
+    ).reshape(target.shape[0], -1)
+
+
 class MaskAgreement(Metric):
     """Agreement of attention masks with sound-source masks: IoU at 0.5 and ROC AUC over pixels.
 
@@ -228,16 +248,8 @@ class MaskAgreement(Metric):
             self.add_state(name, torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, attention: Tensor, target: Tensor) -> None:
-        if attention.ndim != 5 or target.ndim != 5 or attention.shape[:3] != target.shape[:3]:
-            raise ValueError(
-                f"expected attention (B, T, 1, h, w) and target (B, T, 1, H, W), got "
-                f"{tuple(attention.shape)} and {tuple(target.shape)}"
-            )
         batch = target.shape[0]
-        upsampled = F.interpolate(
-            attention.flatten(0, 1).float(), size=target.shape[-2:], mode="bilinear",
-            align_corners=False,
-        ).reshape(batch, -1)
+        upsampled = upsample_attention(attention, target)
         positive = (target >= 0.5).reshape(batch, -1)
         predicted = upsampled > 0.5
         for scores, labels, prediction in zip(upsampled, positive, predicted, strict=True):
@@ -252,3 +264,52 @@ class MaskAgreement(Metric):
     def compute(self) -> dict[str, Tensor]:
         """``{"iou": mean IoU, "auc": mean AUC}`` over the scored clips (NaN before any)."""
         return {"iou": self.iou_sum / self.clips, "auc": self.auc_sum / self.clips}
+
+
+class SourceDistractorAUC(Metric):
+    """Does the attention prefer the sounding objects to the silent ones? ROC AUC over object
+    pixels only.
+
+    ``update(attention, source, distractors)``: ``attention`` ``(B, T, 1, h, w)`` in [0, 1] (one
+    fusion scale) is upsampled bilinearly to the size of the masks ``(B, T, 1, H, W)``
+    (binarised at 0.5; a pixel in both counts as source). Per clip, over all its frames'
+    pixels that lie in the source or in a distractor: the AUC of the attention values as scores
+    of "source" against "distractor" (ties count half: 0.5 = no preference, 1 = every source
+    pixel above every distractor pixel, 0 = the reverse). ``compute()`` returns ``{"auc"}``,
+    the mean over clips;
+    clips without a source or without a distractor pixel are skipped and counted in
+    ``skipped``.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("auc_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("clips", "skipped"):
+            self.add_state(name, torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, attention: Tensor, source: Tensor, distractors: Tensor) -> None:
+        if source.shape != distractors.shape:
+            raise ValueError(
+                f"source {tuple(source.shape)} and distractor {tuple(distractors.shape)} masks "
+                "differ in shape"
+            )
+        scores = upsample_attention(attention, source)
+        sounding = (source >= 0.5).reshape(source.shape[0], -1)
+        silent = (distractors >= 0.5).reshape(source.shape[0], -1) & ~sounding
+        for clip_scores, positive, negative in zip(scores, sounding, silent, strict=True):
+            if not positive.any() or not negative.any():
+                self.skipped += 1
+                continue
+            objects = positive | negative
+            self.auc_sum += binary_auroc(
+                clip_scores[objects], positive[objects].long(), thresholds=None
+            )
+            self.clips += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"auc": mean AUC}`` over the scored clips (NaN before any)."""
+        return {"auc": self.auc_sum / self.clips}

@@ -27,10 +27,24 @@ MAIN_COLUMNS = [
     ("SSIM-Y", "test/true/ssim_y", 4),
     ("PSNR-Y in source", "test/true/psnr_y_inside", 2),
     ("PSNR-Y outside", "test/true/psnr_y_outside", 2),
+    ("PSNR-Y in distractors", "test/true/psnr_y_distractors", 2),
+    ("source-vs-distractor AUC", "test/true/source_vs_distractor_auc", 3),
     ("mask AUC", "test/true/mask_auc", 3),
     ("mask IoU@0.5", "test/true/mask_iou", 3),
 ]
+# (column title, metric key without the control): paired against the backbone without fusion.
+PAIRED_COLUMNS = [
+    ("Δ PSNR-Y in source vs none", "psnr_y_inside"),
+    ("Δ PSNR-Y in distractors vs none", "psnr_y_distractors"),
+]
 CONTROLS = ("true", "shuffled", "silent")
+# (column title, metric key without the control, decimals): each with every control.
+CONTROL_COLUMNS = [
+    ("PSNR-Y in source", "psnr_y_inside", 2),
+    ("PSNR-Y in distractors", "psnr_y_distractors", 2),
+    ("PSNR-Y", "psnr_y", 2),
+    ("source-vs-distractor AUC", "source_vs_distractor_auc", 3),
+]
 
 
 @dataclass
@@ -124,7 +138,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], list[list[str]]]:
     header = ["backbone", "fusion", "seeds", "params", "ms/frame"] + [c[0] for c in MAIN_COLUMNS]
-    header.append("Δ PSNR-Y in source vs none")
+    header += [title for title, _ in PAIRED_COLUMNS]
     rows = []
     for (backbone, fusion), runs in groups.items():
         params = cell(runs, "test/params")
@@ -137,27 +151,30 @@ def main_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], list
         ]
         row += [cell(runs, key).format(decimals) for _, key, decimals in MAIN_COLUMNS]
         baseline = groups.get((backbone, "none"))
-        gain = (
-            paired_gain(runs, baseline, "test/true/psnr_y_inside")
-            if baseline and fusion != "none"
-            else Cell([])
-        )
-        row.append(gain.format(2))
+        for _, key in PAIRED_COLUMNS:
+            gain = (
+                paired_gain(runs, baseline, f"test/true/{key}")
+                if baseline and fusion != "none"
+                else Cell([])
+            )
+            row.append(gain.format(2))
         rows.append(row)
     return header, rows
 
 
 def control_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], list[list[str]]]:
     header = ["backbone", "fusion"]
-    header += [f"PSNR-Y in source ({c})" for c in CONTROLS]
-    header += [f"PSNR-Y ({c})" for c in CONTROLS]
+    header += [f"{title} ({c})" for title, _, _ in CONTROL_COLUMNS for c in CONTROLS]
     rows = []
     for (backbone, fusion), runs in groups.items():
         if fusion == "none":
             continue
         row = [backbone, fusion]
-        row += [cell(runs, f"test/{c}/psnr_y_inside").format(2) for c in CONTROLS]
-        row += [cell(runs, f"test/{c}/psnr_y").format(2) for c in CONTROLS]
+        row += [
+            cell(runs, f"test/{c}/{key}").format(decimals)
+            for _, key, decimals in CONTROL_COLUMNS
+            for c in CONTROLS
+        ]
         rows.append(row)
     return header, rows
 
@@ -230,8 +247,11 @@ def write_report(
         "## Results (test split, true audio)",
         "",
         "Mean ± sample standard deviation over seeds. PSNR in dB on the Y channel "
-        "(ITU-R BT.601); 'in source' / 'outside' = inside / outside the sound-source mask; "
-        "mask AUC / IoU score the finest MS-AVF attention mask against that mask; "
+        "(ITU-R BT.601); 'in source' / 'outside' = inside / outside the sound-source mask, "
+        "'in distractors' = inside the silent objects; source-vs-distractor AUC scores the "
+        "finest MS-AVF attention mask over object pixels only, sounding against silent "
+        "objects (0.5 = no preference); mask AUC / IoU score it against the sound-source "
+        "mask over the whole frame; "
         "Δ = paired (same seed) difference to the same backbone without fusion; "
         "ms/frame = CPU forward time per output frame during the test.",
         "",
@@ -244,7 +264,8 @@ def write_report(
             "",
             "The same checkpoints tested with their own audio (true), another clip's "
             "audio (shuffled, fixed permutation) and silence. A real audio gain "
-            "disappears under both controls.",
+            "disappears under both controls; a mask that follows the sound prefers the "
+            "source with true audio only.",
             "",
             markdown_table(ctrl_header, controls),
             "",

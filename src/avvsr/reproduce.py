@@ -2,12 +2,12 @@
 
 1. generates the study's synthetic data set if it is absent (CPU profiles): where its data
    config reads it (``data.train.root``), with the generator parameters that config names
-   (``synthetic_set``, e.g. ``conf/data/synth_fill.yaml``; the generator's defaults without);
+   (``synthetic_set``, e.g. ``conf/data/synth_families.yaml``; the generator's defaults without);
 2. runs the profile's sweeps (``conf/sweep/<name>.yaml``, see ``PROFILES``) through
    ``avvsr-train -m``, each run fitting, then testing its best checkpoint with the
    true/shuffled/silent audio controls;
 3. aggregates the runs' ``metrics.json`` into results.md/.csv/.tex and draws the attention masks
-   of the MS-AVF runs on test clips.
+   of the MS-AVF runs on test clips, with true and shuffled audio (``attention_masks.png``).
 
 Profiles: ``cpu`` (the study on this machine's CPUs), ``quick`` (a smaller grid), ``paper``
 (paper-size models on GPUs; pass the data, e.g. ``data=ave data.train.root=...``).
@@ -109,17 +109,25 @@ def sweep_record(sweep_dir: Path) -> tuple[list[str], float]:
     return commands, wall_min
 
 
-def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
-    """Draw LR | output | HR | masks for the first test clips of each backbone's MS-AVF run
-    with the most scales (top-down before not, then the lowest seed). Returns False when no
-    run has attention masks."""
+FIGURE_LEGEND = (
+    "Middle frame of test clips. Outlines: green = sound source, blue = silent distractors. "
+    "Red = attention (0-1) over the output. shuffled = the same clip with another clip's audio."
+)
+
+
+def attention_figure(runs: list[Run], out_png: Path, clips: int = 2, zoom: int = 3) -> bool:
+    """Draw, for the first test clips of each backbone's MS-AVF run with the most scales
+    (top-down before not, then the lowest seed), LR | HR | output and masks with true audio |
+    output and masks with shuffled audio, each panel ``zoom`` times enlarged, with column
+    titles and the source and distractor outlines. Returns False when no run has attention
+    masks."""
     import hydra
     import torch
     from omegaconf import OmegaConf
 
     from avvsr.checkpoint import load_lit_module
     from avvsr.config import FusionVariant
-    from avvsr.visualization import sample_panel, save_png
+    from avvsr.visualization import Prediction, attention_grid, attention_row, save_rgb_png
 
     def preference(run: Run) -> tuple[int, bool, int]:
         variant = FusionVariant.from_label(run.fusion)
@@ -129,7 +137,7 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
     for run in sorted(runs, key=preference):
         if FusionVariant.from_label(run.fusion).attention and run.best_checkpoint:
             chosen.setdefault(run.backbone, run)
-    rows = []
+    rows, labels = [], []
     for _, run in sorted(chosen.items()):
         config = OmegaConf.load(run.path / ".hydra" / "config.yaml")
         # Saved unresolved: give the Hydra-runtime paths their values for this run.
@@ -141,23 +149,25 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2) -> bool:
         batch = next(iter(datamodule.test_dataloader()))
         model = load_lit_module(run.best_checkpoint).eval()
         with torch.no_grad():
-            out = model(batch["lq"], batch["audio"])
+            outputs = {audio: model(batch["lq"], batch[key])
+                       for audio, key in (("true", "audio"), ("shuffled", "audio_shuffled"))}
         t = batch["lq"].shape[1] // 2
         for clip in range(min(clips, batch["lq"].shape[0])):
-            rows.append(
-                sample_panel(
-                    batch["lq"][clip, t],
-                    out.sr[clip, t],
-                    batch["gt"][clip, t],
-                    [m[clip, t] for m in out.masks],
-                    batch["mask"][clip, t] if "mask" in batch else None,
-                )
-            )
+            predictions = {
+                audio: Prediction(out.sr[clip, t], [m[clip, t] for m in out.masks])
+                for audio, out in outputs.items()
+            }
+            rows.append(attention_row(
+                batch["lq"][clip, t], batch["gt"][clip, t], predictions,
+                batch["mask"][clip, t] if "mask" in batch else None,
+                batch["distractor_mask"][clip, t] if "distractor_mask" in batch else None,
+                zoom=zoom,
+            ))
+            labels.append(f"{run.backbone} {run.fusion} seed {run.seed}: "
+                          f"{batch['key'][clip]}, frame {t}")
     if not rows:
         return False
-    width = max(r.shape[-1] for r in rows)
-    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
-    save_png(torch.cat(rows, dim=-2), out_png)
+    save_rgb_png(attention_grid(rows, labels, FIGURE_LEGEND), out_png)
     return True
 
 

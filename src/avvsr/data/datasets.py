@@ -3,7 +3,8 @@
 Items follow the batch contract of ``docs/ARCHITECTURE.md`` (one clip, no batch dim):
 ``lq`` (T, 3, h, w) and ``gt`` (T, 3, H, W) float32 in [0, 1]; ``audio`` (T, n_mels,
 n_frames) log-mel of each frame's ``window_s`` window centred on its timestamp; ``has_audio``
-bool; ``mask`` (T, 1, H, W) in {0, 1} when the source knows the sounding objects; ``key``
+bool; ``mask`` (T, 1, H, W) in {0, 1} when the source knows the sounding objects and
+``distractor_mask`` (T, 1, H, W), its silent objects, with it; ``key``
 ``"<relative path>:<first frame index>"``. LR frames are made on the fly:
 ``degrade(gt, scale, degradation)`` clamped to [0, 1].
 
@@ -236,6 +237,8 @@ class ClipDataset(Dataset):
             labels = _load_labels(clip.record.labels)[frames, rows, cols]
             mask = np.isin(labels, clip.record.sounding_ids)
             item["mask"] = transform(torch.from_numpy(mask).unsqueeze(1).float()).contiguous()
+            distractors = torch.from_numpy((labels > 0) & ~mask).unsqueeze(1).float()
+            item["distractor_mask"] = transform(distractors).contiguous()
         return item
 
     def _log_mel(self, track: AudioTrack | None, timestamps_s: np.ndarray) -> Tensor:

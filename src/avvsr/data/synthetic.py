@@ -11,6 +11,15 @@ own smooth envelope; the sounding objects' envelopes also shape the loudness of 
 so synchrony, not the frames alone, tells which object sounds. Silent distractors carry class
 gratings too. Objects move in straight lines over a panning textured background.
 
+Families (the semantic cue of real video, where a guitar looks like a guitar at LR): the classes
+are grouped in table order into families of ``classes_per_family``; with ``family_cue="hue"``
+every object of a family takes the family's hue (``FAMILY_HUES``), which survives the x4
+degradation, while the classes within a family still differ only in their HR harmonics (and
+their sound). ``distractors`` chooses the silent objects' classes relative to the first
+sounding object: any class, another family (the hue tells them apart) or the same family
+(only the harmonics and the synchrony do). ``pulse_depth = 0`` removes the synchrony cue from
+the frames, ``family_cue="none"`` the semantic one, so that each can be ablated.
+
 Clips are written as H.264 (near-lossless ``crf``, ``yuv444p``: no chroma smear of the
 harmonics) with AAC audio, plus per-frame label maps (``uint8 (T, H, W)``, 0 = background,
 ``k`` = object id ``k``, the visible object at each pixel) and a ``manifest.json``::
@@ -114,6 +123,20 @@ _BACKGROUND_BASE_RANGE = (64.0, 192.0)  # grey levels of the background's mean c
 _OBJECT_GAP_PX = 2.0  # least distance between the rims of two objects
 _PLACEMENT_TRIES = 1000  # layouts drawn before giving up on a crowded frame
 
+FAMILY_CUES = ("none", "hue")
+DISTRACTOR_KINDS = ("any", "other_family", "same_family")
+# Channel gains of each family's colour (``family_cue="hue"``), in family order. Every two
+# differ by at least 0.45 in some channel: about 58 grey levels at object_level 128, which the
+# x4 degradation keeps on a disc (a low frequency); no gain is below 0.4, so the grating keeps
+# most of its contrast.
+FAMILY_HUES = (
+    (1.0, 0.45, 0.45),  # red
+    (0.45, 0.65, 1.0),  # blue
+    (0.5, 1.0, 0.45),  # green
+    (1.0, 0.9, 0.4),  # yellow
+    (0.9, 0.45, 1.0),  # magenta
+)
+
 
 def _param(default: Any, description: str) -> Any:
     """A :class:`SynthConfig` field with its description (shown by ``avvsr-synth --help``)."""
@@ -160,6 +183,18 @@ class SynthConfig:
     tone_amplitude: float = _param(0.3, "fundamental amplitude of the tone mix (full scale 1)")
     loudness_floor: float = _param(0.2, "tone loudness at envelope 0 (1 at envelope 1)")
     audio_noise_std: float = _param(0.002, "white noise floor of the audio (full scale 1)")
+    classes_per_family: int = _param(
+        1, "classes per family, grouped in class-table order (families share their LR look)"
+    )
+    family_cue: str = _param(
+        "none", f"what a family looks like at LR, one of {list(FAMILY_CUES)}: none (every "
+        "class looks the same, random tints) or hue (each family its own colour)"
+    )
+    distractors: str = _param(
+        "any", f"classes of the silent objects, one of {list(DISTRACTOR_KINDS)}: any, "
+        "other_family or same_family (another class of it where it has one) as the first "
+        "sounding object"
+    )
     crf: int = _param(0, "H.264 constant rate factor (0: lossless in the pixel format)")
     pix_fmt: str = _param("yuv444p", "encoded pixel format (yuv444p: no chroma subsampling)")
 
@@ -200,10 +235,23 @@ class SynthConfig:
             yield "the top harmonic of tone_f0_max_hz is at or above the audio Nyquist frequency"
         if not 0 <= self.loudness_floor <= 1:
             yield f"loudness_floor must be in [0, 1], got {self.loudness_floor}"
+        yield from self._family_problems()
         if self.background_contrast > _BACKGROUND_BASE_RANGE[0]:
             yield f"background_contrast must be <= {_BACKGROUND_BASE_RANGE[0]} (no clipping)"
         if self.num_harmonics > 0 and 1 <= self.num_classes <= len(CLASS_SERIES):
             yield from self._class_problems()
+
+    def _family_problems(self):
+        if self.classes_per_family < 1:
+            yield f"classes_per_family must be >= 1, got {self.classes_per_family}"
+            return
+        if self.family_cue not in FAMILY_CUES:
+            yield f"family_cue must be one of {list(FAMILY_CUES)}, got {self.family_cue!r}"
+        if self.distractors not in DISTRACTOR_KINDS:
+            yield f"distractors must be one of {list(DISTRACTOR_KINDS)}, got {self.distractors!r}"
+        elif self.distractors == "other_family" and len(self.families) < 2:
+            yield (f"distractors='other_family' needs two families, got {len(self.families)} "
+                   f"({self.num_classes} classes, {self.classes_per_family} per family)")
 
     def _class_problems(self):
         coefficients = {name: harmonic_coefficients(name, self.num_harmonics)
@@ -227,6 +275,20 @@ class SynthConfig:
     def classes(self) -> list[str]:
         """The class names of this set, in label order."""
         return list(CLASS_SERIES)[: self.num_classes]
+
+    @property
+    def families(self) -> list[list[str]]:
+        """The classes of each family, in family order."""
+        size = max(self.classes_per_family, 1)
+        return [self.classes[i : i + size] for i in range(0, len(self.classes), size)]
+
+    def family_of(self, class_name: str) -> int:
+        """Index of the family of ``class_name``."""
+        return self.classes.index(class_name) // max(self.classes_per_family, 1)
+
+    def family_colour(self, class_name: str) -> tuple[float, float, float]:
+        """Channel gains of a ``class_name`` object with ``family_cue="hue"``."""
+        return FAMILY_HUES[self.family_of(class_name)]
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -401,21 +463,47 @@ def _sample_background(rng: np.random.Generator, config: SynthConfig) -> Backgro
     )
 
 
+def _distractor_class(
+    rng: np.random.Generator, config: SynthConfig, leading_class: str
+) -> str:
+    """A silent object's class for ``config.distractors`` other than ``any``: from the families
+    other than the leading sounding class's, or another class of its family (itself when the
+    family has one class)."""
+    family = config.families[config.family_of(leading_class)]
+    if config.distractors == "other_family":
+        candidates = [name for name in config.classes if name not in family]
+    else:
+        candidates = [name for name in family if name != leading_class] or [leading_class]
+    return candidates[rng.integers(len(candidates))]
+
+
 def sample_clip(config: SynthConfig, split: str, index: int) -> ClipSpec:
-    """Draw clip ``index`` of ``split``; the result depends only on ``(config, split, index)``."""
+    """Draw clip ``index`` of ``split``; the result depends only on ``(config, split, index)``.
+
+    The distractor classes of ``distractors != "any"`` come from a stream of their own, so
+    the layouts, envelopes and tones of a seed stay those of ``distractors="any"``.
+    """
     rng = np.random.default_rng([config.seed, _split_id(split), 0, index])
+    distractor_rng = np.random.default_rng([config.seed, _split_id(split), 2, index])
     background = _sample_background(rng, config)
     sounding_ids = set((rng.permutation(config.num_objects)[: config.num_sounding] + 1).tolist())
     leading_id = min(sounding_ids, default=None)
+    leading_class = _leading_sounding_class(config, split, index)
     objects = []
     for object_id, (radius, start, velocity) in enumerate(_sample_paths(rng, config), start=1):
         tint = rng.uniform(_OBJECT_TINT_MIN, 1.0, 3)
-        random_class = config.classes[rng.integers(config.num_classes)]
+        class_name = config.classes[rng.integers(config.num_classes)]
+        if object_id == leading_id:
+            class_name = leading_class
+        elif (object_id not in sounding_ids and leading_id is not None
+              and config.distractors != "any"):
+            class_name = _distractor_class(distractor_rng, config, leading_class)
+        colour = (config.family_colour(class_name) if config.family_cue == "hue"
+                  else tuple((tint / tint.max()).tolist()))
         objects.append(
             SceneObject(
                 id=object_id,
-                class_name=(_leading_sounding_class(config, split, index)
-                            if object_id == leading_id else random_class),
+                class_name=class_name,
                 sounding=object_id in sounding_ids,
                 radius_px=float(radius),
                 start_xy_px=start,
@@ -424,7 +512,7 @@ def sample_clip(config: SynthConfig, split: str, index: int) -> ClipSpec:
                                                     config.grating_period_max_px)),
                 grating_orientation_rad=float(rng.uniform(0, np.pi)),
                 grating_phase_cycles=float(rng.uniform(0, 1)),
-                colour_rgb=tuple((tint / tint.max()).tolist()),
+                colour_rgb=colour,
                 envelope=_sample_envelope(rng, config),
                 tone_f0_hz=float(rng.uniform(config.tone_f0_min_hz, config.tone_f0_max_hz)),
                 tone_phase_cycles=float(rng.uniform(0, 1)),
