@@ -28,7 +28,7 @@ from avvsr.models.backbones.iconvsr import keyframe_windows
 
 TINY = ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny", "iconvsr_tiny"]
 WITH_SPYNET = ["basicvsr_tiny", "basicvsrpp_tiny", "iconvsr_tiny"]
-PUBLISHED_PARAMETERS = {  # /work/shared/PAPER.md
+PUBLISHED_PARAMETERS = {  # the papers' parameter counts (BasicVSR, IconVSR, BasicVSR++, EDVR)
     "basicvsr": 6.3e6,
     "iconvsr": 8.7e6,
     "basicvsrpp": 7.3e6,

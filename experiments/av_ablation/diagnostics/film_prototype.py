@@ -1,7 +1,7 @@
 """The design notes' prototype on our data: a single-frame SR net with FiLM in every block.
 
-Diagnostic for the study (``../../../shared/DATA.md`` reports +2.5 dB inside the object for such a
-net on a simpler synthetic set). A 32-channel, 4-block residual net whose blocks are each
+Diagnostic for the study (the benchmark's design notes report +2.5 dB inside the object for
+such a net on a simpler synthetic set). A 32-channel, 4-block residual net whose blocks are each
 modulated by a FiLM from the sounding object's class as a one-hot code (``--film``), or not
 modulated, is trained on frames of the study's DataModule (64x64 HR crops, Charbonnier loss,
 Adam with one-cycle rate) and tested on the test clips with the true and a shuffled class code
