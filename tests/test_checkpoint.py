@@ -335,3 +335,20 @@ def test_every_model_class_the_configs_name_is_allowed():
             assert targets <= ALLOWED_TARGETS, (option, targets - ALLOWED_TARGETS)
             if "tiny" in option.stem or group != "backbone":
                 assert build_lit_module(config).model_config["_target_"] in ALLOWED_TARGETS
+
+
+def test_avvsr_eval_names_a_bad_checkpoint_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x00not a checkpoint")
+    result = subprocess.run(
+        [sys.executable, "-m", "avvsr.evaluate", f"ckpt_path={tmp_path / 'garbage.ckpt'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"avvsr-eval: {tmp_path / 'garbage.ckpt'}: not a PyTorch checkpoint (not a pickle or "
+        "zip file)"
+    )

@@ -547,3 +547,13 @@ def test_signal_mid_run_leaves_nothing_and_says_so(tmp_path, tiny_checkpoints, s
         f"{out}"
     )
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_video_that_ends_before_its_probe_says_is_a_decode_error_naming_it(plain_model):
+    from avvsr.errors import VideoDecodeError
+    from avvsr.inference import ChunkedUpscaler
+
+    upscaler = ChunkedUpscaler(plain_model.net, FAST)
+    frames = np.zeros((3, 8, 8, 3), np.uint8)  # the probe promised 6
+    with pytest.raises(VideoDecodeError, match="clip.mp4: the video ends after 3 frames"):
+        list(upscaler.upscale([frames], 6, source="clip.mp4"))

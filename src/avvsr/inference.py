@@ -61,6 +61,7 @@ from avvsr.errors import (
     MemoryBudgetError,
     MissingAudioError,
     OutputError,
+    VideoDecodeError,
 )
 
 DEFAULT_CHUNK = 32  # frames per window where no memory plan chooses
@@ -350,6 +351,7 @@ class ChunkedUpscaler:
         num_frames: int,
         audio: Callable[[int, int], Tensor] | None = None,
         progress: Callable[[float], None] | None = None,
+        source: str | os.PathLike[str] = "the video",
     ) -> Iterator[np.ndarray]:
         """Upscale ``num_frames`` frames arriving as uint8 chunks ``(n, h, w, 3)``.
 
@@ -362,7 +364,7 @@ class ChunkedUpscaler:
         """
         chunk, overlap = self.settings.chunk, self.settings.overlap
         starts = window_starts(num_frames, chunk, overlap)
-        frames = _FrameBuffer(iter(chunks), self.times)
+        frames = _FrameBuffer(iter(chunks), self.times, source)
         blend = None
         for index, weight in enumerate(blend_weights(starts, chunk, num_frames)):
             start, end = starts[index], starts[index] + len(weight)
@@ -408,9 +410,12 @@ class _BlendBuffer:
 class _FrameBuffer:
     """The decoded frames of a stream that later windows still need (indices only increase)."""
 
-    def __init__(self, chunks: Iterator[np.ndarray], times: StageTimes) -> None:
+    def __init__(
+        self, chunks: Iterator[np.ndarray], times: StageTimes, source: str | os.PathLike[str]
+    ) -> None:
         self.chunks = chunks
         self.times = times
+        self.source = source  # named in errors
         self.frames: np.ndarray | None = None
         self.first = 0  # index of self.frames[0]
 
@@ -421,7 +426,11 @@ class _FrameBuffer:
             while self.frames is None or self.first + len(self.frames) < end:
                 new = next(self.chunks, None)
                 if new is None:
-                    raise EOFError(f"the video ended before frame {end}")
+                    decoded = self.first + (len(self.frames) if self.frames is not None else 0)
+                    raise VideoDecodeError(
+                        self.source, f"the video ends after {decoded} frames, before frame "
+                        f"{end} that its probe promised (truncated or damaged)"
+                    )
                 self.frames = new if self.frames is None else np.concatenate([self.frames, new])
             self.frames = self.frames[start - self.first :]
             self.first = start
@@ -1071,7 +1080,9 @@ def upscale_video(
     with writer, bar:
         decode_step = upscaler.settings.chunk - upscaler.settings.overlap
         chunks = iter_frame_chunks(source, decode_step)
-        for frames in upscaler.upscale(chunks, info.num_frames, audio, progress=bar.update):
+        for frames in upscaler.upscale(
+            chunks, info.num_frames, audio, progress=bar.update, source=source
+        ):
             writer.write(frames)
     return UpscaleReport(
         path=destination,

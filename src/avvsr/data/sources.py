@@ -70,7 +70,7 @@ def _listing_lines(file: Path) -> Iterator[tuple[int, str]]:
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{file}: cannot read the listing ({error})") from error
+        raise DatasetError(file, f"cannot read the listing ({error})") from error
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
@@ -82,14 +82,14 @@ def _relative_key(listing: Path, number: int, text: str) -> str:
     relative = PurePosixPath(text.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts:
         raise DatasetError(
-            f"{listing}: line {number}: expected a path relative to the data root, got {text!r}"
+            listing, f"line {number}: expected a path relative to the data root, got {text!r}"
         )
     return relative.as_posix()
 
 
 def _existing_dir(root: Path, what: str) -> Path:
     if not root.is_dir():
-        raise DatasetError(f"{root}: {what} root is not a directory")
+        raise DatasetError(root, f"{what} root is not a directory")
     return root
 
 
@@ -107,7 +107,7 @@ class SyntheticSource(ClipSource):
         manifest = load_manifest(root)
         if split not in manifest.splits:
             raise DatasetError(
-                f"{root / 'manifest.json'}: no split {split!r} (has {sorted(manifest.splits)})"
+                root / 'manifest.json', f"no split {split!r} (has {sorted(manifest.splits)})"
             )
         records = [
             ClipRecord(
@@ -140,7 +140,7 @@ class FolderSource(ClipSource):
             present = [f"{name}.txt" for name in SPLITS if (root / f"{name}.txt").is_file()]
             if listing is not None and present:
                 raise DatasetError(
-                    f"{root}: no split list {listing.name} although {', '.join(present)} exist"
+                    root, f"no split list {listing.name} although {', '.join(present)} exist"
                 )
             keys = sorted(
                 file.relative_to(root).as_posix()
@@ -176,19 +176,19 @@ def parse_ave_annotations(file: Path) -> list[AVEAnnotation]:
         fields = text.rsplit("&", 4)
         if len(fields) != 5 or not all(field.strip() for field in fields):
             raise DatasetError(
-                f"{file}: line {number}: expected '{AVE_HEADER}', got {text!r}"
+                file, f"line {number}: expected '{AVE_HEADER}', got {text!r}"
             )
         category, video_id, quality, start, end = (field.strip() for field in fields)
         try:
             start_s, end_s = float(start), float(end)
         except ValueError:
             raise DatasetError(
-                f"{file}: line {number}: StartTime and EndTime must be numbers (seconds), "
+                file, f"line {number}: StartTime and EndTime must be numbers (seconds), "
                 f"got {start!r} and {end!r}"
             ) from None
         if not 0 <= start_s < end_s:
             raise DatasetError(
-                f"{file}: line {number}: need 0 <= StartTime < EndTime, got {start_s}, {end_s}"
+                file, f"line {number}: need 0 <= StartTime < EndTime, got {start_s}, {end_s}"
             )
         records.append(AVEAnnotation(category, video_id, quality, start_s, end_s))
     return records
@@ -217,10 +217,10 @@ class AVESource(ClipSource):
             listing = root / AVE_SPLIT_FILES[split]
         else:
             raise DatasetError(
-                f"{root}: unknown AVE split {split!r} (expected one of {sorted(AVE_SPLIT_FILES)})"
+                root, f"unknown AVE split {split!r} (expected one of {sorted(AVE_SPLIT_FILES)})"
             )
         if not listing.is_file():
-            raise DatasetError(f"{listing}: AVE listing not found")
+            raise DatasetError(listing, "AVE listing not found")
         records = []
         for annotation in parse_ave_annotations(listing):
             key = f"{videos_dir}/{annotation.video_id}.mp4"
