@@ -578,7 +578,7 @@ def batches(module: AVVSRDataModule) -> tuple[dict, dict]:
 def test_stream_and_cached_paths_give_the_same_batches(ave_data: Path, tmp_path: Path) -> None:
     options = dict(num_workers=0, max_frames=15, batch_size=2)
     cached = batches(compose("ave", ave_data, tmp_path / "c1", decode="cached", **options))
-    for reader in ("auto", "pyav"):
+    for reader in io.STREAM_READERS:
         streamed = batches(compose("ave", ave_data, tmp_path / f"s-{reader}", decode="stream",
                                    stream_reader=reader, **options))
         for ours, theirs in zip(cached, streamed, strict=True):

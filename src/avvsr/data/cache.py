@@ -110,7 +110,7 @@ class VideoEntry:
     audio: AudioTrack | None
     stored: bool = True
 
-    def read_frames(self, first: int, stop: int, reader: str = "auto") -> np.ndarray:
+    def read_frames(self, first: int, stop: int, reader: str = "pyav") -> np.ndarray:
         """uint8 ``(stop - first, H, W, 3)``: frames ``first .. stop - 1`` from the video."""
         from avvsr.data import io
 
@@ -332,8 +332,16 @@ class DecodeCache:
         """The entry of each of ``paths`` (or the :class:`MediaError` that makes it unusable),
         built by ``workers`` processes (0 or 1: in this one) with a progress bar."""
         unique = list(dict.fromkeys(str(path) for path in paths))
-        results = dict(zip(unique, self._pool(
-            _entry_task, unique, workers, progress, f"probing {len(unique):,} videos",
+        results: dict[str, Any] = {}
+        for path in unique:  # entries already there: a hash and a small read, no pool
+            with contextlib.suppress(MediaError):
+                key = self.key(path)
+                if key in self._memory or (self.root / key / "meta.json").is_file():
+                    with contextlib.suppress(DamagedEntryError, OSError, KeyError, ValueError):
+                        results[path] = self.entry(path)
+        missing = [path for path in unique if path not in results]
+        results.update(zip(missing, self._pool(
+            _entry_task, missing, workers, progress, f"probing {len(missing):,} videos",
         ), strict=True))
         entries: list[VideoEntry | MediaError] = []
         for path in (str(path) for path in paths):
@@ -341,7 +349,8 @@ class DecodeCache:
             if isinstance(outcome, str):
                 outcome = self.open(outcome)
             elif isinstance(outcome, VideoEntry):
-                self._memory[outcome.key] = outcome
+                if not outcome.stored:
+                    self._memory[outcome.key] = outcome
             else:
                 error_type, error_path, reason = outcome
                 outcome = error_type(error_path, reason)

@@ -38,7 +38,7 @@ class AVVSRDataModule(L.LightningDataModule):
     event window, at most ``max_frames`` from its start; None: all) are decoded into the
     cache too, within ``cache_budget_gb`` (None: the free space); ``"stream"``: each
     sample's frames are decoded from the video (seeking as ``stream_reader`` says:
-    ``"auto"`` or ``"pyav"``, :func:`avvsr.data.io.read_clip`). ``progress``: show the
+    ``"pyav"`` or ``"decord"``, :func:`avvsr.data.io.read_clip`). ``progress``: show the
     progress bars. Training: random ``clip_len``-frame clips, ``crop_size`` HR crops, random
     flips and transposes (``augment``). Validation and test: whole clips of at most
     ``eval_max_frames`` frames (``None``: all), batched ``eval_batch_size`` at a time.
@@ -72,7 +72,7 @@ class AVVSRDataModule(L.LightningDataModule):
         max_frames: int | None = None,
         cache_workers: int = 0,
         cache_budget_gb: float | None = None,
-        stream_reader: str = "auto",
+        stream_reader: str = "pyav",
         progress: bool = True,
     ) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ Decode paths (``decode``): ``"cached"`` decodes the frames each record's clips a
 from (its event window, at most ``max_frames``) once into the cache when the data set is
 built, by a pool of ``workers`` processes, and reads them memory-mapped; ``"stream"`` caches
 only the probe results and audio and decodes each sample's frames from the video
-(:func:`avvsr.data.io.read_clip`, with ``reader`` ``"auto"`` or ``"pyav"``). Both give the
+(:func:`avvsr.data.io.read_clip`, with ``reader`` ``"pyav"`` or ``"decord"``). Both give the
 same items.
 
 Bad files are found when a data set is built: every record is probed once into the cache
@@ -148,7 +148,7 @@ class ClipDataset(Dataset):
         workers: int = 0,
         progress: bool = False,
         cache_budget_gb: float | None = None,
-        reader: str = "auto",
+        reader: str = "pyav",
     ) -> None:
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")

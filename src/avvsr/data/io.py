@@ -11,12 +11,12 @@ in order from the first: decord's seeking lands on the wrong frame in some files
 with B-frames in any container, H.264 in AVI), so no whole-file read depends on it. decord gets
 even in-order decoding of MPEG-TS wrong; PyAV decodes those frames (``PYAV_DECODED_FORMATS``).
 
-Random access (:func:`read_clip`, for training straight from the video) seeks with decord only
-where its seek is verified right (``DECORD_SEEKABLE``: H.264 in mp4/mov and mkv, checked against
-in-order decoding by tests/test_random_access.py); elsewhere PyAV seeks to the key frame at or
-before the first frame wanted and decodes forward, matching frames by presentation time, in the
-containers where that is verified right (``PYAV_SEEKABLE``: not AVI); other files are decoded
-in order from the first frame.
+Random access (:func:`read_clip`, for training straight from the video): PyAV seeks to the key
+frame at or before the first frame wanted and decodes forward, matching frames by presentation
+time, in the containers where that is verified right (``PYAV_SEEKABLE``: not AVI); decord's
+seek, on request, only where it is verified right (``DECORD_SEEKABLE``: H.264 in mp4/mov and
+mkv). Both are checked against in-order decoding by tests/test_random_access.py; other files
+are decoded in order from the first frame.
 
 Time origin: frame timestamps are seconds from the start of the first video stream;
 ``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
@@ -412,16 +412,18 @@ PYAV_SEEKABLE = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts"}
 # Key frames tried, from the nearest before the first frame wanted back, before decoding from
 # the first frame (an open GOP can need the previous key frame).
 SEEK_ATTEMPTS = 2
-STREAM_READERS = ("auto", "pyav")
+STREAM_READERS = ("pyav", "decord")
 
 
 def read_clip(
-    path: PathLike, first: int, stop: int, index: FrameIndex | None, reader: str = "auto"
+    path: PathLike, first: int, stop: int, index: FrameIndex | None, reader: str = "pyav"
 ) -> np.ndarray:
     """uint8 ``(stop - first, H, W, 3)``: frames ``first .. stop - 1``, by random access.
 
-    ``reader`` ``"auto"``: decord's seek where it is known right (``DECORD_SEEKABLE``), PyAV's
-    seek to the nearest key frame elsewhere; ``"pyav"``: PyAV's everywhere. Without an
+    ``reader`` ``"pyav"``: PyAV seeks to the key frame at or before ``first`` and decodes
+    forward (faster than decord here, which builds a reader per call: ``make bench-data``);
+    ``"decord"``: decord's seek where it is known right (``DECORD_SEEKABLE``), PyAV's
+    elsewhere. Without an
     ``index`` (no usable frame times) or where PyAV's seek is not known right
     (``PYAV_SEEKABLE``), the video is decoded in order from its first frame.
     """
@@ -430,7 +432,7 @@ def read_clip(
     if index is None or not index.seekable:
         return read_frames(path, range(first, stop))
     _check_indices(path, [first, stop - 1], len(index.pts))
-    if reader == "auto" and index.decord_seeks_right:
+    if reader == "decord" and index.decord_seeks_right:
         return _FrameReader(path).run(first, stop)
     earlier = index.keyframes[index.keyframes <= first][::-1]
     for keyframe in earlier[:SEEK_ATTEMPTS]:
