@@ -262,8 +262,8 @@ def ave_section(args, scratch: Path) -> None:
           f"{args.step_days:g} days = {step_rate:.2f} steps/s x {args.step_batch} clips of 15 "
           f"frames = {needed:.1f} clips/s to keep the GPUs fed")
     print(f"\n  | path | setup s/clip (again) | cache MB/clip | clips/s, 5 frames | clips/s, "
-          f"15 frames | {AVE_CLIPS:,} clips: setup h | disk GB | loaders for {needed:.1f} "
-          "clips/s |")
+          f"15 frames | {AVE_CLIPS:,} clips: setup h | disk GB | workers for {needed:.1f} "
+          "clips/s of 15 frames |")
     print("  |---|---|---|---|---|---|---|---|")
     for label, _, _ in variants:
         row = rows[label]
@@ -272,9 +272,10 @@ def ave_section(args, scratch: Path) -> None:
         five, fifteen = row["rates"]
         print(f"  | {label} | {row['setup']:.2f} ({row['again']:.3f}) | {row['disk']:.1f} | "
               f"{five:.1f} | {fifteen:.1f} | {hours:.2f} | {disk_gb:.1f} | "
-              f"{needed / fifteen:.1f} x 2 workers |")
+              f"{2 * needed / fifteen:.0f} |")
     print("  setup: 2 processes here (data.cache_workers); 'again': the same setup with the "
-          "cache built; loaders: 2 workers each, batch 4, HR crops 256x256 at x4")
+          "cache built; loaders: 2 workers, batch 4, HR crops 256x256 at x4; workers: loader "
+          "workers at this machine's speed per worker")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -656,10 +656,10 @@ def test_decode_options_are_checked(ave_data: Path, tmp_path: Path) -> None:
                 decode="cached").setup("fit")
 
 
-def test_synthetic_sets_keep_the_cache(data_dir: Path, tmp_path: Path) -> None:
-    for name in ("synth_av", "synth_fill"):
+def test_synthetic_sets_keep_the_cache_and_ave_streams(data_dir: Path) -> None:
+    for name, decode in (("synth_av", "cached"), ("synth_fill", "cached"), ("ave", "stream")):
         config = compose_config("train", [f"data={name}", f"paths.data_dir={data_dir}"])
-        assert config.data.decode == "cached"
+        assert config.data.decode == decode, name
 
 
 def test_training_starts_on_the_stream_path(ave_data: Path, tmp_path: Path) -> None:
