@@ -674,3 +674,28 @@ def test_training_starts_on_the_stream_path(ave_data: Path, tmp_path: Path) -> N
     assert list((tmp_path / "cache").glob("*/frames-*")) == []
     record = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert record["steps"] == 4
+
+
+def test_with_several_processes_the_cache_is_built_once_before_setup(
+    ave_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    alone = compose("ave", ave_data, tmp_path / "alone", decode="cached", num_workers=0)
+    alone.trainer = SimpleNamespace(world_size=1)
+    alone.prepare_data()  # one process: setup builds what it needs, nothing twice
+    assert not (tmp_path / "alone").exists()
+
+    module = compose("ave", ave_data, tmp_path / "cache", decode="cached", num_workers=0)
+    module.trainer = SimpleNamespace(world_size=2)
+    module.prepare_data()
+    assert module.datasets == {} and len(list((tmp_path / "cache").glob("*/frames-*"))) == 3
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("setup decoded what prepare_data had cached")
+
+    for name in ("probe_video", "read_audio", "read_frames", "iter_frame_chunks", "read_clip"):
+        monkeypatch.setattr(io, name, no_decoding)
+    module.setup("fit")
+    module.setup("test")
+    assert next(iter(module.train_dataloader()))["gt"].shape == (2, 5, 3, 128, 128)

@@ -101,6 +101,16 @@ class AVVSRDataModule(L.LightningDataModule):
         self.bad_files = BadFileLog()
         self.datasets: dict[str, ClipDataset] = {}
 
+    def prepare_data(self) -> None:
+        """With several processes (DDP), build the cache of every split once, here: Lightning
+        calls this on one process per node before any calls :meth:`setup`, which then finds
+        every entry complete instead of each rank decoding every file."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            for split in ("train", "val", "test"):
+                if self.sources[split] is not None:
+                    self._build(split)  # the cache is what is kept; the data set is not
+
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets the stage needs (``fit``, ``validate``, ``test``; ``None``:
         all); each file is probed (and, on the cached path, its frames decoded) into the
@@ -112,34 +122,36 @@ class AVVSRDataModule(L.LightningDataModule):
             "predict": (),
             None: ("train", "val", "test"),
         }[stage]
-        cache = DecodeCache(self.cache_dir, sample_rate=self.audio.sample_rate)
         for split in splits:
-            source = self.sources[split]
-            if source is None or split in self.datasets:
-                continue
-            common = {
-                "scale": self.scale,
-                "degradation": self.degradation,
-                "audio": self.audio,
-                "audio_policy": self.audio_policy,
-                "bad_files": self.bad_files,
-                "decode": self.decode,
-                "workers": self.cache_workers,
-                "progress": self.progress,
-                "cache_budget_gb": self.cache_budget_gb,
-                "reader": self.stream_reader,
-            }
-            if split == "train":
-                self.datasets[split] = TrainClipDataset(
-                    source, cache, clip_len=self.clip_len, crop_size=self.crop_size,
-                    augment=self.augment, max_frames=self.max_frames, **common,
-                )
-            else:
-                limits = [n for n in (self.max_frames, self.eval_max_frames) if n is not None]
-                self.datasets[split] = EvalClipDataset(
-                    source, cache, max_frames=min(limits, default=None),
-                    shuffled_audio=split == "test", seed=self.seed, **common,
-                )
+            if self.sources[split] is not None and split not in self.datasets:
+                self.datasets[split] = self._build(split)
+
+    def _build(self, split: str) -> ClipDataset:
+        """The data set of ``split`` (its source must exist), its cache entries built first."""
+        source = self.sources[split]
+        cache = DecodeCache(self.cache_dir, sample_rate=self.audio.sample_rate)
+        common = {
+            "scale": self.scale,
+            "degradation": self.degradation,
+            "audio": self.audio,
+            "audio_policy": self.audio_policy,
+            "bad_files": self.bad_files,
+            "decode": self.decode,
+            "workers": self.cache_workers,
+            "progress": self.progress,
+            "cache_budget_gb": self.cache_budget_gb,
+            "reader": self.stream_reader,
+        }
+        if split == "train":
+            return TrainClipDataset(
+                source, cache, clip_len=self.clip_len, crop_size=self.crop_size,
+                augment=self.augment, max_frames=self.max_frames, **common,
+            )
+        limits = [n for n in (self.max_frames, self.eval_max_frames) if n is not None]
+        return EvalClipDataset(
+            source, cache, max_frames=min(limits, default=None),
+            shuffled_audio=split == "test", seed=self.seed, **common,
+        )
 
     def _dataset(self, split: str) -> ClipDataset:
         if split not in self.datasets:
