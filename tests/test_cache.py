@@ -324,3 +324,17 @@ def test_the_size_budget_is_checked_before_caching_starts(tmp_path: Path, video:
     with pytest.raises(DatasetError, match=r"caching 1 files, about 0\.00 GB, into .*budget"):
         cache.prepare_frames([(entry, 0, 12)], budget_gb=1e-6)
     assert list(cache.root.glob("*/frames-*")) == []
+
+
+def test_frames_that_no_longer_decode_are_a_media_error(
+    tmp_path: Path, video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avvsr.errors import VideoDecodeError
+
+    cache = DecodeCache(tmp_path / "cache", chunk_frames=4)
+    entry = cache.entry(video)
+    four_frames = io.read_frames(video)[:4]  # the file decodes shorter than it was probed
+    monkeypatch.setattr(io, "iter_frame_chunks", lambda path, chunk: iter([four_frames]))
+    with pytest.raises(VideoDecodeError, match=r"clip\.mp4: frames 0\.\.11: .*wrote 4 of 12"):
+        cache.frames(entry, 0, 12)
+    assert temporaries(cache.root) == [] and list(cache.root.glob("*/frames-*")) == []

@@ -57,7 +57,13 @@ from typing import Any
 import numpy as np
 
 from avvsr.data.io import AudioTrack, FrameIndex
-from avvsr.errors import DatasetError, MediaError, MissingAudioError, MissingFileError
+from avvsr.errors import (
+    DatasetError,
+    MediaError,
+    MissingAudioError,
+    MissingFileError,
+    VideoDecodeError,
+)
 
 PathLike = str | os.PathLike[str]
 CACHE_FORMAT = "avvsr-decode-v3"  # v3: entries without frames; frames per range; byte sizes
@@ -320,6 +326,9 @@ class DecodeCache:
                 raise
             self._report_disk_full(temporary, entry.source, "its frames are read from the video")
             return False
+        except ValueError as error:  # fewer frames decode than the probe counted
+            temporary.unlink(missing_ok=True)
+            raise VideoDecodeError(entry.source, f"frames {first}..{stop - 1}: {error}") from None
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
