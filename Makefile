@@ -36,8 +36,10 @@ data: setup
 
 bench: bench-data bench-model bench-upscale
 
+# AVE_CLIPS: clips of the AVE-shaped set that section 5 generates and measures.
+AVE_CLIPS ?= 20
 bench-data: setup
-	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_data.py --ave-clips $(AVE_CLIPS)
 
 bench-model: setup
 	$(BIN)/python benchmarks/bench_model.py --train-step

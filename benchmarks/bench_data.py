@@ -9,14 +9,23 @@ Prints, all measured here:
    and their ratio;
 4. the loader with 2 workers delivering tiny-model training batches (s/batch) against one
    training step of the tiny BasicVSR (``conf/model/backbone/basicvsr_tiny.yaml``) with one
-   and with two torch threads, the ratio, and the step time when the loader feeds it.
+   and with two torch threads, the ratio, and the step time when the loader feeds it;
+5. AVE scale: ``--ave-clips`` clips of 10 s at 640x360, 25 fps, H.264 (a key frame every
+   ``--gop`` frames) + AAC, laid out as AVE with random event windows; per clip: setup time
+   and disk of the cached and the stream decode paths, loader throughput (clips/s, 2 workers,
+   256x256 HR crops, 5- and 15-frame clips) of each, extrapolated to AVE's 4,143 clips and
+   compared with what a paper-size training step consumes (``--step-*``: by default
+   BasicVSR's recipe, mmagic's ``basicvsr_2xb4_reds4``: 2 GPUs x 4 clips of 15 frames,
+   300,000 iterations, at a reported 4 days on 2 GPUs, ckkelvinchan/BasicVSR-IconVSR#13).
 
-Usage: ``python benchmarks/bench_data.py [--data-root data/synth_av] [--steps 10]``.
+Usage: ``python benchmarks/bench_data.py [--data-root data/synth_av] [--steps 10]
+[--sections basic ave] [--ave-clips 20]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # media.py: the tests' writers of media files
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -150,11 +160,145 @@ def cycle(loader) -> Iterator[dict]:
         yield from loader
 
 
+# ---------------------------------------------------------------------------- AVE scale
+AVE_CLIPS = 4143  # videos in AVE (Tian et al., ECCV 2018)
+AVE_SIZE, AVE_FPS, AVE_SECONDS, AVE_RATE = (360, 640), 25, 10, 44100
+
+
+def ave_clip_writer(gop: int, seed: int) -> Callable[[Path], Path]:
+    """A writer of AVE-like clips: textured content panning 3 px a frame with moving grain,
+    stereo noise plus a tone, H.264 (``gop`` frames between key frames, CRF 23) + AAC."""
+    from media import write_av
+
+    height, width = AVE_SIZE
+    num = AVE_FPS * AVE_SECONDS
+    rng = np.random.default_rng(seed)
+    grain = rng.normal(0.0, 10.0, (height, width + 3 * num + 64, 3))
+    rows, cols = np.mgrid[0:height, 0 : grain.shape[1]].astype(np.float32)
+    texture = 127 + 80 * np.sin(cols / 19.0) * np.cos(rows / 13.0)
+    scene = np.clip(texture[..., None] + grain, 0, 255).astype(np.uint8)
+    times = np.arange(AVE_RATE * AVE_SECONDS) / AVE_RATE
+
+    def write(path: Path) -> Path:
+        offset = int(rng.integers(0, 64))
+        frames = np.stack([scene[:, 3 * i + offset : 3 * i + offset + width] for i in range(num)])
+        audio = 0.1 * rng.normal(size=(2, len(times))) + 0.3 * np.sin(2 * np.pi * 440 * times)
+        return write_av(path, frames, fps=AVE_FPS, audio=np.clip(audio, -1, 1),
+                        sample_rate=AVE_RATE, video_settings={"gop_size": gop})
+
+    return write
+
+
+def ave_set(root: Path, clips: int, gop: int) -> Path:
+    """An AVE-shaped set of ``clips`` videos, every one in the train split, each with an event
+    window of whole seconds drawn at random (start 0-4 s, at least 3 s long)."""
+    from media import write_ave_folder
+
+    rng = np.random.default_rng(0)
+    records = []
+    for index in range(clips):
+        start = int(rng.integers(0, 5))
+        end = int(rng.integers(start + 3, AVE_SECONDS + 1))
+        records.append(f"Event&clip{index:04d}&good&{start}&{end}")
+    return write_ave_folder(root, {"train": records}, write=ave_clip_writer(gop, seed=1))
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def ave_module(root: Path, cache_dir: Path, decode: str, clip_len: int = 5, **options):
+    from avvsr.data.datamodule import AVVSRDataModule
+    from avvsr.data.sources import AVESource
+
+    return AVVSRDataModule(
+        AVESource(root, "train"), scale=4, cache_dir=cache_dir, decode=decode,
+        clip_len=clip_len, crop_size=256, batch_size=4, num_workers=2, cache_workers=2,
+        persistent_workers=True, progress=False, **options,
+    )
+
+
+def loader_rate(module, batches: int) -> float:
+    """Training clips/s of ``module``'s loader after its first batch (workers started)."""
+    loader = cycle(module.train_dataloader())
+    next(loader)
+    start = time.perf_counter()
+    clips = sum(len(next(loader)["key"]) for _ in range(batches))
+    return clips / (time.perf_counter() - start)
+
+
+def ave_section(args, scratch: Path) -> None:
+    print(f"\n5. AVE scale: {args.ave_clips} clips of {AVE_SECONDS} s at {AVE_SIZE[1]}x"
+          f"{AVE_SIZE[0]}, {AVE_FPS} fps, H.264 (key frame every {args.gop} frames) + AAC")
+    root = scratch / "AVE_Dataset"
+    made_s = timed(lambda: ave_set(root, args.ave_clips, args.gop))
+    video_mb = folder_bytes(root / "AVE") / 1e6 / args.ave_clips
+    from avvsr.data.sources import AVESource
+
+    windows = [(r.end_s - r.start_s) for r in AVESource(root, "train")]
+    print(f"  generated in {made_s:.0f} s; {video_mb:.2f} MB of video per clip; event windows "
+          f"{min(windows):.0f}-{max(windows):.0f} s, mean {np.mean(windows):.1f} s")
+    rows = {}
+    for decode in ("cached", "stream"):
+        cache_dir = scratch / f"cache-{decode}"
+        setup_s = timed(lambda d=decode, c=cache_dir: ave_module(root, c, d).setup("fit"))
+        again_s = timed(lambda d=decode, c=cache_dir: ave_module(root, c, d).setup("fit"))
+        rows[decode] = {"setup": setup_s / args.ave_clips, "again": again_s / args.ave_clips,
+                        "disk": folder_bytes(cache_dir) / 1e6 / args.ave_clips}
+    variants = [("cached", "cached", "pyav"), ("stream", "stream", "pyav"),
+                ("stream (decord seek)", "stream", "decord")]
+    for label, decode, reader in variants:
+        rates = []
+        for clip_len in (5, 15):
+            module = ave_module(root, scratch / f"cache-{decode}", decode, clip_len,
+                                stream_reader=reader)
+            module.setup("fit")
+            rates.append(loader_rate(module, args.ave_batches))
+        rows.setdefault(label, dict(rows[decode]))["rates"] = rates
+
+    step_rate = args.step_iterations / (args.step_days * 86400)
+    needed = step_rate * args.step_batch
+    print(f"  paper-size step (assumed): {args.step_iterations:,} iterations in "
+          f"{args.step_days:g} days = {step_rate:.2f} steps/s x {args.step_batch} clips of 15 "
+          f"frames = {needed:.1f} clips/s to keep the GPUs fed")
+    print(f"\n  | path | setup s/clip (again) | cache MB/clip | clips/s, 5 frames | clips/s, "
+          f"15 frames | {AVE_CLIPS:,} clips: setup h | disk GB | workers for {needed:.1f} "
+          "clips/s of 15 frames |")
+    print("  |---|---|---|---|---|---|---|---|")
+    for label, _, _ in variants:
+        row = rows[label]
+        hours = row["setup"] * AVE_CLIPS / 3600
+        disk_gb = row["disk"] * AVE_CLIPS / 1e3
+        five, fifteen = row["rates"]
+        print(f"  | {label} | {row['setup']:.2f} ({row['again']:.3f}) | {row['disk']:.1f} | "
+              f"{five:.1f} | {fifteen:.1f} | {hours:.2f} | {disk_gb:.1f} | "
+              f"{2 * needed / fifteen:.0f} |")
+    print("  setup: 2 processes here (data.cache_workers); 'again': the same setup with the "
+          "cache built; loaders: 2 workers, batch 4, HR crops 256x256 at x4; workers: loader "
+          "workers at this machine's speed per worker")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=REPO / "data" / "synth_av")
     parser.add_argument("--steps", type=int, default=10, help="batches and training steps timed")
+    parser.add_argument("--sections", nargs="+", choices=("basic", "ave"),
+                        default=["basic", "ave"], help="basic: sections 1-4; ave: section 5")
+    parser.add_argument("--ave-clips", type=int, default=20, help="AVE-shaped clips generated")
+    parser.add_argument("--ave-batches", type=int, default=6, help="batches of 4 timed a path")
+    parser.add_argument("--gop", type=int, default=50, help="frames between key frames")
+    parser.add_argument("--step-iterations", type=int, default=300_000,
+                        help="iterations of the assumed training (BasicVSR: 300,000)")
+    parser.add_argument("--step-days", type=float, default=4.0,
+                        help="days they take (4: BasicVSR on REDS, 2 GPUs, "
+                        "ckkelvinchan/BasicVSR-IconVSR#13)")
+    parser.add_argument("--step-batch", type=int, default=8,
+                        help="clips per step (8: mmagic basicvsr_2xb4_reds4, 2 GPUs x 4)")
     args = parser.parse_args(argv)
+    if "ave" in args.sections and "basic" not in args.sections:
+        with tempfile.TemporaryDirectory(prefix="avvsr-bench-") as scratch:
+            ave_section(args, Path(scratch))
+        return
 
     import torch
 
@@ -215,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"(batches in memory) = {step_s / loader_s:.1f}x the loader's time per "
                   f"batch; fed by the loader {fed_s * 1000:.1f} ms/step "
                   f"({fed_s / step_s:.2f}x)")
+        if "ave" in args.sections:
+            ave_section(args, scratch)
 
 if __name__ == "__main__":
     main()

@@ -337,19 +337,27 @@ def corrupt_audio_packets(path: str | os.PathLike[str], packet_numbers: Sequence
 
 
 def write_ave_folder(
-    root: str | os.PathLike[str], splits: dict[str, list[str]], **video_options
+    root: str | os.PathLike[str],
+    splits: dict[str, list[str]],
+    write: Callable[[Path], Path] | None = None,
+    **video_options,
 ) -> Path:
-    """An AVE-shaped data set at ``root``: ``AVE/<VideoID>.mp4`` test videos, Annotations.txt
+    """An AVE-shaped data set at ``root``: ``AVE/<VideoID>.mp4`` videos, Annotations.txt
     and one ``<split>Set.txt`` per entry of ``splits`` (``"train"``, ``"val"``, ``"test"``),
     whose records are ``Category&VideoID&Quality&StartTime&EndTime`` lines, e.g.
-    ``"Dog&v1&good&0&3"``. Other keywords go to :func:`write_test_video`."""
+    ``"Dog&v1&good&0&3"``. Each video is written by ``write(path)``, by default
+    :func:`write_test_video` with the other keywords."""
     from avvsr.data.sources import AVE_HEADER
 
     root = Path(root)
     (root / "AVE").mkdir(parents=True, exist_ok=True)
     records = list(dict.fromkeys(r for lines in splits.values() for r in lines))
     for record in records:
-        write_test_video(root / "AVE" / f"{record.split('&')[1]}.mp4", **video_options)
+        path = root / "AVE" / f"{record.split('&')[1]}.mp4"
+        if write is None:
+            write_test_video(path, **video_options)
+        else:
+            write(path)
     (root / "Annotations.txt").write_text("\n".join([AVE_HEADER, *records]) + "\n")
     for split, lines in splits.items():
         (root / f"{split}Set.txt").write_text("".join(f"{line}\n" for line in lines))

@@ -3,6 +3,7 @@ determinism, bad files, configs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import re
@@ -550,3 +551,152 @@ def test_clips_of_different_sizes_cannot_share_a_batch(tmp_path: Path) -> None:
     module.setup("validate")
     with pytest.raises(ValueError, match="evaluation batch size of 1"):
         next(iter(module.val_dataloader()))
+
+
+# ---------------------------------------------------------------------------- decode paths
+AVE_RECORDS = {
+    "train": ["Dog&v1&good&0&3", "Bell&v3&good&1&3"],
+    "val": ["Cat&v2&good&1&2"],
+    "test": ["Cat&v2&good&1&2"],
+}
+
+
+@pytest.fixture(scope="module")
+def ave_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<data>/AVE_Dataset``: three 3 s clips at 10 fps, 128x128, a key frame every 8."""
+    data = tmp_path_factory.mktemp("ave")
+    write_ave_folder(data / "AVE_Dataset", AVE_RECORDS, num_frames=30, height=128, width=128,
+                     video_settings={"gop_size": 8})
+    return data
+
+
+def batches(module: AVVSRDataModule) -> tuple[dict, dict]:
+    module.setup("fit")
+    module.setup("test")
+    return next(iter(module.train_dataloader())), next(iter(module.test_dataloader()))
+
+
+def test_stream_and_cached_paths_give_the_same_batches(ave_data: Path, tmp_path: Path) -> None:
+    options = dict(num_workers=0, max_frames=15, batch_size=2)
+    cached = batches(compose("ave", ave_data, tmp_path / "c1", decode="cached", **options))
+    for reader in io.STREAM_READERS:
+        streamed = batches(compose("ave", ave_data, tmp_path / f"s-{reader}", decode="stream",
+                                   stream_reader=reader, **options))
+        for ours, theirs in zip(cached, streamed, strict=True):
+            assert ours["key"] == theirs["key"]
+            for name in ("lq", "gt", "audio"):
+                torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0)
+
+
+def test_stream_setup_decodes_no_frame(
+    ave_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_frames(*args, **kwargs):
+        raise AssertionError("setup decoded frames")
+
+    for name in ("read_frames", "iter_frame_chunks", "read_clip"):
+        monkeypatch.setattr(io, name, no_frames)
+    module = compose("ave", ave_data, tmp_path / "cache", decode="stream", num_workers=0)
+    module.setup("fit")
+    assert len(module.datasets["train"]) == 2 and len(module.datasets["val"]) == 1
+    assert list((tmp_path / "cache").glob("*/frames-*")) == []
+    monkeypatch.undo()
+    assert next(iter(module.train_dataloader()))["gt"].shape == (2, 5, 3, 128, 128)
+
+
+def test_cached_path_stores_only_the_event_windows_in_parallel(
+    ave_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Train records v1 0-3 s and v3 1-3 s (frames 0..29, 10..29), max_frames 12; val v2 1-2 s
+    (frames 10..19), eval_max_frames 4 -> frames 0-12, 10-22 and 10-14 cached, by 2 processes."""
+    module = compose("ave", ave_data, tmp_path / "cache", decode="cached", cache_workers=2,
+                     max_frames=12, eval_max_frames=4)
+    module.setup("fit")
+    stored = sorted(p.name for p in (tmp_path / "cache").glob("*/frames-*"))
+    assert stored == ["frames-0-12.npy", "frames-10-14.npy", "frames-10-22.npy"]
+    bars = capsys.readouterr().err
+    assert "probing 2 videos" in bars and "caching 2 files" in bars and "2/2" in bars
+    firsts = {int(module.datasets["train"][(0, seed)]["key"].rsplit(":", 1)[1])
+              for seed in range(30)}
+    assert max(firsts) <= 12 - module.clip_len  # clips come from the cached frames only
+
+
+def test_full_disk_on_the_cached_path_reads_from_the_video(
+    ave_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import errno
+
+    from avvsr.data import cache as cache_module
+
+    write = cache_module._write_npy
+
+    def frames_do_not_fit(path, chunks, shape, dtype):
+        if len(shape) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(path, chunks, shape, dtype)
+
+    monkeypatch.setattr(cache_module, "_write_npy", frames_do_not_fit)
+    full = batches(compose("ave", ave_data, tmp_path / "full", decode="cached", num_workers=0))
+    assert "disk full" in caplog.text and "read from the video" in caplog.text
+    assert list((tmp_path / "full").glob("*/frames-*")) == []
+    assert list((tmp_path / "full").glob("*/.tmp-*")) == []
+    monkeypatch.undo()
+    streamed = batches(compose("ave", ave_data, tmp_path / "s", decode="stream", num_workers=0))
+    for ours, theirs in zip(full, streamed, strict=True):
+        torch.testing.assert_close(ours["gt"], theirs["gt"], rtol=0, atol=0)
+
+
+def test_decode_options_are_checked(ave_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="decode must be one of"):
+        compose("ave", ave_data, tmp_path / "c", decode="lazy", num_workers=0).setup("fit")
+    with pytest.raises(ValueError, match="max_frames 3 is below the 5 frames"):
+        compose("ave", ave_data, tmp_path / "c", max_frames=3, num_workers=0).setup("fit")
+    with pytest.raises(DatasetError, match="budget of 1e-06 GB"):
+        compose("ave", ave_data, tmp_path / "c", cache_budget_gb=1e-6, num_workers=0,
+                decode="cached").setup("fit")
+
+
+def test_synthetic_sets_keep_the_cache_and_ave_streams(data_dir: Path) -> None:
+    for name, decode in (("synth_av", "cached"), ("synth_fill", "cached"), ("ave", "stream")):
+        config = compose_config("train", [f"data={name}", f"paths.data_dir={data_dir}"])
+        assert config.data.decode == decode, name
+
+
+def test_training_starts_on_the_stream_path(ave_data: Path, tmp_path: Path) -> None:
+    from avvsr.train import train
+    from training_helpers import compose_train
+
+    cfg = compose_train(ave_data / "AVE_Dataset", tmp_path, [
+        "data=ave", "data.decode=stream", "data.crop_size=64", "data.eval_max_frames=4",
+        "model/fusion=none", "test=false",
+    ])
+    train(cfg)
+    assert list((tmp_path / "cache").glob("*/frames-*")) == []
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert record["steps"] == 4
+
+
+def test_with_several_processes_the_cache_is_built_once_before_setup(
+    ave_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    alone = compose("ave", ave_data, tmp_path / "alone", decode="cached", num_workers=0)
+    alone.trainer = SimpleNamespace(world_size=1)
+    alone.prepare_data()  # one process: setup builds what it needs, nothing twice
+    assert not (tmp_path / "alone").exists()
+
+    module = compose("ave", ave_data, tmp_path / "cache", decode="cached", num_workers=0)
+    module.trainer = SimpleNamespace(world_size=2)
+    module.prepare_data()
+    assert module.datasets == {} and len(list((tmp_path / "cache").glob("*/frames-*"))) == 3
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("setup decoded what prepare_data had cached")
+
+    for name in ("probe_video", "read_audio", "read_frames", "iter_frame_chunks", "read_clip"):
+        monkeypatch.setattr(io, name, no_decoding)
+    module.setup("fit")
+    module.setup("test")
+    assert next(iter(module.train_dataloader()))["gt"].shape == (2, 5, 3, 128, 128)

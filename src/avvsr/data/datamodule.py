@@ -1,4 +1,4 @@
-"""The LightningDataModule: sources -> cached, checked data sets -> seeded data loaders.
+"""The LightningDataModule: sources -> probed, checked (and cached) data sets -> seeded loaders.
 
 Batches follow ``docs/ARCHITECTURE.md`` ("Batches"); the test split also carries
 ``audio_shuffled`` (another clip's audio, for the shuffled-audio control). Training batches
@@ -31,10 +31,16 @@ from avvsr.data.sources import ClipSource
 class AVVSRDataModule(L.LightningDataModule):
     """Train/val/test clips of audio-visual video for super-resolution at ``scale``.
 
-    Sources (any may be ``None``) list the clips; every file is decoded once into
-    ``cache_dir`` when its split is set up, and bad files are reported once and skipped.
-    Training: random ``clip_len``-frame clips, ``crop_size`` HR crops, random flips and
-    transposes (``augment``). Validation and test: whole clips of at most
+    Sources (any may be ``None``) list the clips; when a split is set up every file is probed
+    once into ``cache_dir`` (frame times, size, audio: no frames decoded), by
+    ``cache_workers`` processes with a progress bar, and bad files are reported once and
+    skipped. ``decode`` ``"cached"``: the frames each record's clips are drawn from (its
+    event window, at most ``max_frames`` from its start; None: all) are decoded into the
+    cache too, within ``cache_budget_gb`` (None: the free space); ``"stream"``: each
+    sample's frames are decoded from the video (seeking as ``stream_reader`` says:
+    ``"pyav"`` or ``"decord"``, :func:`avvsr.data.io.read_clip`). ``progress``: show the
+    progress bars. Training: random ``clip_len``-frame clips, ``crop_size`` HR crops, random
+    flips and transposes (``augment``). Validation and test: whole clips of at most
     ``eval_max_frames`` frames (``None``: all), batched ``eval_batch_size`` at a time.
     LR frames: ``degradation`` ``"BI"`` or ``"BD"``. Audio: each frame's feature as ``audio``
     says (the config's ``audio`` node, which the model reads too); ``audio_policy``
@@ -62,6 +68,12 @@ class AVVSRDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         pin_memory: bool = False,
         seed: int = 0,
+        decode: str = "cached",
+        max_frames: int | None = None,
+        cache_workers: int = 0,
+        cache_budget_gb: float | None = None,
+        stream_reader: str = "pyav",
+        progress: bool = True,
     ) -> None:
         super().__init__()
         self.sources = {"train": train, "val": val, "test": test}
@@ -80,12 +92,29 @@ class AVVSRDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.decode = decode
+        self.max_frames = max_frames
+        self.cache_workers = cache_workers
+        self.cache_budget_gb = cache_budget_gb
+        self.stream_reader = stream_reader
+        self.progress = progress
         self.bad_files = BadFileLog()
         self.datasets: dict[str, ClipDataset] = {}
 
+    def prepare_data(self) -> None:
+        """With several processes (DDP), build the cache of every split once, here: Lightning
+        calls this on one process per node before any calls :meth:`setup`, which then finds
+        every entry complete instead of each rank decoding every file."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            for split in ("train", "val", "test"):
+                if self.sources[split] is not None:
+                    self._build(split)  # the cache is what is kept; the data set is not
+
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets the stage needs (``fit``, ``validate``, ``test``; ``None``:
-        all); each file is decoded into the cache if it is not there yet."""
+        all); each file is probed (and, on the cached path, its frames decoded) into the
+        cache if it is not there yet."""
         splits = {
             "fit": ("train", "val"),
             "validate": ("val",),
@@ -93,28 +122,36 @@ class AVVSRDataModule(L.LightningDataModule):
             "predict": (),
             None: ("train", "val", "test"),
         }[stage]
-        cache = DecodeCache(self.cache_dir, sample_rate=self.audio.sample_rate)
         for split in splits:
-            source = self.sources[split]
-            if source is None or split in self.datasets:
-                continue
-            common = {
-                "scale": self.scale,
-                "degradation": self.degradation,
-                "audio": self.audio,
-                "audio_policy": self.audio_policy,
-                "bad_files": self.bad_files,
-            }
-            if split == "train":
-                self.datasets[split] = TrainClipDataset(
-                    source, cache, clip_len=self.clip_len, crop_size=self.crop_size,
-                    augment=self.augment, **common,
-                )
-            else:
-                self.datasets[split] = EvalClipDataset(
-                    source, cache, max_frames=self.eval_max_frames,
-                    shuffled_audio=split == "test", seed=self.seed, **common,
-                )
+            if self.sources[split] is not None and split not in self.datasets:
+                self.datasets[split] = self._build(split)
+
+    def _build(self, split: str) -> ClipDataset:
+        """The data set of ``split`` (its source must exist), its cache entries built first."""
+        source = self.sources[split]
+        cache = DecodeCache(self.cache_dir, sample_rate=self.audio.sample_rate)
+        common = {
+            "scale": self.scale,
+            "degradation": self.degradation,
+            "audio": self.audio,
+            "audio_policy": self.audio_policy,
+            "bad_files": self.bad_files,
+            "decode": self.decode,
+            "workers": self.cache_workers,
+            "progress": self.progress,
+            "cache_budget_gb": self.cache_budget_gb,
+            "reader": self.stream_reader,
+        }
+        if split == "train":
+            return TrainClipDataset(
+                source, cache, clip_len=self.clip_len, crop_size=self.crop_size,
+                augment=self.augment, max_frames=self.max_frames, **common,
+            )
+        limits = [n for n in (self.max_frames, self.eval_max_frames) if n is not None]
+        return EvalClipDataset(
+            source, cache, max_frames=min(limits, default=None),
+            shuffled_audio=split == "test", seed=self.seed, **common,
+        )
 
     def _dataset(self, split: str) -> ClipDataset:
         if split not in self.datasets:

@@ -1,4 +1,5 @@
-"""Data sets of aligned (LR, HR, audio, mask) clips, read through the decode cache.
+"""Data sets of aligned (LR, HR, audio, mask) clips, read through the decode cache or straight
+from the videos.
 
 Items follow the batch contract of ``docs/ARCHITECTURE.md`` (one clip, no batch dim):
 ``lq`` (T, 3, h, w) and ``gt`` (T, 3, H, W) float32 in [0, 1]; ``audio`` (T, n_mels,
@@ -8,13 +9,21 @@ bool; ``mask`` (T, 1, H, W) in {0, 1} when the source knows the sounding objects
 ``"<relative path>:<first frame index>"``. LR frames are made on the fly:
 ``degrade(gt, scale, degradation)`` clamped to [0, 1].
 
-Bad files are found when a data set is built: every record is decoded once into the cache
-(a hit costs a hash and a small JSON read), so unreadable, truncated or too-short files and
-files without audio (with ``audio_policy="require"``) are reported once per file and
-kind of error, with a ``logging`` warning and left out. A file that fails later, in
-``__getitem__`` (its cache entry gone and the file damaged since), is reported and replaced
-by another clip drawn deterministically from the sample's seed. A data set with no usable
-file raises :class:`~avvsr.errors.DatasetError` naming the source and every reason.
+Decode paths (``decode``): ``"cached"`` decodes the frames each record's clips are drawn
+from (its event window, at most ``max_frames``) once into the cache when the data set is
+built, by a pool of ``workers`` processes, and reads them memory-mapped; ``"stream"`` caches
+only the probe results and audio and decodes each sample's frames from the video
+(:func:`avvsr.data.io.read_clip`, with ``reader`` ``"pyav"`` or ``"decord"``). Both give the
+same items.
+
+Bad files are found when a data set is built: every record is probed once into the cache
+(frame times, size, audio; a hit costs a hash and a small JSON read), so unreadable,
+truncated or too-short files and files without audio (with ``audio_policy="require"``) are
+reported once per file and kind of error, with a ``logging`` warning and left out. A file
+that fails later, in ``__getitem__`` (its frames damaged, or the file changed since), is
+reported and replaced by another clip drawn deterministically from the sample's seed. A data
+set with no usable file raises :class:`~avvsr.errors.DatasetError` naming the source and
+every reason.
 """
 
 from __future__ import annotations
@@ -39,15 +48,16 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from avvsr.data.audio_features import AudioFeatureSettings
-from avvsr.data.cache import DecodeCache, DecodedVideo
+from avvsr.data.cache import DamagedEntryError, DecodeCache, VideoEntry
 from avvsr.data.degradations import DEGRADATIONS, crop_to_scale, degrade
-from avvsr.data.io import AudioTrack, audio_windows
+from avvsr.data.io import STREAM_READERS, AudioTrack, audio_windows
 from avvsr.data.sources import ClipRecord, ClipSource
 from avvsr.errors import ClipTooShortError, DatasetError, MediaError, MissingAudioError
 
 log = logging.getLogger(__name__)
 
 AUDIO_POLICIES = ("silence", "require")
+DECODE_PATHS = ("cached", "stream")
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -85,11 +95,11 @@ def _remove_if_owner(folder: str, owner_pid: int) -> None:
 # ---------------------------------------------------------------------------- clips
 @dataclass(frozen=True)
 class UsableClip:
-    """A record that decoded and passed the data set's checks.
+    """A record that was probed and passed the data set's checks.
 
-    ``cache_key`` names its decode-cache entry; frames ``first .. stop - 1`` lie in the
-    record's event window (all frames without one); ``height`` x ``width`` is the frame
-    size in pixels.
+    ``cache_key`` names its decode-cache entry; frames ``first .. stop - 1`` are the ones the
+    data set reads: the record's event window (all frames without one), at most its
+    ``max_frames`` from the window's start; ``height`` x ``width`` is the frame size in pixels.
     """
 
     record: ClipRecord
@@ -110,11 +120,16 @@ class SampleRequest(NamedTuple):
 class ClipDataset(Dataset):
     """Shared part of the training and evaluation data sets: checks, loading, skipping.
 
-    ``source`` lists the clips, ``cache`` decodes them; ``scale`` and ``degradation``
-    (``"BI"``/``"BD"``) make LR frames; ``audio`` says how each frame's audio feature is
-    made; ``audio_policy`` ``"silence"``: a file without audio gets silent audio and
-    ``has_audio=False``, ``"require"``: such a file is a bad file; ``min_frames`` and
-    ``min_size`` (HR pixels) are what a clip needs to be usable.
+    ``source`` lists the clips, ``cache`` holds their probe results, audio and (``decode``
+    ``"cached"``) frames; ``max_frames`` bounds the frames read of each record, from its
+    window's start (None: all); ``workers`` processes build the cache entries
+    (0: this one), with a progress bar if ``progress``, within ``cache_budget_gb`` (None:
+    no limit but the free space); ``reader`` is how the stream path seeks
+    (:func:`avvsr.data.io.read_clip`). ``scale`` and ``degradation`` (``"BI"``/``"BD"``) make
+    LR frames; ``audio`` says how each frame's audio feature is made; ``audio_policy``
+    ``"silence"``: a file without audio gets silent audio and ``has_audio=False``,
+    ``"require"``: such a file is a bad file; ``min_frames`` and ``min_size`` (HR pixels)
+    are what a clip needs to be usable.
     """
 
     def __init__(
@@ -129,7 +144,19 @@ class ClipDataset(Dataset):
         min_frames: int = 1,
         min_size: int = 1,
         bad_files: BadFileLog | None = None,
+        decode: str = "cached",
+        max_frames: int | None = None,
+        workers: int = 0,
+        progress: bool = False,
+        cache_budget_gb: float | None = None,
+        reader: str = "pyav",
     ) -> None:
+        if decode not in DECODE_PATHS:
+            raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
+        if reader not in STREAM_READERS:
+            raise ValueError(f"reader must be one of {STREAM_READERS}, got {reader!r}")
+        if max_frames is not None and max_frames < max(min_frames, 1):
+            raise ValueError(f"max_frames {max_frames} is below the {min_frames} frames of a clip")
         if degradation not in DEGRADATIONS:
             raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
         self.audio = audio or AudioFeatureSettings()
@@ -148,28 +175,40 @@ class ClipDataset(Dataset):
         self.min_frames = max(min_frames, 1)
         self.min_size = max(min_size, scale)
         self.bad_files = bad_files or BadFileLog()
+        self.decode = decode
+        self.max_frames = max_frames
+        self.reader = reader
         self.log_mel = self.audio.log_mel()
         self._failed: set[int] = set()
-        self.clips = self._usable_clips(source)
+        self.clips = self._usable_clips(source, workers, progress, cache_budget_gb)
 
     def __len__(self) -> int:
         return len(self.clips)
 
     # ------------------------------------------------------------ checks at build time
-    def _usable_clips(self, source: ClipSource) -> list[UsableClip]:
-        usable, reasons = [], []
-        for record in source:
+    def _usable_clips(
+        self, source: ClipSource, workers: int, progress: bool, budget_gb: float | None
+    ) -> list[UsableClip]:
+        records = list(source)
+        entries = self.cache.prepare([record.path for record in records], workers, progress)
+        usable, reasons, frame_ranges = [], [], []
+        for record, entry in zip(records, entries, strict=True):
             try:
-                usable.append(self._check(record, self.cache.get(record.path)))
+                if isinstance(entry, MediaError):
+                    raise entry
+                usable.append(self._check(record, entry))
+                frame_ranges.append((entry, usable[-1].first, usable[-1].stop))
             except MediaError as error:
                 self.bad_files.report(error)
                 reasons.append(str(error))
         if not usable:
             listed = "\n  ".join(reasons) if reasons else "(the source lists no clips)"
             raise DatasetError(source.name, f"no usable clip:\n  {listed}")
+        if self.decode == "cached":
+            self.cache.prepare_frames(frame_ranges, workers, progress, budget_gb)
         return usable
 
-    def _check(self, record: ClipRecord, video: DecodedVideo) -> UsableClip:
+    def _check(self, record: ClipRecord, video: VideoEntry) -> UsableClip:
         """Raise :class:`MediaError` unless ``video`` can give this data set's clips."""
         if video.audio is None and self.audio_policy == "require":
             raise MissingAudioError(
@@ -193,26 +232,38 @@ class ClipDataset(Dataset):
             )
         if record.labels is not None:
             labels = _load_labels(record.labels)
-            if labels.dtype != np.uint8 or labels.shape != video.frames.shape[:3]:
+            expected = (video.num_frames, video.height, video.width)
+            if labels.dtype != np.uint8 or labels.shape != expected:
                 raise MediaError(
                     record.labels,
-                    f"label maps must be uint8 {video.frames.shape[:3]} like the video's "
+                    f"label maps must be uint8 {expected} like the video's "
                     f"frames ({record.path}), got {labels.dtype} {labels.shape}",
                 )
+        if self.max_frames is not None:
+            stop = min(stop, first + self.max_frames)
         return UsableClip(record, video.key, first, stop, video.height, video.width)
 
     # ------------------------------------------------------------ loading
-    def _video(self, clip: UsableClip) -> DecodedVideo:
-        """The clip's cached video; decoded again if its cache entry has gone."""
+    def _video(self, clip: UsableClip) -> VideoEntry:
+        """The clip's cache entry; built again if it has gone or is damaged."""
         try:
             return self.cache.open(clip.cache_key)
-        except FileNotFoundError:
-            return self.cache.get(clip.record.path)
+        except (FileNotFoundError, DamagedEntryError):
+            return self.cache.entry(clip.record.path)
+
+    def _frames(self, clip: UsableClip, video: VideoEntry, frames: slice) -> np.ndarray:
+        """uint8 ``(T, H, W, 3)`` frames ``frames`` (within the clip's range): from the cache
+        on the cached path (unless the disk had no room for them), else from the video."""
+        if self.decode == "cached":
+            cached = self.cache.frames(video, clip.first, clip.stop)
+            if cached is not None:
+                return cached[frames.start - clip.first : frames.stop - clip.first]
+        return video.read_frames(frames.start, frames.stop, self.reader)
 
     def _load(
         self,
         clip: UsableClip,
-        video: DecodedVideo,
+        video: VideoEntry,
         frames: slice,
         rows: slice,
         cols: slice,
@@ -224,7 +275,7 @@ class ClipDataset(Dataset):
         before the LR frames are made from ``gt``.
         """
         transform = transform or (lambda images: images)
-        pixels = np.array(video.frames[frames, rows, cols])  # a writable copy
+        pixels = np.array(self._frames(clip, video, frames)[:, rows, cols])  # a writable copy
         gt = transform(torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0))
         item: dict[str, Any] = {
             "lq": degrade(gt, self.scale, self.degradation).clamp_(0.0, 1.0),
@@ -419,13 +470,11 @@ class EvalClipDataset(ClipDataset):
         cache: DecodeCache,
         *,
         scale: int,
-        max_frames: int | None = None,
         shuffled_audio: bool = False,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(source, cache, scale=scale, **kwargs)
-        self.max_frames = max_frames
         self.audio_partner = _derangement(len(self.clips), seed) if shuffled_audio else None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -434,10 +483,7 @@ class EvalClipDataset(ClipDataset):
 
     def _whole_clip(self, index: int) -> dict[str, Any]:
         clip = self.clips[index]
-        stop = clip.stop
-        if self.max_frames is not None:
-            stop = min(stop, clip.first + self.max_frames)
-        frames, whole = slice(clip.first, stop), slice(None)
+        frames, whole = slice(clip.first, clip.stop), slice(None)
         video = self._video(clip)
         item = self._load(
             clip, video, frames, whole, whole, functools.partial(crop_to_scale, scale=self.scale)

@@ -8,8 +8,15 @@ with our error types (``avvsr.errors``) and decord only sees files FFmpeg can de
 Frame timestamps come from PyAV (the video packets' presentation times, sorted), not from
 decord, which reports garbage times for MPEG-4 Part 2 with B-frames in AVI. Frames are decoded
 in order from the first: decord's seeking lands on the wrong frame in some files (MPEG-4 Part 2
-with B-frames in any container, H.264 in AVI), so no read depends on it. decord gets even
-in-order decoding of MPEG-TS wrong; PyAV decodes those frames (``PYAV_DECODED_FORMATS``).
+with B-frames in any container, H.264 in AVI), so no whole-file read depends on it. decord gets
+even in-order decoding of MPEG-TS wrong; PyAV decodes those frames (``PYAV_DECODED_FORMATS``).
+
+Random access (:func:`read_clip`, for training straight from the video): PyAV seeks to the key
+frame at or before the first frame wanted and decodes forward, matching frames by presentation
+time, in the containers where that is verified right (``PYAV_SEEKABLE``: not AVI); decord's
+seek, on request, only where it is verified right (``DECORD_SEEKABLE``: H.264 in mp4/mov and
+mkv). Both are checked against in-order decoding by tests/test_random_access.py; other files
+are decoded in order from the first frame.
 
 Time origin: frame timestamps are seconds from the start of the first video stream;
 ``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
@@ -64,6 +71,33 @@ class VideoInfo:
     has_audio: bool
     audio_sample_rate: int | None  # native rate of the first audio stream, Hz
     audio_channels: int | None
+    index: FrameIndex | None = None  # for random access; None: only in-order decoding is safe
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Where each frame lies in the video stream, learnt by demuxing (no decoding).
+
+    ``pts`` int64 ``(T,)``: presentation timestamps of the frames in presentation order, in the
+    stream's time base; ``keyframes`` int64 ``(K,)``: indices of the key frames, increasing;
+    ``demuxer`` FFmpeg's demuxer name (``"mov,mp4,m4a,3gp,3g2,mj2"``, ...); ``codec`` the
+    video codec (``"h264"``, ...).
+    """
+
+    pts: np.ndarray
+    keyframes: np.ndarray
+    demuxer: str
+    codec: str
+
+    @property
+    def decord_seeks_right(self) -> bool:
+        """Whether decord's seek is verified right for this container and codec."""
+        return (self.demuxer, self.codec) in DECORD_SEEKABLE
+
+    @property
+    def seekable(self) -> bool:
+        """Whether PyAV's seek and frame matching are verified right for this container."""
+        return self.demuxer in PYAV_SEEKABLE
 
 
 @dataclass(frozen=True)
@@ -200,8 +234,9 @@ class _FrameReader:
         return len(self.reader)
 
     def run(self, first: int, stop: int) -> np.ndarray:
-        """uint8 ``(stop - first, H, W, 3)``: frames ``first .. stop - 1``, where ``first`` is
-        0 or the ``stop`` of the previous call (decoding in order, never seeking ahead)."""
+        """uint8 ``(stop - first, H, W, 3)``: frames ``first .. stop - 1``. ``first`` must be 0
+        or the ``stop`` of the previous call (decoding in order), unless decord's seek is
+        known right for the file (:attr:`FrameIndex.decord_seeks_right`)."""
         import decord
 
         if self._pyav is not None:
@@ -248,38 +283,49 @@ class _FrameReader:
 FRAME_TIME_SLACK_S = 1.0
 
 
-def _frame_times_s(path: PathLike, num_frames: int) -> tuple[np.ndarray | None, str | None]:
+def _frame_times_s(
+    path: PathLike, num_frames: int
+) -> tuple[np.ndarray | None, str | None, FrameIndex | None]:
     """Presentation time of each of ``num_frames`` frames, seconds from the video stream's
     start, in presentation order (the order decord returns frames in): the video packets'
-    presentation times, sorted. ``(times, None)`` when those are usable, else ``(None, why)``.
+    presentation times, sorted. ``(times, None, index)`` when those are usable, else
+    ``(None, why, None)``; ``index`` locates the frames and key frames for random access.
     """
     import av
 
     with _open_container(path) as container:
         stream = container.streams.video[0]
         pts: list[int | None] = []
+        key_pts: list[int | None] = []
         with contextlib.suppress(av.FFmpegError):  # a damaged tail: the count check decides
-            pts.extend(packet.pts for packet in container.demux(stream) if packet.size)
+            for packet in container.demux(stream):
+                if packet.size:
+                    pts.append(packet.pts)
+                    if packet.is_keyframe:
+                        key_pts.append(packet.pts)
         time_base = stream.time_base
         start = stream.start_time
         duration_s = container.duration / av.time_base if container.duration else None
+        demuxer, codec = container.format.name, stream.codec_context.name
     if len(pts) != num_frames:
-        return None, f"{len(pts)} video packets for {num_frames} frames"
+        return None, f"{len(pts)} video packets for {num_frames} frames", None
     if time_base is None or any(value is None for value in pts):
-        return None, "frames without presentation times"
+        return None, "frames without presentation times", None
     ordered = np.sort(np.asarray(pts, dtype=np.int64))
     origin = start if start is not None else int(ordered[0])
     times = (ordered - origin).astype(np.float64) * float(time_base)
     if num_frames > 1 and not np.all(np.diff(times) > 0):
-        return None, "presentation times repeat"
+        return None, "presentation times repeat", None
     last_allowed = (duration_s or 0.0) + FRAME_TIME_SLACK_S
     if not (
         np.all(np.isfinite(times))
         and times[0] >= -FRAME_TIME_SLACK_S
         and (duration_s is None or times[-1] <= last_allowed)
     ):
-        return None, f"presentation times {times[0]:.6g} .. {times[-1]:.6g} s out of range"
-    return times, None
+        return None, f"presentation times {times[0]:.6g} .. {times[-1]:.6g} s out of range", None
+    keyframes = np.searchsorted(ordered, np.asarray(key_pts, dtype=np.int64))
+    index = FrameIndex(ordered, np.unique(keyframes).astype(np.int64), demuxer, codec)
+    return times, None, index
 
 
 def probe_video(path: PathLike) -> VideoInfo:
@@ -287,12 +333,12 @@ def probe_video(path: PathLike) -> VideoInfo:
 
     Timestamps are the video packets' presentation times in presentation order. Where those
     are missing, repeat, are out of range or do not match the frame count, frame ``i`` is
-    placed at ``i / fps`` instead, with a warning naming the file.
+    placed at ``i / fps`` instead, with a warning naming the file (and ``index`` is None).
     """
     reader = _FrameReader(path)
     num_frames = len(reader)
     fps = float(reader.reader.get_avg_fps())
-    timestamps_s, problem = _frame_times_s(path, num_frames)
+    timestamps_s, problem, index = _frame_times_s(path, num_frames)
     if timestamps_s is None:
         if not np.isfinite(fps) or fps <= 0:
             raise VideoDecodeError(path, f"no usable frame times ({problem}) and no frame rate")
@@ -314,6 +360,7 @@ def probe_video(path: PathLike) -> VideoInfo:
         has_audio=reader.audio_sample_rate is not None,
         audio_sample_rate=reader.audio_sample_rate,
         audio_channels=reader.audio_channels,
+        index=index,
     )
 
 
@@ -352,6 +399,72 @@ def read_frames(path: PathLike, indices: Sequence[int] | None = None) -> np.ndar
         for index in wanted[(wanted >= first) & (wanted < first + len(frames))]:
             kept[int(index)] = frames[index - first].copy()
     return np.stack([kept[int(index)] for index in index_array])
+
+
+# (demuxer, codec) pairs whose decord seek gives the right frames: checked against in-order
+# decoding, for files PyAV writes, by tests/test_random_access.py.
+DECORD_SEEKABLE = frozenset({("mov,mp4,m4a,3gp,3g2,mj2", "h264"), ("matroska,webm", "h264")})
+# Demuxers whose packets carry the presentation times PyAV's seek and frame matching rely on
+# (checked the same way, every codec tested). Not AVI: it stores none, FFmpeg derives them,
+# and H.264 in AVI then comes out as the wrong frames. Other containers decode in order.
+PYAV_SEEKABLE = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts"})
+# Key frames tried, from the nearest before the first frame wanted back, before decoding from
+# the first frame (an open GOP can need the previous key frame).
+SEEK_ATTEMPTS = 2
+STREAM_READERS = ("pyav", "decord")
+
+
+def read_clip(
+    path: PathLike, first: int, stop: int, index: FrameIndex | None, reader: str = "pyav"
+) -> np.ndarray:
+    """uint8 ``(stop - first, H, W, 3)``: frames ``first .. stop - 1``, by random access.
+
+    ``reader`` ``"pyav"``: PyAV seeks to the key frame at or before ``first`` and decodes
+    forward (faster than decord here, which builds a reader per call: ``make bench-data``);
+    ``"decord"``: decord's seek where it is known right (``DECORD_SEEKABLE``), PyAV's
+    elsewhere. Without an
+    ``index`` (no usable frame times) or where PyAV's seek is not known right
+    (``PYAV_SEEKABLE``), the video is decoded in order from its first frame.
+    """
+    if reader not in STREAM_READERS:
+        raise ValueError(f"reader must be one of {STREAM_READERS}, got {reader!r}")
+    if index is None or not index.seekable:
+        return read_frames(path, range(first, stop))
+    _check_indices(path, [first, stop - 1], len(index.pts))
+    if reader == "decord" and index.decord_seeks_right:
+        return _FrameReader(path).run(first, stop)
+    earlier = index.keyframes[index.keyframes <= first][::-1]
+    for keyframe in earlier[:SEEK_ATTEMPTS]:
+        frames = _decode_after_seek(path, int(index.pts[keyframe]), index.pts[first:stop])
+        if frames is not None:
+            return frames
+    return read_frames(path, range(first, stop))
+
+
+def _decode_after_seek(path: PathLike, seek_pts: int, wanted_pts: np.ndarray) -> np.ndarray | None:
+    """The frames presented at ``wanted_pts`` (increasing, the stream's time base), decoded
+    after seeking to the key frame at or before ``seek_pts``; None if some of them do not
+    come out (the seek landed after them, or decoded frames carry no presentation time)."""
+    import av
+
+    frames: list[np.ndarray | None] = [None] * len(wanted_pts)
+    with _open_container(path) as container:
+        stream = container.streams.video[0]
+        try:
+            container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    return None
+                if frame.pts > wanted_pts[-1]:
+                    break
+                position = int(np.searchsorted(wanted_pts, frame.pts))
+                if position < len(wanted_pts) and wanted_pts[position] == frame.pts:
+                    frames[position] = frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as error:
+            raise VideoDecodeError(path, f"FFmpeg cannot decode the frames ({error})") from error
+    if any(frame is None for frame in frames):
+        return None
+    return np.stack(frames)
 
 
 def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
