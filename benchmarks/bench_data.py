@@ -8,7 +8,7 @@ Prints, all measured here:
 3. DataModule throughput (training clips/s) cold (empty cache: decoding) and warm (cache),
    and their ratio;
 4. the loader with 2 workers delivering tiny-model training batches (s/batch) against one
-   training step of the tiny BasicVSR (``conf/model/backbone/basicvsr_tiny.yaml``) with one
+   training step of the tiny BasicVSR (``model/backbone=basicvsr_tiny``) with one
    and with two torch threads, the ratio, and the step time when the loader feeds it;
 5. AVE scale: ``--ave-clips`` clips of 10 s at 640x360, 25 fps, H.264 (a key frame every
    ``--gop`` frames) + AAC, laid out as AVE with random event windows; per clip: setup time
@@ -128,15 +128,13 @@ def epoch_throughput(root: Path, cache_dir: Path) -> tuple[float, float, int]:
 
 
 def tiny_backbone():
-    """The tiny BasicVSR of ``conf/model/backbone/basicvsr_tiny.yaml`` at scale 4."""
+    """The tiny BasicVSR (``model/backbone=basicvsr_tiny``) at scale 4, composed as the
+    command line composes it."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    config = OmegaConf.merge(
-        {"model": {"scale": 4}},
-        {"backbone": OmegaConf.load(REPO / "conf/model/backbone/basicvsr_tiny.yaml")},
-    )
-    return instantiate(config.backbone)
+    from avvsr.config import compose
+
+    return instantiate(compose("train", ["model/backbone=basicvsr_tiny"]).model.backbone)
 
 
 def train_step_factory() -> Callable[[dict], None]:

@@ -665,7 +665,7 @@ def test_synthetic_sets_keep_the_cache_and_ave_streams(data_dir: Path) -> None:
 
 def test_training_starts_on_the_stream_path(ave_data: Path, tmp_path: Path) -> None:
     from avvsr.train import train
-    from training_helpers import compose_train
+    from helpers.training import compose_train
 
     cfg = compose_train(ave_data / "AVE_Dataset", tmp_path, [
         "data=ave", "data.decode=stream", "data.crop_size=64", "data.eval_max_frames=4",
