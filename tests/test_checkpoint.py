@@ -352,3 +352,21 @@ def test_avvsr_eval_names_a_bad_checkpoint_in_one_line(tmp_path):
         f"avvsr-eval: {tmp_path / 'garbage.ckpt'}: not a PyTorch checkpoint (not a pickle or "
         "zip file)"
     )
+
+
+@pytest.mark.parametrize("name", ["msavf_9f844a8.ckpt", "msavf_9f844a8.safetensors"])
+def test_model_files_written_by_an_earlier_avvsr_still_load(name):
+    """Written before the format's move (tests/data/legacy/README.md says how)."""
+    path = Path(__file__).parent / "data" / "legacy" / name
+    model = load_model(path)
+    assert model.uses_audio and model.audio_features.n_mels == 64
+    if path.suffix == ".ckpt":
+        stored = torch.load(path, weights_only=True)["state_dict"]
+        stored = {key.removeprefix("net."): value for key, value in stored.items()}
+    else:
+        from safetensors.torch import load_file
+
+        stored = load_file(str(path))
+    loaded = model.net.state_dict()
+    assert loaded.keys() == stored.keys()
+    assert all(torch.equal(loaded[key], value) for key, value in stored.items())
