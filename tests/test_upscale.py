@@ -327,6 +327,20 @@ def test_cli_bf16_on_cpu_with_tiles(tmp_path, tiny_checkpoints):
     assert psnr(bf16, fp32) > psnr(nearest, fp32)
 
 
+def test_cli_speed_levers_keep_the_output(tmp_path, tiny_checkpoints, capsys):
+    source = write_test_video(tmp_path / "in.mp4", num_frames=6, height=16, width=24)
+    common = ["--ckpt", str(tiny_checkpoints["msavf"]), "--chunk", "6", "--overlap", "2",
+              "--quiet", "--crf", "0"]
+    plain, levers = tmp_path / "plain.mkv", tmp_path / "levers.mkv"
+    assert upscale_cli.main([str(source), str(plain), *common]) == 0
+    assert upscale_cli.main([str(source), str(levers), *common, "--channels-last",
+                             "--cudnn-benchmark", "--inference-group", "3"]) == 0
+    assert psnr(read_frames(levers), read_frames(plain)) > 50
+    with pytest.raises(SystemExit) as exit_info:
+        upscale_cli.main([str(source), str(tmp_path / "x.mkv"), *common, "--inference-group", "0"])
+    assert exit_info.value.code == 2 and "inference_group" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # Audio packets whose times do not increase
 

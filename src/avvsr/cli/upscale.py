@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="replace OUT if it exists")
     add("--quiet", action="store_true", help="no progress bar")
+    speed = parser.add_argument_group(
+        "speed levers that keep the output (avvsr.models.acceleration; mostly for GPUs)"
+    )
+    speed.add_argument("--channels-last", action="store_true", help="NHWC convolution weights")
+    speed.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning")
+    speed.add_argument("--compile", action="store_true", help="torch.compile frame-wise units")
+    speed.add_argument(
+        "--inference-group", type=int, default=None, metavar="N",
+        help="frames reconstructed at once (default 1: the least memory; a GPU may prefer more)",
+    )
     return parser
 
 
@@ -111,6 +121,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from avvsr.cli.common import exit_on_bad_input
     from avvsr.data.io import probe_video
     from avvsr.inference import InferenceSettings, check_output, upscale_video
+    from avvsr.models.acceleration import Acceleration
 
     try:
         settings = InferenceSettings(
@@ -118,12 +129,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             tile_overlap=args.tile_overlap, device=args.device, precision=args.precision,
             max_memory=args.max_memory,
         )
+        acceleration = Acceleration(
+            channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
+            compile=args.compile, inference_group=args.inference_group,
+        )
     except ValueError as error:
         parser.error(str(error))
     with exit_on_bad_input("avvsr-upscale"):
         check_output(Path(args.input), Path(args.output), args.overwrite)
         probe_video(args.input)  # report a bad input before the (slower) model load
         model = load_model(args.ckpt)
+        acceleration.apply(model.net)
         report = upscale_video(
             args.input, args.output, model, settings, overwrite=args.overwrite,
             allow_silent=args.allow_silent, progress=not args.quiet, crf=args.crf,
