@@ -14,11 +14,15 @@ import torch
 
 from avvsr.data import datasets, synthetic
 from avvsr.data.audio_features import SILENCE_LOG_MEL
-from avvsr.data.cache import DecodeCache
 from avvsr.data.io import read_frames
-from avvsr.data.sources import SyntheticSource
 
 DIAGNOSTICS = Path(__file__).resolve().parents[1] / "experiments" / "av_ablation" / "diagnostics"
+
+
+@pytest.fixture(autouse=True)
+def _diagnostics_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As when a diagnostic runs as a script: its own folder comes first on the path."""
+    monkeypatch.syspath_prepend(str(DIAGNOSTICS))
 
 
 def load_script(name: str):
@@ -50,13 +54,20 @@ def test_renders_by_class_reproduce_the_video_and_differ_only_in_the_sounding_ob
 def test_class_oracle_gives_each_item_its_sounding_class_code(
     synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from hydra.utils import instantiate
+
+    from avvsr.config import compose
+
     oracle = load_script("class_oracle_train")
-    monkeypatch.setattr(datasets.ClipDataset, "_load", datasets.ClipDataset._load)  # restored
-    oracle.install_class_code(synth_root)
-    source = SyntheticSource(synth_root, split="train")
-    dataset = datasets.EvalClipDataset(source, DecodeCache(tmp_path / "cache"), scale=4)
+    config = compose("train", [f"paths.data_dir={synth_root.parent}",
+                               f"paths.cache_dir={tmp_path / 'cache'}", "data.eval_max_frames=4",
+                               oracle.oracle_override(synth_root)])
+    datamodule = instantiate(config.data)  # the oracle's public hook, as its command sets it
+    datamodule.setup("validate")
+    dataset = datamodule.datasets["val"]
+    assert datasets.ClipDataset._load.__module__ == "avvsr.data.datasets"  # nothing patched
     manifest = synthetic.load_manifest(synth_root)
-    clips = {clip.video: clip for clip in manifest.splits["train"]}
+    clips = {clip.video: clip for clip in manifest.splits["val"]}
     for index in range(len(dataset)):
         item = dataset[index]
         clip = clips[item["key"].rsplit(":", 1)[0]]

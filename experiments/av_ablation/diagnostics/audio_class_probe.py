@@ -15,20 +15,15 @@ model's audio encoder (the backbone and fusion keep their initial values). Usage
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import hydra
 import torch
 import torch.nn.functional as F
+from study_tools import ROOT, Study
 from torch import Tensor, nn
 
 from avvsr.atomic import atomic_write
-
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(Path(__file__).parent))
-from film_prototype import Study  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> float:

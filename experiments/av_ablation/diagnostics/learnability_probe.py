@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from study_tools import FiLMPrototype, one_cycle_adam
 from torch import Tensor
 
 from avvsr.data.degradations import bicubic_downsample
@@ -47,9 +46,6 @@ from avvsr.data.synthetic import (
 )
 from avvsr.lit_module import charbonnier_loss
 from avvsr.metrics import RegionPSNR
-
-sys.path.insert(0, str(Path(__file__).parent))
-from film_prototype import FiLMPrototype, one_cycle_adam  # noqa: E402
 
 SCALE = 4
 BORDER_PX = 8  # left out of the score: the net sees no context beyond the patch

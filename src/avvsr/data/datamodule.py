@@ -9,6 +9,7 @@ sample's randomness in the main process (:class:`~avvsr.data.datasets.ShuffledSe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -44,7 +45,9 @@ class AVVSRDataModule(L.LightningDataModule):
     ``eval_max_frames`` frames (``None``: all), batched ``eval_batch_size`` at a time.
     LR frames: ``degradation`` ``"BI"`` or ``"BD"``. Audio: each frame's feature as ``audio``
     says (the config's ``audio`` node, which the model reads too); ``audio_policy``
-    ``"silence"`` or ``"require"`` for files without audio.
+    ``"silence"`` or ``"require"`` for files without audio. ``item_transform``: a callable
+    that maps each item (the dict of ``docs/ARCHITECTURE.md`` "Batches", one clip) to the item
+    to batch, e.g. a diagnostic's replacement of the audio (None: items as they are).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class AVVSRDataModule(L.LightningDataModule):
         cache_budget_gb: float | None = None,
         stream_reader: str = "pyav",
         progress: bool = True,
+        item_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.sources = {"train": train, "val": val, "test": test}
@@ -98,6 +102,7 @@ class AVVSRDataModule(L.LightningDataModule):
         self.cache_budget_gb = cache_budget_gb
         self.stream_reader = stream_reader
         self.progress = progress
+        self.item_transform = item_transform
         self.bad_files = BadFileLog()
         self.datasets: dict[str, ClipDataset] = {}
 
@@ -141,6 +146,7 @@ class AVVSRDataModule(L.LightningDataModule):
             "progress": self.progress,
             "cache_budget_gb": self.cache_budget_gb,
             "reader": self.stream_reader,
+            "item_transform": self.item_transform,
         }
         if split == "train":
             return TrainClipDataset(

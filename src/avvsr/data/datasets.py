@@ -129,7 +129,7 @@ class ClipDataset(Dataset):
     LR frames; ``audio`` says how each frame's audio feature is made; ``audio_policy``
     ``"silence"``: a file without audio gets silent audio and ``has_audio=False``,
     ``"require"``: such a file is a bad file; ``min_frames`` and ``min_size`` (HR pixels)
-    are what a clip needs to be usable.
+    are what a clip needs to be usable; ``item_transform`` maps each loaded item (None: none).
     """
 
     def __init__(
@@ -150,6 +150,7 @@ class ClipDataset(Dataset):
         progress: bool = False,
         cache_budget_gb: float | None = None,
         reader: str = "pyav",
+        item_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
@@ -178,6 +179,7 @@ class ClipDataset(Dataset):
         self.decode = decode
         self.max_frames = max_frames
         self.reader = reader
+        self.item_transform = item_transform
         self.log_mel = self.audio.log_mel()
         self._failed: set[int] = set()
         self.clips = self._usable_clips(source, workers, progress, cache_budget_gb)
@@ -290,7 +292,7 @@ class ClipDataset(Dataset):
             item["mask"] = transform(torch.from_numpy(mask).unsqueeze(1).float()).contiguous()
             distractors = torch.from_numpy((labels > 0) & ~mask).unsqueeze(1).float()
             item["distractor_mask"] = transform(distractors).contiguous()
-        return item
+        return self.item_transform(item) if self.item_transform is not None else item
 
     def _log_mel(self, track: AudioTrack | None, timestamps_s: np.ndarray) -> Tensor:
         """``(T, n_mels, n_frames)`` log-mel of the windows around ``timestamps_s``."""
