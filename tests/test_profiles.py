@@ -138,30 +138,39 @@ def test_reproduce_generates_nothing_when_the_study_reads_real_data(tmp_path: Pa
     assert not any(tmp_path.iterdir())
 
 
-def readme_overrides() -> set[str]:
-    """Every ``key.path=value`` override the README shows (the placeholder ``N`` stands for a
-    number, ``DIR``, ``FILE``, ``<run>`` and the like for a path)."""
+def readme_overrides() -> set[tuple[str, ...]]:
+    """The overrides the README shows, each with the config-group choices shown beside it in
+    the same code span or command line (``model/backbone=edvr model.backbone.clip_ends=...``);
+    the placeholder ``N`` stands for a number, ``DIR``, ``FILE``, ``<run>`` for a path."""
     import re
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    found = re.findall(r"(?<![\w./-])(\+{0,2}(?:data|audio|model|trainer)\.[\w.]+)=([^\s`|)]+)",
-                       readme)
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", readme, flags=re.DOTALL)
+    spans = re.findall(r"(?<!`)`([^`\n]+)`(?!`)", readme)
+    spans += [line for block in blocks for line in block.splitlines()]
+    key = r"(?<![\w./-])(\+{0,2}(?:data|audio|model|trainer)\.[\w.]+)=([^\s`|)]+)"
+    group = r"(?<![\w./-])(model/\w+|experiment|trainer)=(\w+)"
 
     def example(value: str) -> str:
         if value == "N":
             return "2"
         return "/tmp/x" if re.fullmatch(r"[A-Z]{3,}|.*<.*", value) else value
 
-    return {f"{key}={example(value)}" for key, value in found}
+    found = set()
+    for span in spans:
+        choices = tuple(f"{name}={value}" for name, value in re.findall(group, span))
+        for name, value in re.findall(key, span):
+            found.add((*choices, f"{name}={example(value)}"))
+    return found
 
 
 @pytest.mark.parametrize(
     "data", sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if p.stem != "base")
 )
 def test_every_override_the_readme_shows_composes_for_every_data_config(data: str) -> None:
-    overrides = readme_overrides()
-    assert "data.audio_policy=require" in overrides  # the parsing finds what the README shows
-    for override in sorted(overrides):
-        cfg = compose_study(f"data={data}", override)
-        key = override.split("=", 1)[0].lstrip("+")
-        assert OmegaConf.select(cfg, key) is not None or override.endswith("=null"), override
+    shown = readme_overrides()
+    assert ("data.audio_policy=require",) in shown  # the parsing finds what the README shows
+    for overrides in sorted(shown):
+        cfg = compose_study(f"data={data}", *overrides)
+        key = overrides[-1].split("=", 1)[0].lstrip("+")
+        assert OmegaConf.select(cfg, key) is not None or overrides[-1].endswith("=null"), overrides
