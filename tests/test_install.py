@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     environment's packages (a path line, not installed again: no network, one torch)."""
     work = tmp_path_factory.mktemp("install")
     run = lambda *command: subprocess.run(command, check=True, capture_output=True, text=True)  # noqa: E731
+    # Built from a copy: setuptools writes its build/ folder next to the sources.
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".cache", "data", "logs", "build", "*.egg-info", "__pycache__"))
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-        "-w", str(work / "dist"), str(REPO))
+        "-w", str(work / "dist"), str(source))
     (wheel,) = (work / "dist").glob("avvsr-*.whl")
     run(sys.executable, "-m", "venv", "--without-pip", str(work / "venv"))
     python = work / "venv" / "bin" / "python"

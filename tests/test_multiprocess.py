@@ -243,8 +243,8 @@ def test_reproduce_trains_on_the_synthetic_set_it_generates(tmp_path: Path) -> N
     """``--data-root``: the study's synthetic set (made small by overrides) is generated there
     and the runs read it."""
     synth_root, runs_dir = tmp_path / "elsewhere" / "synth", tmp_path / "runs"
-    small = ["synthetic_set.num_train=2", "+synthetic_set.num_val=1", "+synthetic_set.num_test=1",
-             "+synthetic_set.num_frames=6"]
+    small = ["synthetic_set.num_train=2", "synthetic_set.num_val=1", "synthetic_set.num_test=1",
+             "synthetic_set.num_frames=6"]
     command = [
         sys.executable, "-m", "avvsr.reproduce", "--profile", "quick",
         f"--data-root={synth_root}", f"--out-dir={tmp_path / 'report'}", f"--runs-dir={runs_dir}",

@@ -148,3 +148,12 @@ def test_the_report_figure_draws_each_msavf_run_with_its_masks(
     for colour in (OUTLINE_COLOUR, DISTRACTOR_COLOUR):
         painted = (pixels == np.round(np.asarray(colour) * 255)).all(axis=-1)
         assert painted.sum() > 100, colour
+
+
+@pytest.mark.parametrize("override", ["logger=none", "debug=fast_dev_run"])
+def test_a_run_without_a_logger_trains(synth_root: Path, tmp_path: Path, override: str) -> None:
+    """The learning-rate monitor needs a logger; without one it is left out, not an error."""
+    from avvsr.train import train
+
+    metrics = train(compose_train(synth_root, tmp_path, [override, "trainer.max_steps=1"]))
+    assert "train/loss" in metrics

@@ -32,6 +32,7 @@ from avvsr.config import (
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as ``cfg`` says; return every logged metric as floats."""
     import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     started = time.time()
     apply_threads(cfg)
@@ -42,9 +43,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_lit_module(cfg.model)
     loggers = instantiate_list(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=loggers or False
-    )
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    if not loggers:  # logger=none, debug=fast_dev_run: no learning rate to log anywhere
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
