@@ -14,6 +14,16 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny tensors only pay for a second thread's
+    synchronisation, 10-30x when the other core of the shared machine is busy (measured)."""
+    from helpers.models import single_thread
+
+    with single_thread():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     """Every test starts from the same random state."""

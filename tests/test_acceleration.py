@@ -6,15 +6,10 @@ import pytest
 import torch
 
 from avvsr.models.acceleration import COMPILED_UNITS, Acceleration
-from test_backbones import TINY, build_trained
+from helpers.models import TINY_BACKBONES as TINY
+from helpers.models import build_trained_backbone as build_trained
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def outputs(model, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,10 @@ from avvsr.models.backbones.blocks import (
 )
 from avvsr.models.backbones.edvr import EDVR, check_clip_ends, window_indices
 from avvsr.models.backbones.iconvsr import keyframe_windows
+from helpers.models import TINY_BACKBONES as TINY
+from helpers.models import build_backbone as build
+from helpers.models import build_trained_backbone as build_trained
 
-TINY = ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny", "iconvsr_tiny"]
 WITH_SPYNET = ["basicvsr_tiny", "basicvsrpp_tiny", "iconvsr_tiny"]
 PUBLISHED_PARAMETERS = {  # the papers' parameter counts (BasicVSR, IconVSR, BasicVSR++, EDVR)
     "basicvsr": 6.3e6,
@@ -37,31 +39,7 @@ PUBLISHED_PARAMETERS = {  # the papers' parameter counts (BasicVSR, IconVSR, Bas
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: a second thread only adds synchronisation, which costs 10-30x
-    when the other core of the shared machine is busy (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def build(name: str, scale: int = 4):
-    """The backbone of ``model/backbone=<name>`` at ``model.scale=<scale>``, composed as the
-    command line composes it."""
-    return instantiate(compose("train", [f"model/backbone={name}", f"model.scale={scale}"])
-                       .model.backbone)
-
-
-def build_trained(name: str, scale: int = 4):
-    """A backbone whose zero-initialised layers (output conv, offset convs, SPyNet's flow
-    outputs) are nudged away from zero, as after training, so every path carries signal."""
-    model = build(name, scale)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -36,12 +36,7 @@ SMALL = {  # reduced sizes, to check that the sizes are read from the shapes
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:

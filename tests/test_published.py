@@ -21,12 +21,7 @@ from media import write_test_video
 REFERENCE = json.loads((Path(__file__).parent / "data" / "reference_keys.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def published(path: Path, fmt: str, name: str) -> tuple[Path, dict[str, torch.Tensor]]:

@@ -118,3 +118,27 @@ def tiny_checkpoint_files(base: Path) -> dict[str, Path]:
         torch.manual_seed(0)
         fit_and_save(build_lit_module(compose_model_config("none")), paths["none"], 0)
     return paths
+
+
+TINY_BACKBONES = ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny", "iconvsr_tiny"]
+
+
+def build_backbone(name: str, scale: int = 4):
+    """The backbone of ``model/backbone=<name>`` at ``model.scale=<scale>``, composed as the
+    command line composes it."""
+    from hydra.utils import instantiate
+
+    from avvsr.config import compose
+
+    return instantiate(compose("train", [f"model/backbone={name}", f"model.scale={scale}"])
+                       .model.backbone)
+
+
+def build_trained_backbone(name: str, scale: int = 4):
+    """A backbone whose zero-initialised layers (output conv, offset convs, SPyNet's flow
+    outputs) are nudged away from zero, as after training, so every path carries signal."""
+    model = build_backbone(name, scale)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    return model
