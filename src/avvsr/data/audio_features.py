@@ -16,10 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
 from dataclasses import dataclass
-from os import PathLike
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,30 +44,6 @@ class AudioFeatureSettings:
             if isinstance(value, bool) or not isinstance(value, wanted) or value <= 0:
                 raise ValueError(f"audio feature setting {item.name} must be a positive "
                                  f"{item.type}, got {value!r}")
-
-    @classmethod
-    def from_mapping(cls, source: str | PathLike[str], values: Any) -> AudioFeatureSettings:
-        """Settings from a mapping read from ``source`` (a file); raise
-        :class:`~avvsr.errors.WeightsError` naming the file for a missing, unknown or
-        wrong-typed entry."""
-        from avvsr.errors import WeightsError
-
-        names = [item.name for item in dataclasses.fields(cls)]
-        if not isinstance(values, Mapping):
-            raise WeightsError(source, f"audio feature settings are not a mapping: {values!r}")
-        missing = [name for name in names if name not in values]
-        unknown = sorted(set(values) - set(names) - {"_target_"})
-        if missing or unknown:
-            raise WeightsError(
-                source, f"audio feature settings: missing {missing}, unknown {unknown}"
-            )
-        try:
-            return cls(**{name: values[name] for name in names})
-        except ValueError as error:
-            raise WeightsError(source, str(error)) from error
-
-    def as_dict(self) -> dict[str, int | float]:
-        return dataclasses.asdict(self)
 
     @property
     def window_samples(self) -> int:
