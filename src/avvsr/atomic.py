@@ -73,19 +73,26 @@ def terminate_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _host() -> str:
+def this_host() -> str:
+    """This machine's name as temporary names carry it (no ``@``)."""
     return socket.gethostname().replace("@", "_")
+
+
+def writer_tag() -> str:
+    """A name part unique to this writer: ``<pid>-<8 hex>@<host>`` (what
+    :func:`process_alive` and :func:`this_host` read back to find stale temporaries)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}@{this_host()}"
 
 
 def partial_path(target: str | os.PathLike[str]) -> Path:
     """A fresh hidden name next to ``target`` with its suffix, marked with this process's id
     and host: ``.<stem>.<pid>-<8 hex>@<host>.partial<suffix>``."""
     target = Path(target)
-    owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}@{_host()}"
-    return target.with_name(f".{target.stem}.{owner}{PARTIAL_MARKER}{target.suffix}")
+    return target.with_name(f".{target.stem}.{writer_tag()}{PARTIAL_MARKER}{target.suffix}")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +120,7 @@ def remove_stale_partials(target: str | os.PathLike[str]) -> list[Path]:
     for candidate in target.parent.glob(pattern):
         owner = candidate.name[len(target.stem) + 2 : -len(PARTIAL_MARKER + target.suffix)]
         match = owner_pattern.fullmatch(owner)
-        if match and match[2] == _host() and not _process_alive(int(match[1])):
+        if match and match[2] == this_host() and not process_alive(int(match[1])):
             _delete(candidate)
             removed.append(candidate)
     return removed

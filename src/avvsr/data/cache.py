@@ -46,8 +46,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import socket
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -56,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from avvsr.atomic import process_alive, this_host, writer_tag
 from avvsr.data.io import AudioTrack, FrameIndex
 from avvsr.errors import (
     DatasetError,
@@ -312,7 +311,7 @@ class DecodeCache:
         from avvsr.data import io
 
         target = self.frames_path(entry.key, first, stop)
-        temporary = target.with_name(f"{TEMP_PREFIX}{self._owner()}.npy")
+        temporary = target.with_name(f"{TEMP_PREFIX}{writer_tag()}.npy")
         shape = (stop - first, entry.height, entry.width, 3)
         chunks = _frame_range_in_order(
             io.iter_frame_chunks(entry.source, self.chunk_frames), first, stop
@@ -442,11 +441,8 @@ class DecodeCache:
                     "the partial entry was discarded and %s", temporary.parent, path, free_mb,
                     outcome)
 
-    def _owner(self) -> str:
-        return f"{os.getpid()}-{uuid.uuid4().hex[:8]}@{_host()}"
-
     def _temporary_path(self) -> Path:
-        return self.root / f"{TEMP_PREFIX}{self._owner()}"
+        return self.root / f"{TEMP_PREFIX}{writer_tag()}"
 
     def _discard_entry(self, entry: Path) -> None:
         """Move a damaged entry (folder or file) aside atomically, then delete it."""
@@ -463,7 +459,7 @@ class DecodeCache:
                                     self.root.glob(f"*/{TEMP_PREFIX}*")):
             owner, _, host = item.name[len(TEMP_PREFIX):].removesuffix(".npy").partition("@")
             pid = owner.split("-")[0]
-            if host == _host() and pid.isdigit() and not _process_alive(int(pid)):
+            if host == this_host() and pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(item, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     item.unlink()
@@ -580,15 +576,3 @@ def _publish(temporary: Path, target: Path) -> None:
             raise
 
 
-def _host() -> str:
-    return socket.gethostname().replace("@", "_")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
