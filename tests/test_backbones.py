@@ -124,13 +124,15 @@ def frame_dependent_hook(feat: torch.Tensor, frames: slice) -> torch.Tensor:
 @pytest.mark.parametrize("group", [1, 2, 5])
 @pytest.mark.parametrize("name", TINY)
 def test_inference_in_groups_equals_the_training_path_in_float64(name: str, group: int) -> None:
+    """To 1e-14, not bit for bit: on some CPUs (measured on an AMD EPYC) the convolutions
+    round the last bit differently with autograd on than off, whatever the group size."""
     model = build_trained(name).double()
     model.inference_group = group
     lq = torch.rand(2, 5, 3, 7, 9, dtype=torch.float64)
     training = model(lq, feature_hook=frame_dependent_hook)  # autograd on: all frames at once
     with torch.no_grad():
         grouped = model(lq, feature_hook=frame_dependent_hook)
-    assert torch.equal(grouped, training.detach())
+    torch.testing.assert_close(grouped, training.detach(), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-6), (torch.float64, 1e-14)])
