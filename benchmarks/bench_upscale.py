@@ -28,7 +28,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 FPS = 25.0
@@ -42,7 +41,7 @@ def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
     """A clip of a bright square moving over a gradient, with a 440 Hz tone, written in chunks."""
     import numpy as np
 
-    from avvsr.data.io import write_video
+    from avvsr.data.video_writer import write_video
 
     rows, cols = np.mgrid[0:height, 0:width]
     background = ((rows + cols) * 255 // (height + width)).astype(np.uint8)
@@ -84,7 +83,8 @@ def plan_for(model, width: int, height: int, num_frames: int):
     silence as its audio (the plan does not depend on the sound)."""
     import torch
 
-    from avvsr.inference import ChunkedUpscaler, InferenceSettings, plan_inference
+    from avvsr.inference import ChunkedUpscaler, InferenceSettings
+    from avvsr.memory_plan import plan_inference
 
     settings = model.audio_features
     n_frames = settings.log_mel().num_frames(settings.window_samples)
@@ -102,7 +102,7 @@ def child_upscale(source: str, destination: str, checkpoint: str) -> dict:
     import torch
 
     from avvsr.checkpoint import load_model
-    from avvsr.inference import upscale_video
+    from avvsr.upscaling import upscale_video
 
     model = load_model(checkpoint)
     loaded_rss_mib = _peak_rss_mib()
@@ -129,18 +129,18 @@ def child_encoder(width: str, height: str, frames: str, lookahead: str) -> dict:
     ``lookahead``; the rise of peak RSS over the peak before (MiB)."""
     import numpy as np
 
-    from avvsr.inference import UpscaledVideoWriter
+    from avvsr.data.video_writer import VideoWriter, pixel_format_for
 
     width, height, frames = int(width), int(height), int(frames)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         before = _peak_rss_mib()
-        with UpscaledVideoWriter(
-            Path(folder) / "encoded.mp4", width, height, FPS, Fraction(1, int(FPS)),
-            np.arange(frames), lookahead=int(lookahead),
+        with VideoWriter(
+            Path(folder) / "encoded.mp4", FPS, width, height,
+            pix_fmt=pixel_format_for(width, height), lookahead=int(lookahead),
         ) as writer:
             for index in range(frames):
-                writer.write(np.roll(image, 2 * index, axis=1)[None])
+                writer.write_frames(np.roll(image, 2 * index, axis=1)[None])
         peak = _peak_rss_mib()
     return {"rise_mib": peak - before}
 
@@ -178,7 +178,7 @@ def main() -> None:
         print(json.dumps(children[kind](*rest)))
         return
 
-    from avvsr.inference import LOOKAHEAD_CHOICES, encoder_bytes, format_size
+    from avvsr.memory_plan import LOOKAHEAD_CHOICES, encoder_bytes, format_size
 
     for size in args.encoder:
         dims, _, frames = size.partition(":")

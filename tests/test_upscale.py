@@ -21,12 +21,8 @@ from avvsr.checkpoint import load_model
 from avvsr.cli import upscale as upscale_cli
 from avvsr.data.io import probe_video, read_audio, read_frames
 from avvsr.errors import MemoryBudgetError, MissingAudioError, NotAVideoError
-from avvsr.inference import (
-    InferenceSettings,
-    blend_weights,
-    upscale_video,
-    window_starts,
-)
+from avvsr.inference import InferenceSettings, blend_weights, window_starts
+from avvsr.upscaling import upscale_video
 from helpers.models import FPS, moving_texture, single_thread, tone_log_mel
 from media import (
     frame_level,
@@ -392,7 +388,8 @@ def test_audio_packets_with_repeated_timestamps_are_retimed(tmp_path, tiny_check
 
 
 def test_plan_keeps_1080p_within_the_budget(plain_model):
-    from avvsr.inference import ChunkedUpscaler, plan_inference
+    from avvsr.inference import ChunkedUpscaler
+    from avvsr.memory_plan import plan_inference
 
     upscaler = ChunkedUpscaler(plain_model.net)
     default = plan_inference(upscaler, InferenceSettings(), 1920, 1080, 300)
@@ -411,7 +408,7 @@ def test_plan_keeps_1080p_within_the_budget(plain_model):
 
 
 def test_plan_estimate_grows_with_window_tile_and_frame(plain_model):
-    from avvsr.inference import estimate_peak
+    from avvsr.memory_plan import estimate_peak
 
     def host(chunk=32, tile=0, width=640, height=360):
         settings = InferenceSettings(chunk=chunk, tile=tile).with_defaults()

@@ -23,15 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avvsr.inference import (
-    DEFAULT_CHUNK,
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE_OVERLAP,
-    PRECISIONS,
-    default_memory_budget,
-    format_size,
-    parse_size,
-)
+from avvsr.inference import DEFAULT_CHUNK, DEFAULT_OVERLAP, DEFAULT_TILE_OVERLAP, PRECISIONS
+from avvsr.memory_plan import default_memory_budget, format_size, parse_size
 
 
 def _size(text: str) -> int:
@@ -120,8 +113,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from avvsr.checkpoint import load_model
     from avvsr.cli.common import exit_on_bad_input
     from avvsr.data.io import probe_video
-    from avvsr.inference import InferenceSettings, check_output, upscale_video
+    from avvsr.inference import InferenceSettings
     from avvsr.models.acceleration import Acceleration
+    from avvsr.upscaling import check_output, upscale_video
 
     try:
         settings = InferenceSettings(

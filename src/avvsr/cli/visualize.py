@@ -161,8 +161,7 @@ def write_panels(
     path: Path, rows: list[Tensor], fps: float, audio: np.ndarray | None, sample_rate: int | None
 ) -> None:
     """Write the rows ``(3, H, W)`` as a video at ``fps``, with ``audio`` if given."""
-    from avvsr.data.io import write_video
-    from avvsr.inference import pixel_format_for
+    from avvsr.data.video_writer import pixel_format_for, write_video
 
     frames = torch.stack(rows).clamp(0, 1).mul(255).round().to(torch.uint8)
     frames = frames.permute(0, 2, 3, 1).numpy()

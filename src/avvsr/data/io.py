@@ -1,4 +1,4 @@
-"""Video and audio I/O: frames with decord, audio with PyAV, audio-to-frame alignment, writing.
+"""Video and audio decoding: frames with decord, audio with PyAV, audio-to-frame alignment.
 
 Frames come from decord (fast random access, per-frame timestamps that follow variable frame
 rate). Everything about audio comes from PyAV: decord cannot report the native sample rate and
@@ -18,6 +18,8 @@ seek, on request, only where it is verified right (``DECORD_SEEKABLE``: H.264 in
 mkv). Both are checked against in-order decoding by tests/test_random_access.py; other files
 are decoded in order from the first frame.
 
+Writing is :mod:`avvsr.data.video_writer`'s.
+
 Time origin: frame timestamps are seconds from the start of the first video stream;
 ``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
 stays aligned with the frames.
@@ -30,9 +32,8 @@ import itertools
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,11 +52,6 @@ if TYPE_CHECKING:
     import av.container
 
 PathLike = str | os.PathLike[str]
-
-# FFmpeg's default layout for each channel count that AAC encodes (mono to 5.1).
-DEFAULT_AUDIO_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1"}
-# Encoders that take a constant-rate-factor quality setting.
-CRF_CODECS = frozenset({"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1"})
 
 
 @dataclass(frozen=True)
@@ -776,267 +772,3 @@ def audio_windows(track: AudioTrack, timestamps_s: np.ndarray, window_s: float) 
         return np.zeros(sample_index.shape, dtype=np.float32)
     gathered = track.samples[np.clip(sample_index, 0, len(track.samples) - 1)]
     return np.where(inside, gathered, np.float32(0.0)).astype(np.float32, copy=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-
-
-def _as_rate(fps: float) -> Fraction:
-    """A frame rate as an exact fraction (29.97... -> 30000/1001)."""
-    return Fraction(fps).limit_denominator(10_000)
-
-
-class VideoWriter:
-    """Write frames (and optionally audio) to ``path`` with PyAV; a context manager.
-
-    The file is written under a temporary name in the same folder; leaving the ``with`` block
-    normally renames it into place, leaving it with an exception deletes it.
-    Frame sizes must be multiples of the pixel format's chroma subsampling (even for
-    ``yuv420p``; anything for ``yuv444p`` or ``gray``). ``crf`` applies to encoders that take
-    one (x264, x265, VP9, AV1); ``crf=0`` with x264 is lossless in the encoded pixel format
-    (so ``yuv444p`` loses only the RGB-to-YUV rounding, and ``gray``, stored full range, keeps
-    grey content exactly).
-    Audio layout defaults to FFmpeg's layout for ``audio_channels`` (mono ... 5.1).
-    """
-
-    def __init__(
-        self,
-        path: PathLike,
-        fps: float,
-        width: int,
-        height: int,
-        *,
-        codec: str = "libx264",
-        crf: int = 18,
-        pix_fmt: str = "yuv420p",
-        audio_sample_rate: int | None = None,
-        audio_channels: int = 1,
-        audio_codec: str = "aac",
-        audio_layout: str | None = None,
-    ) -> None:
-        import av
-        from av.video.reformatter import ColorRange
-
-        self.path = Path(path)
-        if fps <= 0:
-            raise ValueError(f"{self.path}: fps must be positive, got {fps}")
-        _check_frame_size(self.path, width, height, pix_fmt)
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"{self.path}: the folder does not exist")
-        self.width, self.height = width, height
-        self._rate = _as_rate(fps)
-        from avvsr.atomic import atomic_write
-
-        self._atomic = contextlib.ExitStack()
-        self._temporary = self._atomic.enter_context(atomic_write(self.path))
-        self._container = av.open(str(self._temporary), mode="w")
-        self._frames_written = 0
-        self._samples_written = 0
-        try:
-            self._video = self._container.add_stream(codec, rate=self._rate)
-            self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
-            # Grey formats are stored full range: swscale converts RGB to grey over 0..255, and
-            # a limited-range flag would make decoders stretch the levels.
-            self._color_range = (
-                ColorRange.JPEG if len(av.VideoFormat(pix_fmt).components) == 1 else None
-            )
-            if self._color_range is not None:
-                self._video.codec_context.color_range = self._color_range
-            if codec in CRF_CODECS:
-                options = {"crf": str(crf)}
-                if codec.startswith("libvpx"):
-                    options["b"] = "0"  # constant quality rather than a bit-rate target
-                self._video.options = options
-            self._audio = None
-            if audio_sample_rate is not None:
-                self._audio = self._add_audio_stream(
-                    audio_codec, audio_sample_rate, audio_channels, audio_layout
-                )
-        except BaseException:
-            self._discard()
-            raise
-
-    def _add_audio_stream(self, codec: str, sample_rate: int, channels: int, layout: str | None):
-        import av
-
-        supported_rates = av.Codec(codec, "w").audio_rates
-        if supported_rates and sample_rate not in supported_rates:
-            raise ValueError(
-                f"{self.path}: {codec} cannot encode {sample_rate} Hz; "
-                f"it takes {sorted(supported_rates)}"
-            )
-        if layout is None:
-            if channels not in DEFAULT_AUDIO_LAYOUTS:
-                raise ValueError(
-                    f"{self.path}: no default layout for {channels} audio channels; "
-                    "pass audio_layout"
-                )
-            layout = DEFAULT_AUDIO_LAYOUTS[channels]
-        if len(av.AudioLayout(layout).channels) != channels:
-            raise ValueError(f"{self.path}: layout {layout!r} does not have {channels} channels")
-        self._audio_channels = channels
-        self._audio_layout = layout
-        return self._container.add_stream(codec, rate=sample_rate, layout=layout)
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def write_frames(self, frames: np.ndarray) -> None:
-        """Encode uint8 ``(T, H, W, 3)`` RGB frames (``T`` may be 0)."""
-        import av
-
-        frames = np.asarray(frames)
-        expected = (self.height, self.width, 3)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != expected:
-            raise ValueError(
-                f"{self.path}: frames must be uint8 (T, {self.height}, {self.width}, 3), "
-                f"got {frames.dtype} {frames.shape}"
-            )
-        time_base = 1 / self._rate
-        for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            if self._color_range is not None:
-                frame.color_range = self._color_range
-            frame.pts = self._frames_written
-            frame.time_base = time_base
-            self._container.mux(self._video.encode(frame))
-            self._frames_written += 1
-
-    def write_audio(self, samples: np.ndarray) -> None:
-        """Encode float32 samples in [-1, 1]: ``(N,)`` (mono) or ``(C, N)``."""
-        import av
-
-        if self._audio is None:
-            raise ValueError(f"{self.path}: the writer was opened without audio_sample_rate")
-        samples = np.asarray(samples, dtype=np.float32)
-        if samples.ndim == 1:
-            samples = samples[None, :]
-        if samples.ndim != 2 or samples.shape[0] != self._audio_channels:
-            raise ValueError(
-                f"{self.path}: audio must be (N,) or ({self._audio_channels}, N), "
-                f"got {samples.shape}"
-            )
-        if samples.shape[1] == 0:
-            return
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples), format="fltp", layout=self._audio_layout
-        )
-        frame.sample_rate = self._audio.rate
-        frame.pts = self._samples_written
-        frame.time_base = Fraction(1, self._audio.rate)
-        self._container.mux(self._audio.encode(frame))
-        self._samples_written += samples.shape[1]
-
-    @property
-    def frames_written(self) -> int:
-        """Frames encoded so far."""
-        return self._frames_written
-
-    def close(self) -> Path:
-        """Flush the encoders, close the file and rename it into place."""
-        if self._frames_written == 0:
-            self._discard()
-            raise ValueError(f"{self.path}: no frames were written")
-        try:
-            for stream in (self._video, self._audio):
-                if stream is not None:
-                    self._container.mux(stream.encode(None))
-            self._container.close()
-        except BaseException:
-            self._discard()
-            raise
-        self._atomic.close()  # renames the temporary file onto self.path
-        return self.path
-
-    def _discard(self) -> None:
-        """Close without flushing and delete the temporary file."""
-        with contextlib.suppress(Exception):
-            self._container.close()
-        error = RuntimeError("discarded")
-        self._atomic.__exit__(type(error), error, None)  # deletes the temporary file
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._discard()
-
-
-def _check_frame_size(path: Path, width: int, height: int, pix_fmt: str) -> None:
-    """Raise ``ValueError`` unless the size is positive and fits the format's chroma grid."""
-    import av
-
-    if width < 1 or height < 1:
-        raise ValueError(f"{path}: frame size must be positive, got {width}x{height}")
-    fmt = av.VideoFormat(pix_fmt)
-    probe = 64  # any multiple of the largest subsampling factor
-    step_w = probe // fmt.chroma_width(probe)
-    step_h = probe // fmt.chroma_height(probe)
-    if width % step_w or height % step_h:
-        raise ValueError(
-            f"{path}: {pix_fmt} needs width a multiple of {step_w} and height of {step_h}, "
-            f"got {width}x{height} (crop the frames, or use yuv444p)"
-        )
-
-
-def _chunks(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    if isinstance(frames, np.ndarray):
-        yield frames
-    else:
-        yield from frames
-
-
-def write_video(
-    path: PathLike,
-    frames: np.ndarray | Iterable[np.ndarray],
-    fps: float,
-    audio: np.ndarray | None = None,
-    sample_rate: int | None = None,
-    *,
-    codec: str = "libx264",
-    crf: int = 18,
-    pix_fmt: str = "yuv420p",
-    audio_codec: str = "aac",
-) -> Path:
-    """Write uint8 ``(T, H, W, 3)`` frames (an array or an iterable of chunks) and audio.
-
-    ``audio`` is float32 ``(N,)`` or ``(C, N)`` at ``sample_rate`` Hz, starting with the
-    first frame; it is interleaved with the frames chunk by chunk. Returns the final path.
-    """
-    path = Path(path)
-    if audio is not None:
-        if sample_rate is None:
-            raise ValueError(f"{path}: audio given without sample_rate")
-        audio = np.asarray(audio, dtype=np.float32)
-        audio = audio[None, :] if audio.ndim == 1 else audio
-    chunks = _chunks(frames)
-    first = next(chunks, None)
-    if first is None or len(first) == 0:
-        raise ValueError(f"{path}: no frames to write")
-    if first.ndim != 4:
-        raise ValueError(f"{path}: frames must be (T, H, W, 3), got shape {first.shape}")
-    height, width = first.shape[1:3]
-    writer = VideoWriter(
-        path,
-        fps,
-        width,
-        height,
-        codec=codec,
-        crf=crf,
-        pix_fmt=pix_fmt,
-        audio_sample_rate=sample_rate if audio is not None else None,
-        audio_channels=audio.shape[0] if audio is not None else 1,
-        audio_codec=audio_codec,
-    )
-    audio_cursor = 0
-    with writer:
-        for chunk in itertools.chain([first], chunks):
-            writer.write_frames(chunk)
-            if audio is not None:
-                until = min(audio.shape[1], round(writer.frames_written / fps * sample_rate))
-                writer.write_audio(audio[:, audio_cursor:until])
-                audio_cursor = max(audio_cursor, until)
-        if audio is not None:
-            writer.write_audio(audio[:, audio_cursor:])
-    return path

@@ -731,7 +731,7 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 def write_clip(spec: ClipSpec, root: PathLike) -> ClipEntry:
     """Render ``spec`` and write ``<root>/<key>.mp4`` and ``<root>/<key>_labels.npy``."""
-    from avvsr.data.io import write_video
+    from avvsr.data.video_writer import write_video
 
     config = spec.config
     video = Path(root) / f"{spec.key}.mp4"
