@@ -624,6 +624,7 @@ def test_full_disk_on_the_cached_path_reads_from_the_video(
 ) -> None:
     import errno
 
+    from avvsr.atomic import PARTIAL_MARKER
     from avvsr.data import cache as cache_module
 
     write = cache_module._write_npy
@@ -637,7 +638,7 @@ def test_full_disk_on_the_cached_path_reads_from_the_video(
     full = batches(compose("ave", ave_data, tmp_path / "full", decode="cached", num_workers=0))
     assert "disk full" in caplog.text and "read from the video" in caplog.text
     assert list((tmp_path / "full").glob("*/frames-*")) == []
-    assert list((tmp_path / "full").glob("*/.tmp-*")) == []
+    assert list((tmp_path / "full").glob(f"*/.*{PARTIAL_MARKER}*")) == []
     monkeypatch.undo()
     streamed = batches(compose("ave", ave_data, tmp_path / "s", decode="stream", num_workers=0))
     for ours, theirs in zip(full, streamed, strict=True):
