@@ -502,6 +502,28 @@ def test_generate_is_idempotent_and_refuses_other_parameters(tmp_path, caplog):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no temporaries left
 
 
+@pytest.mark.parametrize("seed_of_the_other", [TINY.seed, TINY.seed + 1])
+def test_a_set_another_writer_finishes_first_is_kept(tmp_path, monkeypatch, seed_of_the_other):
+    """Two processes generating into one folder: the first complete set stays; the second
+    writer accepts it if it is the same set and raises if it is another one."""
+    out, real_write_clip = tmp_path / "set", synthetic.write_clip
+    other = dataclasses.replace(TINY, seed=seed_of_the_other)
+
+    def the_other_writer_finishes_meanwhile(spec, root):
+        monkeypatch.setattr(synthetic, "write_clip", real_write_clip)
+        generate(other, out, progress=False)
+        return real_write_clip(spec, root)
+
+    monkeypatch.setattr(synthetic, "write_clip", the_other_writer_finishes_meanwhile)
+    if seed_of_the_other == TINY.seed:
+        generate(TINY, out, progress=False)
+    else:
+        with pytest.raises(DatasetError, match="differing: seed"):
+            generate(TINY, out, progress=False)
+    assert load_manifest(out).params == other.to_params()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no temporaries left
+
+
 def test_generate_refuses_a_folder_that_is_not_a_set(tmp_path):
     out = tmp_path / "set"
     out.mkdir()
