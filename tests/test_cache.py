@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -164,26 +165,27 @@ def test_crash_mid_write_leaves_no_half_entry(tmp_path: Path, video: Path) -> No
     np.testing.assert_array_equal(cache.frames(entry, 0, 12), io.read_frames(video))
 
 
+def _die_after_the_first_file_of_an_entry(root: str, video: str) -> None:
+    real = cache_module._write_npy
+
+    def dies_after_a_file(path, *args):
+        real(path, *args)
+        os._exit(7)  # no cleanup, as a kill or power loss
+
+    cache_module._write_npy = dies_after_a_file
+    DecodeCache(root).entry(video)
+
+
 def test_a_writer_killed_while_writing_an_entry_leaves_a_folder_the_next_run_removes(
     tmp_path: Path, video: Path
 ) -> None:
     root = tmp_path / "cache"
-    crash = textwrap.dedent(
-        f"""
-        import os
-        from avvsr.data import cache
-        from avvsr.data.cache import DecodeCache
-
-        real = cache._write_npy
-        def dies_after_a_file(path, *args):
-            real(path, *args)
-            os._exit(7)  # no cleanup, as a kill or power loss
-
-        cache._write_npy = dies_after_a_file
-        DecodeCache({str(root)!r}).entry({str(video)!r})
-        """
+    writer = multiprocessing.get_context("fork").Process(
+        target=_die_after_the_first_file_of_an_entry, args=(str(root), str(video))
     )
-    assert subprocess.run([sys.executable, "-c", crash], timeout=120).returncode == 7
+    writer.start()
+    writer.join(timeout=120)
+    assert writer.exitcode == 7
     (leftover,) = temporaries(root)
     assert leftover.is_dir() and list(leftover.iterdir()) and entries(root) == []
 

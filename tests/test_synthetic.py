@@ -507,7 +507,8 @@ def test_a_set_another_writer_finishes_first_is_kept(tmp_path, monkeypatch, seed
     """Two processes generating into one folder: the first complete set stays; the second
     writer accepts it if it is the same set and raises if it is another one."""
     out, real_write_clip = tmp_path / "set", synthetic.write_clip
-    other = dataclasses.replace(TINY, seed=seed_of_the_other)
+    ours = dataclasses.replace(TINY, num_train=1, num_test=0)
+    other = dataclasses.replace(ours, seed=seed_of_the_other)
 
     def the_other_writer_finishes_meanwhile(spec, root):
         monkeypatch.setattr(synthetic, "write_clip", real_write_clip)
@@ -515,11 +516,11 @@ def test_a_set_another_writer_finishes_first_is_kept(tmp_path, monkeypatch, seed
         return real_write_clip(spec, root)
 
     monkeypatch.setattr(synthetic, "write_clip", the_other_writer_finishes_meanwhile)
-    if seed_of_the_other == TINY.seed:
-        generate(TINY, out, progress=False)
+    if seed_of_the_other == ours.seed:
+        generate(ours, out, progress=False)
     else:
         with pytest.raises(DatasetError, match="differing: seed"):
-            generate(TINY, out, progress=False)
+            generate(ours, out, progress=False)
     assert load_manifest(out).params == other.to_params()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no temporaries left
 
