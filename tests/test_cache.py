@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from avvsr.atomic import PARTIAL_MARKER
+from avvsr.data import audio_io, io
 from avvsr.data import cache as cache_module
-from avvsr.data import io
 from avvsr.data.cache import DecodeCache
 from avvsr.errors import DatasetError, MissingFileError, NotAVideoError, NoVideoStreamError
 from media import truncate_tail, write_audio_only, write_garbage, write_test_video
@@ -48,7 +48,7 @@ def test_round_trip_matches_direct_decoding(tmp_path: Path, video: Path) -> None
     np.testing.assert_array_equal(entry.index.keyframes, info.index.keyframes)
     assert (entry.num_frames, entry.height, entry.width) == (12, 48, 64)
     assert entry.fps == pytest.approx(info.fps)
-    track = io.read_audio(video, 16000)
+    track = audio_io.read_audio(video, 16000)
     np.testing.assert_array_equal(entry.audio.samples, track.samples)
     assert entry.audio.start_s == pytest.approx(track.start_s)
     assert list(cache.root.glob("*/frames-*")) == []  # probing decodes no frames
@@ -68,8 +68,9 @@ def test_second_run_reads_the_cache_without_decoding(
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cache decoded a file it holds")
 
-    for name in ("probe_video", "read_frames", "iter_frame_chunks", "read_audio", "read_clip"):
+    for name in ("probe_video", "read_frames", "iter_frame_chunks", "read_clip"):
         monkeypatch.setattr(io, name, no_decoding)
+    monkeypatch.setattr(audio_io, "read_audio", no_decoding)
     again = DecodeCache(tmp_path / "cache")  # a new run: nothing shared but the folder
     entry = again.entry(video)
     np.testing.assert_array_equal(again.frames(entry, 0, 12), first_frames)
@@ -254,7 +255,7 @@ def test_damaged_entry_is_detected_and_built_again(
     assert again.decodes == 1
     if name != "meta.json" or (cache.root / key / name).exists():
         assert "damaged cache entry" in caplog.text
-    np.testing.assert_array_equal(entry.audio.samples, io.read_audio(video).samples)
+    np.testing.assert_array_equal(entry.audio.samples, audio_io.read_audio(video).samples)
     np.testing.assert_array_equal(entry.timestamps_s, io.probe_video(video).timestamps_s)
 
 
@@ -309,7 +310,7 @@ def test_full_disk_while_probing_keeps_the_entry_in_memory(
     entry = cache.entry(video)
     assert not entry.stored and entries(cache.root) == [] and temporaries(cache.root) == []
     assert "disk full" in caplog.text and "kept in memory" in caplog.text
-    np.testing.assert_array_equal(entry.audio.samples, io.read_audio(video).samples)
+    np.testing.assert_array_equal(entry.audio.samples, audio_io.read_audio(video).samples)
     assert cache.entry(video) is entry and cache.frames(entry, 0, 4) is None
     np.testing.assert_array_equal(entry.read_frames(3, 7), io.read_frames(video)[3:7])
 

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from avvsr.config import compose as compose_config
-from avvsr.data import io
+from avvsr.data import audio_io, io
 from avvsr.data.audio_features import SILENCE_LOG_MEL, AudioFeatureSettings
 from avvsr.data.cache import DecodeCache
 from avvsr.data.datamodule import AVVSRDataModule
@@ -693,8 +693,9 @@ def test_with_several_processes_the_cache_is_built_once_before_setup(
     def no_decoding(*args, **kwargs):
         raise AssertionError("setup decoded what prepare_data had cached")
 
-    for name in ("probe_video", "read_audio", "read_frames", "iter_frame_chunks", "read_clip"):
+    for name in ("probe_video", "read_frames", "iter_frame_chunks", "read_clip"):
         monkeypatch.setattr(io, name, no_decoding)
+    monkeypatch.setattr(audio_io, "read_audio", no_decoding)
     module.setup("fit")
     module.setup("test")
     assert next(iter(module.train_dataloader()))["gt"].shape == (2, 5, 3, 128, 128)

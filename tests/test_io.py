@@ -12,12 +12,10 @@ import av
 import numpy as np
 import pytest
 
+from avvsr.data.audio_io import AudioTrack, audio_windows, read_audio
 from avvsr.data.io import (
-    AudioTrack,
-    audio_windows,
     iter_frame_chunks,
     probe_video,
-    read_audio,
     read_frames,
 )
 from avvsr.data.video_writer import VideoWriter, write_video

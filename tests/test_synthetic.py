@@ -19,8 +19,9 @@ import torch
 from avvsr.cli import synth as synth_cli
 from avvsr.data import synthetic
 from avvsr.data.audio_features import LogMel
+from avvsr.data.audio_io import AudioTrack, audio_windows, read_audio
 from avvsr.data.degradations import degrade
-from avvsr.data.io import AudioTrack, audio_windows, probe_video, read_audio, read_frames
+from avvsr.data.io import probe_video, read_frames
 from avvsr.data.synthetic import (
     ClipEntry,
     ObjectEntry,

@@ -9,8 +9,9 @@ Two parts, used by ``avvsr-upscale`` (:mod:`avvsr.upscaling`) and ``avvsr-visual
   ramps (a cross-fade in time, feathering in space) into one float32 buffer of a window's HR
   frames, and each frame streams out (to the encoder) as soon as it is final. Only one window
   of LR frames and one of HR sums are held, so frame memory does not grow with video length.
-  A fusion model's soundtrack is decoded whole (:func:`frame_audio_for`; mono float32 at the
-  model's rate, 230 MB an hour at 16 kHz).
+  A fusion model's soundtrack streams too (:func:`frame_audio_for`): it is decoded as the
+  windows need it and only the samples of the current window's frames are held, so audio
+  memory does not grow with the soundtrack's length either.
 
 The window and tile sizes a caller leaves unfixed are chosen from a memory budget by
 :mod:`avvsr.memory_plan`; the frames are written by :mod:`avvsr.data.video_writer`.
@@ -55,29 +56,52 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class FrameAudio:
-    """Log-mel features of each frame's audio window, for any run of frames.
+    """Log-mel features of each frame's audio window, for any run of frames; a context manager
+    (:meth:`close`).
 
     ``features(first, last)`` -> ``(last - first, n_mels, n_frames)`` float32: the window of
     ``settings.window_s`` seconds centred on each frame's timestamp (zeros where the track does
-    not reach), or silence (:data:`~avvsr.data.audio_features.SILENCE_LOG_MEL`) when ``track``
-    is None.
+    not reach), or silence (:data:`~avvsr.data.audio_features.SILENCE_LOG_MEL`) when
+    ``source`` is None. The windows are cut from the soundtrack of ``source`` as it is decoded
+    (:class:`~avvsr.data.audio_io.AudioReader`): runs asked for in increasing order of their
+    first frame, overlapping or not (as the chunked upscaler and its planner ask), decode the
+    file once and hold only the samples of the current run's windows (and one resampling
+    block), however long the soundtrack; a run that starts before the previous one decodes
+    the file again.
     """
 
-    def __init__(self, settings: AudioFeatureSettings, track, timestamps_s: np.ndarray) -> None:
+    def __init__(
+        self, settings: AudioFeatureSettings, source: str | Path | None, timestamps_s: np.ndarray
+    ) -> None:
+        from avvsr.data.audio_io import AudioReader
+
         self.settings = settings
-        self.track = track
         self.timestamps_s = timestamps_s
         self.log_mel = settings.log_mel()
+        self.reader = AudioReader(source, settings.sample_rate) if source is not None else None
 
     def features(self, first: int, last: int) -> Tensor:
         from avvsr.data.audio_features import SILENCE_LOG_MEL
-        from avvsr.data.io import audio_windows
 
-        if self.track is None:
+        if self.reader is None:
             n_frames = self.log_mel.num_frames(self.settings.window_samples)
             return torch.full((last - first, self.settings.n_mels, n_frames), SILENCE_LOG_MEL)
-        windows = audio_windows(self.track, self.timestamps_s[first:last], self.settings.window_s)
+        windows = self.reader.windows(self.timestamps_s[first:last], self.settings.window_s)
         return self.log_mel(torch.from_numpy(windows))
+
+    def close(self) -> None:
+        """Close the soundtrack's reader (which warns about damage in the part decoded)."""
+        if self.reader is not None:
+            self.reader.close()
+
+    def __enter__(self) -> FrameAudio:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        elif self.reader is not None:
+            self.reader.__exit__(exc_type, exc, traceback)
 
 
 def frame_audio_for(
@@ -89,8 +113,6 @@ def frame_audio_for(
     A fusion model refuses a video without audio (:class:`MissingAudioError`) unless
     ``allow_silent``, which gives it silence.
     """
-    from avvsr.data.io import read_audio
-
     if not model.uses_audio:
         return None
     if not has_audio and not allow_silent:
@@ -98,9 +120,7 @@ def frame_audio_for(
             path, "has no audio stream and the model fuses audio; allow silent audio "
             "(--allow-silent) to upscale it with silence"
         )
-    settings = model.audio_features
-    track = read_audio(path, settings.sample_rate) if has_audio else None
-    return FrameAudio(settings, track, timestamps_s)
+    return FrameAudio(model.audio_features, path if has_audio else None, timestamps_s)
 
 
 # --------------------------------------------------------------------------------------------

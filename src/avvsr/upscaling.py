@@ -14,6 +14,7 @@ otherwise. The file appears under its name only when complete
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -178,7 +179,7 @@ def upscale_video(
         total=info.num_frames, desc=source.name, unit="frame", bar_format=PROGRESS_FORMAT,
         disable=not progress,
     )
-    with writer, bar:
+    with writer, bar, frame_audio or contextlib.nullcontext():
         decode_step = upscaler.settings.chunk - upscaler.settings.overlap
         chunks = iter_frame_chunks(source, decode_step)
         for frames in upscaler.upscale(

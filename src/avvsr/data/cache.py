@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 
 from avvsr.atomic import atomic_write, discard, remove_stale_partials_in
-from avvsr.data.io import AudioTrack, FrameIndex
+from avvsr.data.audio_io import AudioTrack
+from avvsr.data.io import FrameIndex
 from avvsr.errors import (
     DatasetError,
     MediaError,
@@ -230,11 +231,11 @@ class DecodeCache:
 
     def _build_entry(self, path: PathLike, key: str) -> VideoEntry:
         """Probe ``path`` and decode its audio; store the entry (in memory if the disk is full)."""
-        from avvsr.data import io
+        from avvsr.data import audio_io, io
 
         info = io.probe_video(path)
         try:
-            track = io.read_audio(path, self.sample_rate)
+            track = audio_io.read_audio(path, self.sample_rate)
         except MissingAudioError:
             track = None
         entry = VideoEntry(

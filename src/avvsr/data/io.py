@@ -1,9 +1,10 @@
-"""Video and audio decoding: frames with decord, audio with PyAV, audio-to-frame alignment.
+"""Video decoding: frames with decord (PyAV where decord is wrong), frame times with PyAV.
 
 Frames come from decord (fast random access, per-frame timestamps that follow variable frame
 rate). Everything about audio comes from PyAV: decord cannot report the native sample rate and
-raises on files without audio. Files are first opened with PyAV, so that bad input is reported
-with our error types (``avvsr.errors``) and decord only sees files FFmpeg can demux.
+raises on files without audio (decoding the soundtrack is :mod:`avvsr.data.audio_io`'s). Files
+are first opened with PyAV, so that bad input is reported with our error types
+(``avvsr.errors``) and decord only sees files FFmpeg can demux.
 
 Frame timestamps come from PyAV (the video packets' presentation times, sorted), not from
 decord, which reports garbage times for MPEG-4 Part 2 with B-frames in AVI. Frames are decoded
@@ -20,9 +21,9 @@ are decoded in order from the first frame.
 
 Writing is :mod:`avvsr.data.video_writer`'s.
 
-Time origin: frame timestamps are seconds from the start of the first video stream;
-``AudioTrack.start_s`` is measured from the same origin, so audio that starts late (or early)
-stays aligned with the frames.
+Time origin: frame timestamps are seconds from the start of the first video stream (the
+origin :mod:`avvsr.data.audio_io` measures audio from, so audio that starts late, or early,
+stays aligned with the frames).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import numpy as np
 
 from avvsr.errors import (
     EmptyVideoError,
-    MissingAudioError,
     MissingFileError,
     NotAVideoError,
     NoVideoStreamError,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import av.container
 
 PathLike = str | os.PathLike[str]
+
 
 
 @dataclass(frozen=True)
@@ -94,20 +95,6 @@ class FrameIndex:
     def seekable(self) -> bool:
         """Whether PyAV's seek and frame matching are verified right for this container."""
         return self.demuxer in PYAV_SEEKABLE
-
-
-@dataclass(frozen=True)
-class AudioTrack:
-    """A decoded soundtrack: mono float32 samples and where they start on the video's clock."""
-
-    samples: np.ndarray  # float32 (N,), mono, in [-1, 1]
-    sample_rate: int  # Hz
-    start_s: float  # presentation time of samples[0], seconds from the video start
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the track, seconds."""
-        return len(self.samples) / self.sample_rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,302 +460,3 @@ def iter_frame_chunks(path: PathLike, chunk: int) -> Iterator[np.ndarray]:
     reader = _FrameReader(path)
     for first in range(0, len(reader), chunk):
         yield reader.run(first, min(first + chunk, len(reader)))
-
-
-# --------------------------------------------------------------------------------------------
-# Audio
-
-
-# Timestamp gaps shorter than this are rounding in the container's time base, not lost audio.
-AUDIO_GAP_TOLERANCE_S = 0.005
-# A stream that ends this much before its declared end is reported as truncated (FFmpeg's AVI
-# muxer declares 4 AC3 frames, 0.128 s, too many next to video with B-frames).
-AUDIO_TRUNCATION_TOLERANCE_S = 0.25
-# A forward jump in timestamps longer than this is a broken timestamp, not a gap in the audio.
-AUDIO_MAX_GAP_S = 10.0
-# Native-rate samples handed to the resampler at once (per-frame calls cost more than the work).
-RESAMPLE_BLOCK = 65536
-
-
-def _frame_channels(frame) -> np.ndarray:
-    """float32 ``(C, n)`` samples of a decoded audio frame, integers scaled to [-1, 1)."""
-    data = frame.to_ndarray()
-    if not frame.format.is_planar:  # packed: (1, n * C), channels interleaved
-        data = data.reshape(-1, len(frame.layout.channels)).T
-    if data.dtype == np.uint8:
-        return (data.astype(np.float32) - 128) / 128
-    if data.dtype.kind == "i":
-        return data.astype(np.float32) / -float(np.iinfo(data.dtype).min)
-    return data.astype(np.float32)
-
-
-# Low-frequency effects channels: left out of the downmix, as FFmpeg's default matrix does.
-LFE_CHANNELS = frozenset({"LFE", "LFE2"})
-
-
-def _downmix(channels: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Mono ``(n,)``: the mean of the ``(C, n)`` channels named ``names``, LFE left out.
-
-    A sound on every main channel keeps its level whatever the layout, and the result never
-    exceeds the loudest channel (no clipping), unlike FFmpeg's default matrix, whose gains
-    (up to 1 per channel) add up to more than 1 for stereo and surround.
-    """
-    main = [i for i, name in enumerate(names) if name not in LFE_CHANNELS]
-    return channels[main or list(range(len(names)))].mean(axis=0)
-
-
-@dataclass
-class _Jumps:
-    """Where timestamps disagree with the decoded sample count: ``(time s, size s)`` each."""
-
-    events: list[tuple[float, float]]
-
-    def describe(self, what: str, outcome: str) -> str | None:
-        """One line for the warning, or None if there were none."""
-        if not self.events:
-            return None
-        first_s, _ = self.events[0]
-        largest = max(size for _, size in self.events)
-        return (
-            f"timestamps {what} {len(self.events)} time(s) (first at {first_s:.3f} s, "
-            f"by up to {largest:.3f} s): {outcome}"
-        )
-
-
-class _AudioTimeline:
-    """Decoded frames laid end to end at the native rate, downmixed and resampled as they come.
-
-    The decoded samples are the truth: every one is kept, in decode order. Timestamps only add
-    silence where they jump forward by a plausible amount (after a skipped packet, or a gap in
-    the stream); where they go back or jump implausibly far they are ignored, and recorded.
-    """
-
-    def __init__(self, sample_rate: int, latest_end_s: float | None) -> None:
-        import av
-
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        self.sample_rate = sample_rate
-        self.latest_end_s = latest_end_s  # no audio is placed after this, seconds (if known)
-        self.native_rate: int | None = None
-        self.pieces: list[np.ndarray] = []  # resampled mono output
-        self.pending: list[np.ndarray] = []  # native-rate mono samples not resampled yet
-        self.pending_length = 0
-        self.start_s: float | None = None  # presentation time of the first sample, seconds
-        self.length = 0  # samples placed, at the native rate
-        self.last_frame = 0  # samples of the last frame placed, at the native rate
-        self.next_s = 0.0  # where the last frame's timestamp says the next one starts, s
-        self.skipped_since_s: float | None = None  # first skipped packet since the last frame
-        self.skipped: list[str] = []
-        self.gaps = _Jumps([])
-        self.backs = _Jumps([])
-        self.ignored = _Jumps([])
-        self.other_rates = 0  # frames dropped because their rate differs from the first's
-
-    @property
-    def end_s(self) -> float:
-        """Presentation time just after the last sample placed, seconds."""
-        return (self.start_s or 0.0) + self.length / (self.native_rate or 1)
-
-    @property
-    def timestamps_agree(self) -> bool:
-        return not (self.backs.events or self.ignored.events)
-
-    def skip(self, time_s: float | None, error: Exception) -> None:
-        """Record that the packet at ``time_s`` failed to decode."""
-        where = f"{time_s:.3f} s" if time_s is not None else "an unknown time"
-        self.skipped.append(f"packet at {where} skipped ({error})")
-        if self.skipped_since_s is None and time_s is not None:
-            self.skipped_since_s = time_s
-
-    def add(self, frame) -> None:
-        """Place one decoded frame after the previous one (and any silence it is due)."""
-        if self.native_rate is None:
-            self.native_rate = frame.sample_rate
-        if frame.sample_rate != self.native_rate:
-            self.other_rates += 1
-            return
-        names = [channel.name for channel in frame.layout.channels]
-        mono = _downmix(_frame_channels(frame), names)
-        time_s = None
-        if frame.pts is not None and frame.time_base is not None:
-            time_s = float(frame.pts * frame.time_base)
-        if self.start_s is None:
-            known = [t for t in (time_s, self.skipped_since_s) if t is not None]
-            self.start_s = self.next_s = min(known, default=0.0)
-        if time_s is not None:
-            self._follow(time_s)
-            self.next_s = time_s
-        self.next_s += len(mono) / self.native_rate
-        self.skipped_since_s = None
-        self._feed(mono)
-        self.last_frame = len(mono)
-
-    def _follow(self, time_s: float) -> None:
-        """Compare a frame's timestamp with where the previous frame ended."""
-        jump = time_s - self.next_s
-        here = self.end_s
-        if jump < -AUDIO_GAP_TOLERANCE_S:
-            self.backs.events.append((here, -jump))
-        elif jump > AUDIO_GAP_TOLERANCE_S:
-            too_late = self.latest_end_s is not None and here + jump > self.latest_end_s
-            if jump > AUDIO_MAX_GAP_S or too_late:
-                self.ignored.events.append((here, jump))
-                return
-            if self.skipped_since_s is None:
-                self.gaps.events.append((here, jump))
-            self._feed(np.zeros(round(jump * self.native_rate), dtype=np.float32))
-
-    def _feed(self, mono: np.ndarray) -> None:
-        """Queue native-rate samples; resample them in blocks of ``RESAMPLE_BLOCK`` or more."""
-        self.pending.append(mono.astype(np.float32, copy=False))
-        self.pending_length += len(mono)
-        self.length += len(mono)
-        if self.pending_length >= RESAMPLE_BLOCK:
-            self._resample_pending()
-
-    def _resample_pending(self) -> None:
-        import av
-
-        if self.pending_length:
-            block = np.concatenate(self.pending)[None, :]
-            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
-            frame.sample_rate = self.native_rate
-            self._keep(self.resampler.resample(frame))
-        self.pending, self.pending_length = [], 0
-
-    def _keep(self, frames) -> None:
-        self.pieces.extend(out.to_ndarray().reshape(-1) for out in frames)
-
-    def finish(self, drop_s: float) -> np.ndarray:
-        """float32 ``(N,)`` at ``sample_rate``, without its last ``drop_s`` seconds."""
-        self._resample_pending()
-        self._keep(self.resampler.resample(None))
-        samples = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
-        kept = max(0.0, self.length / (self.native_rate or 1) - drop_s)
-        return samples[: round(kept * self.sample_rate)]
-
-    def problems(self) -> list[str]:
-        """What went wrong, one line each (empty for an intact stream)."""
-        lines = [
-            self.gaps.describe("jump forward", "filled with silence"),
-            self.backs.describe("go back", "ignored, the decoded samples kept in order"),
-            self.ignored.describe("jump implausibly far", "ignored"),
-        ]
-        if self.other_rates:
-            lines.append(f"{self.other_rates} frame(s) at another sample rate dropped")
-        return self.skipped + [line for line in lines if line]
-
-
-def _decode_audio_stream(container, stream, timeline: _AudioTimeline) -> float | None:
-    """Demux and decode ``stream`` into ``timeline``; damaged packets are skipped.
-
-    Returns the latest packet end (pts + duration) in seconds, if the packets say.
-    """
-    import av
-
-    packets_end_s = None
-    packets = container.demux(stream)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except av.FFmpegError as error:  # the container itself is damaged from here on
-            timeline.skipped.append(f"demuxing stopped ({error})")
-            break
-        time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
-        if time_s is not None and packet.duration:
-            end_s = time_s + float(packet.duration * packet.time_base)
-            packets_end_s = max(packets_end_s or end_s, end_s)
-        try:
-            frames = packet.decode()
-        except av.FFmpegError as error:
-            timeline.skip(time_s, error)
-            continue
-        for frame in frames:
-            timeline.add(frame)
-    return packets_end_s
-
-
-def _declared_end_s(stream) -> float | None:
-    """Where the container's header says the stream ends, seconds (None if it does not)."""
-    if stream.duration is not None and stream.time_base is not None:
-        start = stream.start_time or 0
-        return float((start + stream.duration) * stream.time_base)
-    tag = stream.metadata.get("DURATION")  # Matroska: end time of the track, "HH:MM:SS.fff"
-    if tag:
-        with contextlib.suppress(ValueError):
-            hours, minutes, seconds = tag.split(":")
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    return None
-
-
-def read_audio(path: PathLike, sample_rate: int = 16000) -> AudioTrack:
-    """Decode the first audio stream to mono float32 at ``sample_rate`` Hz (PyAV).
-
-    Channels are averaged, LFE left out (:func:`_downmix`: a tone keeps its level in every
-    layout, nothing clips)
-    and the rate converted by FFmpeg's resampler. ``start_s`` is the first sample's time,
-    seconds from the video stream's start (negative if the audio starts first).
-    The decoded samples are the truth: all are kept, end to end in decode order. Timestamps
-    add silence only where they jump forward (a skipped packet, a gap), by at most
-    ``AUDIO_MAX_GAP_S`` and not past the stream's declared end; where they go back (an
-    overlap) or jump further, they are ignored. Where they agree with the samples, the end
-    is trimmed to the packets' recorded end, by at most the last frame: this removes an
-    encoder's end padding where the container records it (mp4 does; mkv does not, so AAC
-    in mkv can run up to one AAC frame, 1024 samples at the native rate, long).
-    Damage is not fatal; it is reported with one warning naming the file: a packet that fails
-    to decode is skipped (its time becomes silence, as FFmpeg's command line skips it),
-    timestamps that disagree with the samples are described, and a stream that ends before
-    its declared end (a truncated file) is kept as far as it goes.
-    Raises :class:`MissingAudioError` without an audio stream, or when nothing in it decodes.
-    """
-    if sample_rate <= 0:
-        raise ValueError(f"{path}: sample_rate must be positive, got {sample_rate}")
-    with _open_container(path) as container:
-        if not container.streams.audio:
-            raise MissingAudioError(path, "the container holds no audio stream")
-        stream = container.streams.audio[0]
-        video_start_s = (
-            _stream_start_s(container.streams.video[0]) if container.streams.video else 0.0
-        )
-        declared_end_s = _declared_end_s(stream)
-        timeline = _AudioTimeline(sample_rate, declared_end_s)
-        packets_end_s = _decode_audio_stream(container, stream, timeline)
-    if timeline.length == 0:
-        raise MissingAudioError(path, "the audio stream decodes to no samples")
-    drop_s = 0.0
-    if packets_end_s is not None and timeline.timestamps_agree:
-        last_frame_s = timeline.last_frame / timeline.native_rate
-        drop_s = min(max(0.0, timeline.end_s - packets_end_s), last_frame_s)
-    samples = timeline.finish(drop_s)
-    end_s = timeline.end_s - drop_s
-    problems = timeline.problems()
-    if declared_end_s is not None and end_s < declared_end_s - AUDIO_TRUNCATION_TOLERANCE_S:
-        problems.append(f"audio ends at {end_s:.3f} s but the file declares {declared_end_s:.3f} s")
-    if problems:
-        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        summary = "; ".join(problems[:3]) + more
-        warnings.warn(f"{path}: damaged audio: {summary}", stacklevel=2)
-    start_s = timeline.start_s - video_start_s
-    return AudioTrack(samples=np.clip(samples, -1.0, 1.0), sample_rate=sample_rate, start_s=start_s)
-
-
-def audio_windows(track: AudioTrack, timestamps_s: np.ndarray, window_s: float) -> np.ndarray:
-    """Cut a window of ``window_s`` seconds centred on each timestamp; zeros where no audio.
-
-    Returns float32 ``(T, L)`` with ``L = round(window_s * sample_rate)``: sample ``j`` of row
-    ``i`` is the audio at time ``timestamps_s[i] + (j - L // 2) / sample_rate`` (seconds,
-    rounded to the nearest sample).
-    """
-    if window_s <= 0:
-        raise ValueError(f"window_s must be positive, got {window_s}")
-    times = np.asarray(timestamps_s, dtype=np.float64).reshape(-1)
-    length = round(window_s * track.sample_rate)
-    centres = np.rint((times - track.start_s) * track.sample_rate).astype(np.int64)
-    sample_index = centres[:, None] - length // 2 + np.arange(length)[None, :]
-    inside = (sample_index >= 0) & (sample_index < len(track.samples))
-    if len(track.samples) == 0:
-        return np.zeros(sample_index.shape, dtype=np.float32)
-    gathered = track.samples[np.clip(sample_index, 0, len(track.samples) - 1)]
-    return np.where(inside, gathered, np.float32(0.0)).astype(np.float32, copy=False)
