@@ -56,7 +56,7 @@ class LVSLocalisationLoss(nn.Module):
 
     def __init__(
         self,
-        weight: float = 0.1,
+        weight: float = 0.01,
         positive_threshold: float = 0.65,
         negative_threshold: float = 0.4,
         region_temperature: float = 0.03,
