@@ -55,8 +55,8 @@ def synthetic_set(root: Path) -> Path:
 
 
 def hd_clip(folder: Path, num_frames: int = 60) -> Path:
-    """A 1280x720 H.264 clip (moving waves and grain, 30 fps) with a tone (avvsr.data.io)."""
-    from avvsr.data.io import write_video
+    """A 1280x720 H.264 clip (moving waves and grain, 30 fps) with a tone (write_video)."""
+    from avvsr.data.video_writer import write_video
 
     rows, cols = np.mgrid[0:720, 0:1280].astype(np.float32)
     grain = np.random.default_rng(0).normal(0.0, 12.0, (720 + 4 * num_frames, 1280, 3))

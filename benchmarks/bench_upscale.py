@@ -10,10 +10,21 @@ frames/s, the share of wall time per stage, and the plan a 300-frame video of th
 (its windows are longer than the few frames run here). Then the plan the paper-size model
 (``basicvsr`` + MS-AVF) gets for a 300-frame 1080p video, probed in a fresh process without
 upscaling.
+Then the soundtrack (``--soundtrack``): a fusion model's audio streams too, so the peak must not
+grow with the soundtrack's length. Videos of 6 and 60 minutes at a frame every 2 seconds
+(16 x 16 LR px, a 16 kHz mono AAC tone as long as the video) are upscaled by the tiny model.
+So few frames walk the audio windows through the whole hour of sound (a short video over a
+long track would stop decoding after its last frame) while the network's work stays small
+(1,800 tiny frames an hour). Printed per length: the upscaler's peak RSS, the peak RSS rise of
+cutting the same windows with the streaming reader alone (``AudioReader``, windows of 32
+frames sharing 8) and, for comparison, of decoding the whole track (``read_audio``, what the
+upscaler did before: 4 bytes a sample, 230 MB an hour at 16 kHz), each in a fresh process.
 
-Peak memory is the RSS high-water mark of the child process (``resource.getrusage(
-RUSAGE_SELF).ru_maxrss``, read by the child when it is done): everything the process touched,
-Python, torch, the decoders and the encoder included. The mark after loading the model
+Peak memory is the RSS high-water mark of the child process (``VmHWM`` in
+``/proc/self/status``, read by the child when it is done): everything the process touched,
+Python, torch, the decoders and the encoder included. (Not ``getrusage``'s ``ru_maxrss``: a
+child starts with its parent's mark, which ``exec`` keeps, so it would report this script's
+own peak, the 1-hour tone it writes included.) The mark after loading the model
 (before upscaling) is printed too. With few frames the encoder's lookahead never fills, so
 the measured peak stays below the estimate at the large sizes; ``--encoder`` measures x264's
 own memory per pixel over more frames, against the constants the plan assumes. Timings on a
@@ -28,7 +39,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 FPS = 25.0
@@ -36,13 +46,18 @@ SAMPLE_RATE = 16000
 # LR width x height : frames. Few frames at the large sizes keep the run to minutes on 2 cores.
 DEFAULT_SIZES = ("320x180:6", "640x360:3", "1280x720:2", "1920x1080:1")
 LONG_VIDEO_FRAMES = 300  # the plans printed for long videos (windows of up to 32 frames)
+# The soundtrack section: video lengths (minutes) at SOUNDTRACK_FPS, SOUNDTRACK_SIZE LR px.
+DEFAULT_SOUNDTRACK_MINUTES = ("6", "60")
+SOUNDTRACK_FPS = 0.5
+SOUNDTRACK_SIZE = 16
 
 
-def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
-    """A clip of a bright square moving over a gradient, with a 440 Hz tone, written in chunks."""
+def write_clip(path: Path, num_frames: int, height: int, width: int, fps: float = FPS) -> Path:
+    """A clip of a bright square moving over a gradient at ``fps``, with a 440 Hz tone as long
+    as it, written in chunks."""
     import numpy as np
 
-    from avvsr.data.io import write_video
+    from avvsr.data.video_writer import write_video
 
     rows, cols = np.mgrid[0:height, 0:width]
     background = ((rows + cols) * 255 // (height + width)).astype(np.uint8)
@@ -56,9 +71,10 @@ def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
                 frame[height // 2 - 4 : height // 2 + 4, left : left + 8] = 250
             yield frames
 
-    times = np.arange(round(num_frames / FPS * SAMPLE_RATE)) / SAMPLE_RATE
-    tone = (0.5 * np.sin(2 * np.pi * 440.0 * times)).astype(np.float32)
-    return write_video(path, chunks(), FPS, tone, SAMPLE_RATE)
+    second = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(SAMPLE_RATE) / SAMPLE_RATE))
+    # A whole number of cycles a second: the tone is one second repeated.
+    tone = np.resize(second.astype(np.float32), round(num_frames / fps * SAMPLE_RATE))
+    return write_video(path, chunks(), fps, tone, SAMPLE_RATE)
 
 
 def write_model(path: Path, backbone: str) -> Path:
@@ -74,9 +90,12 @@ def write_model(path: Path, backbone: str) -> Path:
 
 
 def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's RSS high-water mark, MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError("/proc/self/status has no VmHWM (the benchmark needs Linux)")
 
 
 def plan_for(model, width: int, height: int, num_frames: int):
@@ -84,7 +103,8 @@ def plan_for(model, width: int, height: int, num_frames: int):
     silence as its audio (the plan does not depend on the sound)."""
     import torch
 
-    from avvsr.inference import ChunkedUpscaler, InferenceSettings, plan_inference
+    from avvsr.inference import ChunkedUpscaler, InferenceSettings
+    from avvsr.memory_plan import plan_inference
 
     settings = model.audio_features
     n_frames = settings.log_mel().num_frames(settings.window_samples)
@@ -102,7 +122,7 @@ def child_upscale(source: str, destination: str, checkpoint: str) -> dict:
     import torch
 
     from avvsr.checkpoint import load_model
-    from avvsr.inference import upscale_video
+    from avvsr.upscaling import upscale_video
 
     model = load_model(checkpoint)
     loaded_rss_mib = _peak_rss_mib()
@@ -129,18 +149,18 @@ def child_encoder(width: str, height: str, frames: str, lookahead: str) -> dict:
     ``lookahead``; the rise of peak RSS over the peak before (MiB)."""
     import numpy as np
 
-    from avvsr.inference import UpscaledVideoWriter
+    from avvsr.data.video_writer import VideoWriter, pixel_format_for
 
     width, height, frames = int(width), int(height), int(frames)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         before = _peak_rss_mib()
-        with UpscaledVideoWriter(
-            Path(folder) / "encoded.mp4", width, height, FPS, Fraction(1, int(FPS)),
-            np.arange(frames), lookahead=int(lookahead),
+        with VideoWriter(
+            Path(folder) / "encoded.mp4", FPS, width, height,
+            pix_fmt=pixel_format_for(width, height), lookahead=int(lookahead),
         ) as writer:
             for index in range(frames):
-                writer.write(np.roll(image, 2 * index, axis=1)[None])
+                writer.write_frames(np.roll(image, 2 * index, axis=1)[None])
         peak = _peak_rss_mib()
     return {"rise_mib": peak - before}
 
@@ -151,6 +171,63 @@ def child_plan(checkpoint: str, width: str, height: str) -> dict:
 
     plan = plan_for(load_model(checkpoint), int(width), int(height), LONG_VIDEO_FRAMES)
     return {"plan": plan.describe(), "peak_rss_mib": _peak_rss_mib()}
+
+
+def child_audio(source: str, how: str) -> dict:
+    """Peak RSS before and after getting the audio of ``source``: ``how`` ``"whole"``, the
+    whole track decoded (``read_audio``); ``"streamed"``, every frame's window cut as the
+    upscaler asks (:class:`~avvsr.data.audio_io.AudioReader`, windows of 32 frames sharing 8).
+    MiB; and the samples the reader held at most."""
+    from avvsr.data.audio_features import AudioFeatureSettings
+    from avvsr.data.audio_io import AudioReader, read_audio
+    from avvsr.data.io import probe_video
+    from avvsr.inference import window_starts
+
+    times = probe_video(source).timestamps_s
+    window_s = AudioFeatureSettings().window_s
+    before = _peak_rss_mib()
+    if how == "whole":
+        samples = len(read_audio(source, SAMPLE_RATE).samples)
+    else:
+        samples = 0
+        with AudioReader(source, SAMPLE_RATE) as reader:
+            for start in window_starts(len(times), 32, 8):
+                reader.windows(times[start : start + 32], window_s)
+                samples = max(samples, reader.kept)
+    return {"before_mib": before, "peak_mib": _peak_rss_mib(), "samples": samples}
+
+
+def soundtrack_section(work: Path, checkpoint: Path, minutes: list[str]) -> None:
+    """Upscale videos whose soundtracks last ``minutes`` and print the peaks (module doc)."""
+    from avvsr.memory_plan import format_size
+
+    def mib(value: float) -> str:
+        return format_size(value * 2**20)
+
+    side = SOUNDTRACK_SIZE
+    print(f"soundtrack: basicvsr_tiny + msavf, {side}x{side} LR at {SOUNDTRACK_FPS:g} frames/s "
+          f"(the frames' windows walk through the whole soundtrack), {SAMPLE_RATE} Hz mono AAC")
+    peaks = {}
+    for length in minutes:
+        frames = round(float(length) * 60 * SOUNDTRACK_FPS)
+        source = write_clip(work / f"sound{length}.mp4", frames, side, side, SOUNDTRACK_FPS)
+        upscaled = run_child("upscale", str(source), str(work / f"up-sound{length}.mp4"),
+                             str(checkpoint))
+        streamed = run_child("audio", str(source), "streamed")
+        whole = run_child("audio", str(source), "whole")
+        peaks[length] = (upscaled["peak_rss_mib"], whole["peak_mib"] - whole["before_mib"])
+        print(f"  {length} min ({frames} frames): upscaler peak RSS "
+              f"{mib(upscaled['peak_rss_mib'])} ({mib(upscaled['loaded_rss_mib'])} after "
+              f"loading the model), {upscaled['frames'] / upscaled['seconds']:.1f} frames/s; "
+              f"streamed windows alone: peak RSS rise "
+              f"{mib(streamed['peak_mib'] - streamed['before_mib'])} (at most "
+              f"{streamed['samples']} samples held); whole track (read_audio): peak RSS rise "
+              f"{mib(whole['peak_mib'] - whole['before_mib'])} ({whole['samples']} samples)")
+    if len(peaks) > 1:
+        (short, (short_up, short_whole)), *_, (long, (long_up, long_whole)) = peaks.items()
+        print(f"  from {short} to {long} min: the upscaler's peak RSS changes by "
+              f"{long_up - short_up:+.1f} MiB, whole-track decoding's by "
+              f"{long_whole - short_whole:+.1f} MiB")
 
 
 def run_child(*args: str) -> dict:
@@ -164,21 +241,25 @@ def run_child(*args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES),
-                        help="LR WIDTHxHEIGHT:FRAMES per run")
+    parser.add_argument("--sizes", nargs="*", default=list(DEFAULT_SIZES),
+                        help="LR WIDTHxHEIGHT:FRAMES per run (none: skip)")
     parser.add_argument("--no-paper-plan", action="store_true",
                         help="skip the paper-size model's 1080p plan")
     parser.add_argument("--encoder", nargs="*", default=["1280x720:70", "2560x1440:70"],
                         help="HR WIDTHxHEIGHT:FRAMES to measure x264's memory at (none: skip)")
+    parser.add_argument("--soundtrack", nargs="*", default=list(DEFAULT_SOUNDTRACK_MINUTES),
+                        help="video (and soundtrack) lengths in minutes to measure the "
+                        "upscaler's peak at (none: skip)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        children = {"upscale": child_upscale, "plan": child_plan, "encoder": child_encoder}
+        children = {"upscale": child_upscale, "plan": child_plan, "encoder": child_encoder,
+                    "audio": child_audio}
         print(json.dumps(children[kind](*rest)))
         return
 
-    from avvsr.inference import LOOKAHEAD_CHOICES, encoder_bytes, format_size
+    from avvsr.memory_plan import LOOKAHEAD_CHOICES, encoder_bytes, format_size
 
     for size in args.encoder:
         dims, _, frames = size.partition(":")
@@ -213,6 +294,8 @@ def main() -> None:
                 f"{result['threads']} torch threads; time: {shares}\n  {result['plan']}\n"
                 f"  {LONG_VIDEO_FRAMES} frames would get: {result['long_plan']}"
             )
+        if args.soundtrack:
+            soundtrack_section(work, checkpoint, args.soundtrack)
         if not args.no_paper_plan:
             paper = write_model(work / "paper.ckpt", "basicvsr")
             result = run_child("plan", str(paper), "1920", "1080")

@@ -6,13 +6,22 @@ interpreter's packages (the same torch wheel, through a ``.pth`` file) plus Basi
 (``basicsr==1.4.2``, installed without its training dependencies, and OpenCV, which its
 utilities import). The script then re-runs itself in that venv.
 
-mmagic is not run. ``mmagic==1.2.0`` installs with ``mmengine`` and ``mmcv-lite``, but its
-EDVR and BasicVSR++ need mmcv's compiled operators (``mmcv.ops``: not in mmcv-lite, no wheel
-for this torch), its package refuses mmcv-lite 2.2 and, with 2.1, its import fails on numpy 2
-(``np.bool8``). Its checkpoints are made from BasicSR's networks by renaming the keys with
-mmagic's names (:data:`MMAGIC_RENAMES`, read from mmagic's ``basicvsr_net.py``,
-``iconvsr_net.py``, ``basicvsr_plusplus_net.py``, ``edvr_net.py``, whose modules are
-BasicSR's under other names): the mmagic rows check the naming, not mmagic's code.
+mmagic's own code runs for BasicVSR, IconVSR and SPyNet, in a second venv,
+``.cache/mmagic-venv`` (made the same way, binary wheels only, no dependency resolution:
+``mmagic==1.2.0``, ``mmcv-lite==2.1.0``, ``mmengine`` and the few packages their imports need,
+with ``numpy<2`` installed into the venv, where it wins over this interpreter's numpy 2 that
+mmcv 2.1 fails on, ``np.bool8``). :func:`import_mmagic` imports mmagic's ``basicvsr_net.py``
+and ``iconvsr_net.py`` without running ``mmagic.models``' ``__init__.py`` (it imports every
+editor, diffusers and mmcv's compiled ops among them). IconVSR's EDVR-M refill module runs
+mmcv's ``ModulatedDeformConv2d`` (mmcv-lite's Python); its compiled kernel, ``mmcv._ext``, has
+no wheel and is computed by torchvision's ``deform_conv2d``
+(:func:`_modulated_deform_conv_forward`), as BasicSR computes its own DCN without its compiled
+extension. mmagic's EDVR and BasicVSR++ need more of mmcv's compiled operators and mmagic's
+package refuses mmcv-lite 2.2, so for every backbone the BasicSR rows also save BasicSR's
+network under mmagic's key names (:data:`MMAGIC_RENAMES`, read from mmagic's
+``basicvsr_net.py``, ``iconvsr_net.py``, ``basicvsr_plusplus_net.py``, ``edvr_net.py``, whose
+modules are BasicSR's under other names): for EDVR and BasicVSR++ those rows check the naming,
+not mmagic's code.
 
 Per backbone (paper size, x4), the script:
 
@@ -25,7 +34,9 @@ Per backbone (paper size, x4), the script:
    basicsr`` where it applies) and with the default ``clip_ends: mirror``, and whether the
    mmagic file converts to the same tensors. EDVR's reference output for frame t is BasicSR's
    EDVR on the window its test loader reads (``reflection_circle``); SPyNet's row compares
-   flows;
+   flows. Then the same for mmagic's own BasicVSR, IconVSR and SPyNet (:func:`mmagic_parity`:
+   its network, random weights, saved as its zoo does, ``{"state_dict": {"generator.<key>":
+   ...}}``; SPyNet as mmagic's pretrained SPyNet file, a bare state dict), run in the mmagic venv;
 3. times both (float32, 2 threads, alternating in this process, 6 repeats after a warm-up;
    milliseconds per output frame, median) and measures the extra memory of one forward under
    ``torch.no_grad`` at T = 7 and 14 (see :func:`forward_peak_mib`).
@@ -37,6 +48,7 @@ networks' files (the fixture ``tests/data/reference_keys.json`` of ``tests/test_
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -47,7 +59,7 @@ import sysconfig
 import tempfile
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -60,7 +72,22 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "reference-venv"
 REQUIREMENTS = ["basicsr==1.4.2", "opencv-python-headless"]
 BUILD_REQUIREMENTS = ["setuptools>=70", "wheel", "cython"]
+MMAGIC_VENV = ROOT / ".cache" / "mmagic-venv"
+# mmagic and what importing its two network files needs; numpy 1 (mmcv 2.1 uses np.bool8)
+# installed into the venv, where it wins over this interpreter's numpy 2.
+MMAGIC_REQUIREMENTS = [
+    "numpy<2",
+    "mmagic==1.2.0",
+    "mmcv-lite==2.1.0",
+    "mmengine==0.10.7",
+    "opencv-python-headless",
+    "addict",
+    "termcolor",
+    "yapf",
+]
+MMAGIC_BACKBONES = ("basicvsr", "iconvsr")
 IN_VENV = "AVVSR_REFERENCE_VENV"
+MMAGIC_PYTHON = "AVVSR_MMAGIC_PYTHON"
 BACKBONES = ("basicvsr", "iconvsr", "basicvsrpp", "edvr", "edvr_l")
 CLIP_ENDS_BACKBONES = ("iconvsr", "edvr", "edvr_l")
 SECTIONS = ("parity", "speed", "memory")
@@ -92,11 +119,40 @@ MMAGIC_RENAMES = [
 
 def ensure_venv() -> Path:
     """Create ``.cache/reference-venv`` once; return its python."""
-    python = VENV / "bin" / "python"
-    stamp = VENV / ".installed"
-    if stamp.is_file() and stamp.read_text() == repr(REQUIREMENTS + BUILD_REQUIREMENTS):
+    python, ready = _new_venv(VENV, REQUIREMENTS + BUILD_REQUIREMENTS)
+    if ready:
         return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
+    # BasicSR's sdist lists torch among its build requirements: build it against the torch
+    # this venv already sees instead of letting pip fetch another one.
+    subprocess.run([*pip, *BUILD_REQUIREMENTS], check=True)
+    subprocess.run([*pip, "--no-build-isolation", *REQUIREMENTS], check=True)
+    (VENV / ".installed").write_text(repr(REQUIREMENTS + BUILD_REQUIREMENTS))
+    return python
+
+
+def ensure_mmagic_venv() -> Path:
+    """Create ``.cache/mmagic-venv`` once (binary wheels only, no dependency resolution:
+    mmagic's own list pulls diffusers, transformers and mmcv's compiled build); return its
+    python."""
+    python, ready = _new_venv(MMAGIC_VENV, MMAGIC_REQUIREMENTS)
+    if ready:
+        return python
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:"]
+    subprocess.run([*pip, *MMAGIC_REQUIREMENTS], check=True)
+    (MMAGIC_VENV / ".installed").write_text(repr(MMAGIC_REQUIREMENTS))
+    return python
+
+
+def _new_venv(venv: Path, requirements: list[str]) -> tuple[Path, bool]:
+    """``venv``'s python and whether it is installed with ``requirements`` already; if not,
+    (re)create it empty, seeing this interpreter's packages (torch, avvsr's dependencies)
+    after its own."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.is_file() and stamp.read_text() == repr(requirements):
+        return python, True
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
@@ -105,13 +161,7 @@ def ensure_venv() -> Path:
     ).stdout.strip()
     # This interpreter's packages (torch, numpy, avvsr's dependencies), after the venv's own.
     Path(site, "avvsr-project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
-    # BasicSR's sdist lists torch among its build requirements: build it against the torch
-    # this venv already sees instead of letting pip fetch another one.
-    subprocess.run([*pip, *BUILD_REQUIREMENTS], check=True)
-    subprocess.run([*pip, "--no-build-isolation", *REQUIREMENTS], check=True)
-    stamp.write_text(repr(REQUIREMENTS + BUILD_REQUIREMENTS))
-    return python
+    return python, False
 
 
 def import_basicsr() -> types.SimpleNamespace:
@@ -122,12 +172,9 @@ def import_basicsr() -> types.SimpleNamespace:
     spec = importlib.util.find_spec("basicsr")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("basicsr is not installed in this interpreter")
-    package_dir = list(spec.submodule_search_locations)[0]
-    for name in ("basicsr", "basicsr.archs", "basicsr.data"):
-        path = package_dir + name.removeprefix("basicsr").replace(".", "/")
-        module = types.ModuleType(name)
-        module.__path__ = [path]
-        sys.modules[name] = module
+    _bare_packages(
+        list(spec.submodule_search_locations)[0], ("basicsr", "basicsr.archs", "basicsr.data")
+    )
     from basicsr.archs import basicvsr_arch, basicvsrpp_arch, edvr_arch, spynet_arch
     from basicsr.data.data_util import generate_frame_indices
 
@@ -139,6 +186,142 @@ def import_basicsr() -> types.SimpleNamespace:
         SpyNet=spynet_arch.SpyNet,
         generate_frame_indices=generate_frame_indices,
     )
+
+
+def _bare_packages(package_dir: str, names: tuple[str, ...]) -> None:
+    """Register ``names`` (packages under ``package_dir``) as empty packages, so importing a
+    module below them does not run their ``__init__.py``."""
+    top = names[0].split(".")[0]
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = [package_dir + name.removeprefix(top).replace(".", "/")]
+        sys.modules[name] = module
+
+
+def import_mmagic() -> types.SimpleNamespace:
+    """mmagic's ``BasicVSRNet``, ``IconVSRNet`` and ``SPyNet``, from its own files, unchanged.
+
+    ``mmagic.models``' ``__init__.py`` imports every editor (diffusers, mmcv's compiled ops):
+    like :func:`import_basicsr`, the packages on the way are registered empty, and the two
+    names the network files take from ``mmagic.models.archs`` are set from their modules
+    there. IconVSR's EDVR-M refill module runs mmcv's ``ModulatedDeformConv2d`` (mmcv-lite's
+    Python, unchanged), whose compiled forward kernel (``mmcv._ext``) has no wheel: it is
+    computed by :func:`_modulated_deform_conv_forward` (torchvision's deformable conv).
+    """
+    import importlib.util
+
+    import mmagic  # noqa: F401  (its __init__ only checks mmcv's and mmengine's versions)
+    import mmcv
+
+    spec = importlib.util.find_spec("mmagic")
+    assert spec is not None and spec.submodule_search_locations
+    _bare_packages(
+        list(spec.submodule_search_locations)[0],
+        ("mmagic.models", "mmagic.models.archs", "mmagic.models.editors")
+        + tuple(f"mmagic.models.editors.{e}" for e in ("basicvsr", "iconvsr", "edvr")),
+    )
+    from mmagic.models.archs import sr_backbone, upsample
+
+    archs = sys.modules["mmagic.models.archs"]
+    archs.ResidualBlockNoBN = sr_backbone.ResidualBlockNoBN
+    archs.PixelShufflePack = upsample.PixelShufflePack
+
+    ext = types.ModuleType("mmcv._ext")
+    ext.modulated_deform_conv_forward = _modulated_deform_conv_forward
+    ext.modulated_deform_conv_backward = _no_backward  # checked for by mmcv's loader
+    sys.modules["mmcv._ext"] = ext
+    _bare_packages(list(mmcv.__path__)[0], ("mmcv.ops",))
+    from mmcv.ops import modulated_deform_conv
+
+    ops = sys.modules["mmcv.ops"]
+    ops.ModulatedDeformConv2d = modulated_deform_conv.ModulatedDeformConv2d
+    ops.modulated_deform_conv2d = modulated_deform_conv.modulated_deform_conv2d
+    from mmagic.models.editors.basicvsr.basicvsr_net import BasicVSRNet, SPyNet
+    from mmagic.models.editors.iconvsr.iconvsr_net import IconVSRNet
+
+    return types.SimpleNamespace(BasicVSRNet=BasicVSRNet, IconVSRNet=IconVSRNet, SPyNet=SPyNet)
+
+
+def _modulated_deform_conv_forward(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    _ones: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    output: Tensor,
+    _columns: Tensor,
+    *,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    deformable_group: int,
+    with_bias: bool,
+) -> None:
+    """mmcv's ``modulated_deform_conv_forward`` kernel (DCNv2: offsets (B, 2*dg*kh*kw, H, W)
+    as (dy, dx) pairs, mask (B, dg*kh*kw, H, W)), written into ``output`` by
+    ``torchvision.ops.deform_conv2d``, the same layout (BasicSR runs it in place of its own
+    compiled kernel). Groups and deformable groups follow from the shapes."""
+    from torchvision.ops import deform_conv2d
+
+    assert weight.shape[-2:] == (kernel_h, kernel_w)
+    assert input.shape[1] == group * weight.shape[1]
+    assert offset.shape[1] == 2 * deformable_group * kernel_h * kernel_w
+    output.copy_(
+        deform_conv2d(
+            input,
+            offset,
+            weight,
+            bias if with_bias else None,
+            stride=(stride_h, stride_w),
+            padding=(pad_h, pad_w),
+            dilation=(dilation_h, dilation_w),
+            mask=mask,
+        )
+    )
+
+
+def _no_backward(*_: object, **__: object) -> None:
+    raise NotImplementedError("mmagic's networks run here under torch.no_grad only")
+
+
+def mmagic_network(mma: types.SimpleNamespace, name: str) -> nn.Module:
+    """mmagic's network at avvsr's paper size, random weights (as :func:`reference_network`:
+    the module's initialisation, then N(0, 0.01^2) on every tensor)."""
+    if name == "basicvsr":
+        net = mma.BasicVSRNet(mid_channels=64, num_blocks=30)
+    elif name == "spynet":
+        net = mma.SPyNet(pretrained=None)
+    else:
+        net = mma.IconVSRNet(mid_channels=64, num_blocks=30, keyframe_stride=5, padding=2)
+    return perturbed(net)
+
+
+def mmagic_parity(folder: Path, networks: list[str]) -> Iterator[dict]:
+    """Max |avvsr - mmagic| per backbone and LR size, float64, mmagic's own code: its
+    network's state dict saved as its zoo does (``{"state_dict": {"generator.<key>": ...}}``;
+    SPyNet as its pretrained file, a bare state dict without the ``mean`` / ``std`` buffers,
+    which mmagic's SPyNet registers after loading it strictly), converted and loaded strictly;
+    SPyNet's row compares flows."""
+    mma = import_mmagic()
+    for name in (*networks, "spynet"):
+        torch.manual_seed(0)
+        net = mmagic_network(mma, name).double()
+        file = folder / f"{name}_mmagic_code.pth"
+        state = net.state_dict()
+        if name == "spynet":
+            torch.save({k: v for k, v in state.items() if k not in ("mean", "std")}, file)
+        else:
+            generator = {f"generator.{k}": v for k, v in state.items()}
+            torch.save({"meta": {"note": "mmagic's own network"}, "state_dict": generator}, file)
+        model = converted_model(file).double()
+        yield from output_differences(name, file, model, net, {})
 
 
 def mmagic_key(key: str) -> str:
@@ -174,6 +357,11 @@ def reference_network(bsr: types.SimpleNamespace, name: str) -> nn.Module:
             num_extract_block=5,
             num_reconstruct_block=40 if large else 10,
         )
+    return perturbed(net)
+
+
+def perturbed(net: nn.Module) -> nn.Module:
+    """``net`` in eval mode with N(0, 0.01^2) added to every parameter."""
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
@@ -254,22 +442,36 @@ def parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> Ite
                 if all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
                 else "NO"
             )
-        sizes = [(64, 64), (63, 66)] if name == "iconvsr" else [(64, 64)]
-        for size in sizes:
-            row = {"network": name, "size": size, "mmagic_same": same}
-            with torch.no_grad():
-                if name == "spynet":
-                    ref, supp = torch.rand(2, 7, 3, *size, dtype=torch.float64)
-                    row["converted"] = (model(ref, supp) - net(ref, supp)).abs().max().item()
-                    yield row
-                    continue
-                lq = torch.rand(1, 7, 3, *size, dtype=torch.float64)
-                expected = reference_forward(bsr, net, name, lq)
-                row["converted"] = (model(lq) - expected).abs().max().item()
-                if name in CLIP_ENDS_BACKBONES:
-                    mirror = converted_model(files[fmt], clip_ends="mirror").double()
-                    row["mirror"] = (mirror(lq) - expected).abs().max().item()
-            yield row
+        reference = (
+            net if name == "spynet" else functools.partial(reference_forward, bsr, net, name)
+        )
+        yield from output_differences(name, files[fmt], model, reference, {"mmagic_same": same})
+
+
+def output_differences(
+    name: str, file: Path, model: nn.Module, reference: Callable, extra: dict
+) -> Iterator[dict]:
+    """Rows of max |``model`` - ``reference``| (float64, 7 random frames; IconVSR at 64x64
+    and 63x66, the others at 64x64): ``reference`` maps LR frames (B, T, 3, h, w) to the
+    reference output, or for SPyNet ``(ref, supp)`` (T, 3, h, w) each to flows (T, 2, h, w),
+    px. Backbones with a clip-end option also get the row's figure with ``clip_ends: mirror``
+    (``file`` converted again). ``extra`` is copied into every row."""
+    sizes = [(64, 64), (63, 66)] if name == "iconvsr" else [(64, 64)]
+    for size in sizes:
+        row = {"network": name, "size": size, **extra}
+        with torch.no_grad():
+            if name == "spynet":
+                ref, supp = torch.rand(2, 7, 3, *size, dtype=torch.float64)
+                row["converted"] = (model(ref, supp) - reference(ref, supp)).abs().max().item()
+                yield row
+                continue
+            lq = torch.rand(1, 7, 3, *size, dtype=torch.float64)
+            expected = reference(lq)
+            row["converted"] = (model(lq) - expected).abs().max().item()
+            if name in CLIP_ENDS_BACKBONES:
+                mirror = converted_model(file, clip_ends="mirror").double()
+                row["mirror"] = (mirror(lq) - expected).abs().max().item()
+        yield row
 
 
 def speed(
@@ -376,6 +578,7 @@ def main() -> None:
     parser.add_argument(
         "--probe", nargs=3, metavar=("NETWORK", "SIDE", "FRAMES"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--mmagic-parity", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.environ.get(IN_VENV) != "1":
         python = ensure_venv()
@@ -383,9 +586,16 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])
         )
+        if "parity" in args.sections and set(args.networks) & set(MMAGIC_BACKBONES):
+            env[MMAGIC_PYTHON] = str(ensure_mmagic_venv())
         raise SystemExit(subprocess.run([str(python), __file__, *sys.argv[1:]], env=env).returncode)
     if args.probe:
         probe(args.probe[0], args.probe[1], int(args.probe[2]))
+        return
+    if args.mmagic_parity:
+        torch.set_num_threads(2)
+        with tempfile.TemporaryDirectory() as tmp:
+            print_parity_rows(mmagic_parity(Path(tmp), args.mmagic_parity))
         return
 
     torch.set_num_threads(2)
@@ -407,13 +617,21 @@ def main() -> None:
 def print_parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> None:
     print("Outputs, float64, 7 frames, every frame: max |avvsr - BasicSR| after conversion")
     print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{'mmagic same':>13}")
-    for row in parity(bsr, folder, networks):
+    print_parity_rows(parity(bsr, folder, networks))
+    mmagic_networks = [name for name in networks if name in MMAGIC_BACKBONES]
+    if mmagic_networks:
+        print("\nmmagic's own code (mmagic 1.2.0, its venv): max |avvsr - mmagic| after conversion")
+        print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}")
+        command = [os.environ[MMAGIC_PYTHON], __file__, "--mmagic-parity", *mmagic_networks]
+        subprocess.run(command, check=True)
+
+
+def print_parity_rows(rows: Iterator[dict]) -> None:
+    for row in rows:
         size = "x".join(map(str, row["size"]))
         mirror = f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
-        print(
-            f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}{mirror}"
-            f"{row['mmagic_same']:>13}"
-        )
+        same = f"{row['mmagic_same']:>13}" if "mmagic_same" in row else ""
+        print(f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}{mirror}{same}", flush=True)
 
 
 def print_speed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -40,9 +41,19 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory: pytest.TempPathFactory):
-    """``<tmp>/synth_av``: a small synthetic set (4/2/2 clips of 8 frames at 96x96), made once
-    per session (:func:`helpers.training.make_small_synthetic_set`)."""
-    from helpers.training import make_small_synthetic_set
+def synthetic_sets(tmp_path_factory: pytest.TempPathFactory):
+    """``config -> root``: the synthetic set of a :class:`~avvsr.data.synthetic.SynthConfig`,
+    generated the first time a test asks for it and shared by the session: read it, copy it to
+    change it (:class:`helpers.synthetic.SyntheticSets`, which holds the kinds of set)."""
+    from helpers.synthetic import SyntheticSets
 
-    return make_small_synthetic_set(tmp_path_factory.mktemp("data") / "synth_av")
+    return SyntheticSets(tmp_path_factory.mktemp("synthetic_sets"))
+
+
+@pytest.fixture(scope="session")
+def synth_root(synthetic_sets) -> Path:
+    """``<tmp>/synth_av``: the small synthetic set the training and data tests read (4/2/2
+    clips of 8 frames at 96x96, :data:`helpers.synthetic.TRAINING_SET`)."""
+    from helpers.synthetic import TRAINING_SET
+
+    return synthetic_sets(TRAINING_SET)

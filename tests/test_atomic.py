@@ -9,7 +9,13 @@ import sys
 
 import pytest
 
-from avvsr.atomic import atomic_write, partial_path, remove_stale_partials
+from avvsr.atomic import (
+    atomic_write,
+    discard,
+    partial_path,
+    remove_stale_partials,
+    remove_stale_partials_in,
+)
 
 
 def test_partial_name_is_hidden_unique_and_keeps_the_suffix(tmp_path):
@@ -45,8 +51,9 @@ def test_atomic_folder(tmp_path):
     assert (target / "a.npy").read_bytes() == b"x"
 
 
-def test_stale_partials_of_dead_processes_only_are_removed(tmp_path):
-    target = tmp_path / "out.mp4"
+def make_partials(folder):
+    """Partial names in ``folder`` (files, one folder) of writers dead and alive, on this host
+    and another, of ``out.mp4`` and of other targets: ``{what: path}``."""
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True).stdout)
     host = socket.gethostname()
@@ -56,15 +63,64 @@ def test_stale_partials_of_dead_processes_only_are_removed(tmp_path):
         "alive": f".out.{os.getpid()}-89abcdef@{host}.partial.mp4",
         "other host": f".out.{dead}-0123abcd@not-{host}.partial.mp4",
         "other target": f".other.{dead}-0123abcd@{host}.partial.mp4",
+        "other suffix": f".out.{dead}-0123abcd@{host}.partial.mkv",
+        "other target folder": f".entry.{dead}-0123abcd@{host}.partial",
         "not ours": ".out.partial.mp4",
     }
-    for key, name in names.items():
-        if key == "dead folder":
-            (tmp_path / name).mkdir()
-            (tmp_path / name / "inside").write_text("x")
+    paths = {key: folder / name for key, name in names.items()}
+    for key, path in paths.items():
+        if "folder" in key:
+            path.mkdir()
+            (path / "inside").write_text("x")
         else:
-            (tmp_path / name).write_text("x")
-    removed = remove_stale_partials(target)
-    assert sorted(p.name for p in removed) == sorted([names["dead"], names["dead folder"]])
-    left = {p.name for p in tmp_path.iterdir()}
-    assert left == {names[key] for key in ("alive", "other host", "other target", "not ours")}
+            path.write_text("x")
+    return paths
+
+
+def test_stale_partials_of_dead_processes_only_are_removed(tmp_path):
+    partials = make_partials(tmp_path)
+    removed = remove_stale_partials(tmp_path / "out.mp4")
+    assert sorted(removed) == sorted([partials["dead"], partials["dead folder"]])
+    assert set(tmp_path.iterdir()) == {path for key, path in partials.items()
+                                       if key not in ("dead", "dead folder")}
+
+
+def test_a_folder_sweep_removes_the_stale_partials_of_every_target(tmp_path):
+    partials = make_partials(tmp_path)
+    kept = ("alive", "other host", "not ours")
+    removed = remove_stale_partials_in(tmp_path)
+    assert sorted(removed) == sorted(path for key, path in partials.items() if key not in kept)
+    assert set(tmp_path.iterdir()) == {partials[key] for key in kept}
+
+
+def test_a_folder_replaces_the_folder_at_its_target_whole(tmp_path):
+    target = tmp_path / "set"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_write(target, folder=True) as temporary:
+        (temporary / "new.txt").write_text("new")
+        assert (target / "old.txt").exists()  # not replaced before the block ends
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_keep_existing_keeps_the_folder_another_writer_renamed_in_first(tmp_path):
+    target = tmp_path / "entry"
+    with atomic_write(target, folder=True, keep_existing=True) as temporary:
+        (temporary / "ours.npy").write_text("ours")
+        with atomic_write(target, folder=True, keep_existing=True) as other:
+            (other / "theirs.npy").write_text("theirs")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+    assert [p.name for p in target.iterdir()] == ["theirs.npy"]
+    with pytest.raises(ValueError, match="folders"), atomic_write(tmp_path / "f",
+                                                                  keep_existing=True):
+        pass
+
+
+def test_discard_deletes_a_file_or_folder_and_ignores_a_missing_one(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inside").write_text("x")
+    (tmp_path / "file").write_text("x")
+    for name in ("folder", "file", "absent"):
+        discard(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

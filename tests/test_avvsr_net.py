@@ -130,3 +130,21 @@ def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="junk.pth"):
         read_weights(tmp_path / "junk.pth")
+
+
+def test_the_attention_embeddings_come_per_clip_and_frame_and_change_no_output() -> None:
+    net = build("basicvsr_tiny", msavf(scales=2)).eval()
+    lq, audio = inputs(batch=2, frames=3)
+    with torch.no_grad():  # one hook call per frame: the groups are joined along T
+        plain = net(lq, audio)
+        grouped = net(lq, audio, return_embeddings=True)
+    whole = net(lq, audio, return_embeddings=True)  # autograd records: one call for all frames
+    assert torch.equal(plain.sr, grouped.sr) and plain.embeddings == []
+    embed_dim = net.fusion.fuse[0].audio_proj.out_features
+    for mask, grouped_space, whole_space in zip(
+        plain.masks, grouped.embeddings, whole.embeddings, strict=True
+    ):
+        assert whole_space.query.shape == (2, 3, embed_dim)
+        assert whole_space.keys.shape == (2, 3, embed_dim, *mask.shape[-2:])
+        assert torch.allclose(grouped_space.keys, whole_space.keys, atol=1e-5)
+        assert torch.allclose(grouped_space.query, whole_space.query, atol=1e-6)

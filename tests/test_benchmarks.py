@@ -16,7 +16,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMALL_RUNS = {
     "bench_model": ["--frames", "2", "--size", "16", "--repeats", "1", "--only", "basicvsr_tiny",
                     "--inference-frames", "2", "--inference-backbones", "basicvsr"],
-    "bench_upscale": ["--sizes", "32x24:3", "--no-paper-plan", "--encoder"],
+    "bench_upscale": ["--sizes", "32x24:3", "--no-paper-plan", "--encoder", "--soundtrack",
+                      "0.1", "0.2"],
     "bench_data_ave": ["--sections", "ave", "--ave-clips", "2", "--ave-batches", "1"],
 }
 

@@ -3,9 +3,11 @@ entries, full disks, parallel resumable builds and the size budget."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avvsr.atomic import PARTIAL_MARKER
+from avvsr.data import audio_io, io
 from avvsr.data import cache as cache_module
-from avvsr.data import io
-from avvsr.data.cache import TEMP_PREFIX, DecodeCache
+from avvsr.data.cache import DecodeCache
 from avvsr.errors import DatasetError, MissingFileError, NotAVideoError, NoVideoStreamError
 from media import truncate_tail, write_audio_only, write_garbage, write_test_video
 
@@ -28,11 +31,13 @@ def video(tmp_path: Path) -> Path:
 
 
 def entries(root: Path) -> list[Path]:
-    return [p for p in root.iterdir() if not p.name.startswith(TEMP_PREFIX)]
+    return [p for p in root.iterdir() if PARTIAL_MARKER not in p.name]
 
 
 def temporaries(root: Path) -> list[Path]:
-    return list(root.glob(f"{TEMP_PREFIX}*")) + list(root.glob(f"*/{TEMP_PREFIX}*"))
+    """The temporary (partial) names of entries in ``root`` and of files in its entries."""
+    pattern = f".*{PARTIAL_MARKER}*"
+    return list(root.glob(pattern)) + list(root.glob(f"*/{pattern}"))
 
 
 def test_round_trip_matches_direct_decoding(tmp_path: Path, video: Path) -> None:
@@ -43,7 +48,7 @@ def test_round_trip_matches_direct_decoding(tmp_path: Path, video: Path) -> None
     np.testing.assert_array_equal(entry.index.keyframes, info.index.keyframes)
     assert (entry.num_frames, entry.height, entry.width) == (12, 48, 64)
     assert entry.fps == pytest.approx(info.fps)
-    track = io.read_audio(video, 16000)
+    track = audio_io.read_audio(video, 16000)
     np.testing.assert_array_equal(entry.audio.samples, track.samples)
     assert entry.audio.start_s == pytest.approx(track.start_s)
     assert list(cache.root.glob("*/frames-*")) == []  # probing decodes no frames
@@ -63,8 +68,9 @@ def test_second_run_reads_the_cache_without_decoding(
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cache decoded a file it holds")
 
-    for name in ("probe_video", "read_frames", "iter_frame_chunks", "read_audio", "read_clip"):
+    for name in ("probe_video", "read_frames", "iter_frame_chunks", "read_clip"):
         monkeypatch.setattr(io, name, no_decoding)
+    monkeypatch.setattr(audio_io, "read_audio", no_decoding)
     again = DecodeCache(tmp_path / "cache")  # a new run: nothing shared but the folder
     entry = again.entry(video)
     np.testing.assert_array_equal(again.frames(entry, 0, 12), first_frames)
@@ -160,15 +166,47 @@ def test_crash_mid_write_leaves_no_half_entry(tmp_path: Path, video: Path) -> No
     np.testing.assert_array_equal(cache.frames(entry, 0, 12), io.read_frames(video))
 
 
+def _die_after_the_first_file_of_an_entry(root: str, video: str) -> None:
+    real = cache_module._write_npy
+
+    def dies_after_a_file(path, *args):
+        real(path, *args)
+        os._exit(7)  # no cleanup, as a kill or power loss
+
+    cache_module._write_npy = dies_after_a_file
+    DecodeCache(root).entry(video)
+
+
+def test_a_writer_killed_while_writing_an_entry_leaves_a_folder_the_next_run_removes(
+    tmp_path: Path, video: Path
+) -> None:
+    root = tmp_path / "cache"
+    writer = multiprocessing.get_context("fork").Process(
+        target=_die_after_the_first_file_of_an_entry, args=(str(root), str(video))
+    )
+    writer.start()
+    writer.join(timeout=120)
+    assert writer.exitcode == 7
+    (leftover,) = temporaries(root)
+    assert leftover.is_dir() and list(leftover.iterdir()) and entries(root) == []
+
+    cache = DecodeCache(root)  # the writer is dead: its folder goes
+    assert temporaries(root) == []
+    assert cache.entry(video).num_frames == 12 and cache.decodes == 1
+
+
 def _build_together(root: str, video: str, barrier, results) -> None:
     """Build ``video``'s entry, waiting for the other processes before publishing it."""
-    publish = cache_module._publish
+    atomic_write = cache_module.atomic_write
 
-    def wait_then_publish(temporary, target):
-        barrier.wait(timeout=60)
-        publish(temporary, target)
+    @contextlib.contextmanager
+    def wait_then_publish(target, **options):
+        with atomic_write(target, **options) as temporary:
+            yield temporary
+            if options.get("folder"):  # the entry, complete: renamed when the block ends
+                barrier.wait(timeout=60)
 
-    cache_module._publish = wait_then_publish
+    cache_module.atomic_write = wait_then_publish
     cache = DecodeCache(root)
     entry = cache.entry(video)
     results.put((cache.decodes, float(entry.audio.samples.sum()), entry.key))
@@ -217,7 +255,7 @@ def test_damaged_entry_is_detected_and_built_again(
     assert again.decodes == 1
     if name != "meta.json" or (cache.root / key / name).exists():
         assert "damaged cache entry" in caplog.text
-    np.testing.assert_array_equal(entry.audio.samples, io.read_audio(video).samples)
+    np.testing.assert_array_equal(entry.audio.samples, audio_io.read_audio(video).samples)
     np.testing.assert_array_equal(entry.timestamps_s, io.probe_video(video).timestamps_s)
 
 
@@ -272,7 +310,7 @@ def test_full_disk_while_probing_keeps_the_entry_in_memory(
     entry = cache.entry(video)
     assert not entry.stored and entries(cache.root) == [] and temporaries(cache.root) == []
     assert "disk full" in caplog.text and "kept in memory" in caplog.text
-    np.testing.assert_array_equal(entry.audio.samples, io.read_audio(video).samples)
+    np.testing.assert_array_equal(entry.audio.samples, audio_io.read_audio(video).samples)
     assert cache.entry(video) is entry and cache.frames(entry, 0, 4) is None
     np.testing.assert_array_equal(entry.read_frames(3, 7), io.read_frames(video)[3:7])
 

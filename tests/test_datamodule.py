@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from avvsr.config import compose as compose_config
-from avvsr.data import io
+from avvsr.data import audio_io, io
 from avvsr.data.audio_features import SILENCE_LOG_MEL, AudioFeatureSettings
 from avvsr.data.cache import DecodeCache
 from avvsr.data.datamodule import AVVSRDataModule
@@ -29,7 +29,6 @@ from avvsr.data.datasets import (
 )
 from avvsr.data.degradations import crop_to_scale, degrade
 from avvsr.data.sources import ClipRecord, FolderSource, SyntheticSource
-from avvsr.data.synthetic import SynthConfig, generate
 from avvsr.errors import DatasetError, MediaError, MissingAudioError, VideoDecodeError
 from media import (
     onset,
@@ -47,12 +46,10 @@ SCALE = 4
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``<data_dir>/synth_av``: a small synthetic set at the default 96x96 size."""
-    data_dir = tmp_path_factory.mktemp("data")
-    config = SynthConfig(num_frames=8, num_train=4, num_val=2, num_test=2)
-    generate(config, data_dir / "synth_av", progress=False)
-    return data_dir
+def data_dir(synth_root: Path) -> Path:
+    """``<data_dir>/synth_av``: the session's small synthetic set at the default 96x96 size
+    (``synth_root``), read only."""
+    return synth_root.parent
 
 
 def compose(name: str, data_dir: Path, cache_dir: Path, **overrides) -> AVVSRDataModule:
@@ -627,6 +624,7 @@ def test_full_disk_on_the_cached_path_reads_from_the_video(
 ) -> None:
     import errno
 
+    from avvsr.atomic import PARTIAL_MARKER
     from avvsr.data import cache as cache_module
 
     write = cache_module._write_npy
@@ -640,7 +638,7 @@ def test_full_disk_on_the_cached_path_reads_from_the_video(
     full = batches(compose("ave", ave_data, tmp_path / "full", decode="cached", num_workers=0))
     assert "disk full" in caplog.text and "read from the video" in caplog.text
     assert list((tmp_path / "full").glob("*/frames-*")) == []
-    assert list((tmp_path / "full").glob("*/.tmp-*")) == []
+    assert list((tmp_path / "full").glob(f"*/.*{PARTIAL_MARKER}*")) == []
     monkeypatch.undo()
     streamed = batches(compose("ave", ave_data, tmp_path / "s", decode="stream", num_workers=0))
     for ours, theirs in zip(full, streamed, strict=True):
@@ -695,8 +693,9 @@ def test_with_several_processes_the_cache_is_built_once_before_setup(
     def no_decoding(*args, **kwargs):
         raise AssertionError("setup decoded what prepare_data had cached")
 
-    for name in ("probe_video", "read_audio", "read_frames", "iter_frame_chunks", "read_clip"):
+    for name in ("probe_video", "read_frames", "iter_frame_chunks", "read_clip"):
         monkeypatch.setattr(io, name, no_decoding)
+    monkeypatch.setattr(audio_io, "read_audio", no_decoding)
     module.setup("fit")
     module.setup("test")
     assert next(iter(module.train_dataloader()))["gt"].shape == (2, 5, 3, 128, 128)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import re
 import tracemalloc
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
+from avvsr.data.audio_io import AudioTrack, audio_windows, read_audio
 from avvsr.data.io import (
-    AudioTrack,
-    VideoWriter,
-    audio_windows,
     iter_frame_chunks,
     probe_video,
-    read_audio,
     read_frames,
-    write_video,
 )
+from avvsr.data.video_writer import VideoWriter, write_video
 from avvsr.errors import (
     EmptyVideoError,
     MediaError,
@@ -787,6 +785,46 @@ def test_streaming_writer_interleaves_frames_and_audio(tmp_path) -> None:
     track = read_audio(path)
     assert abs(track.duration_s - 2.0) <= 0.1
     assert abs(peak_frequency_hz(track.samples, SAMPLE_RATE) - 440.0) <= 2.0
+
+
+def audio_packet_bytes(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(audio=0) if packet.size]
+
+
+@pytest.mark.parametrize(("extension", "mode"), [("mkv", "copied"), ("webm", "re-encoded")])
+def test_writer_carries_a_source_files_audio_at_given_frame_times(tmp_path, extension, mode):
+    source = write_video(tmp_path / "source.mp4", moving_pattern(20), 10,
+                         tone(440.0, 2.0, SAMPLE_RATE), SAMPLE_RATE)
+    times_s = np.cumsum([0.0, 0.1, 0.05, 0.3, 0.1, 0.1, 0.2, 0.05, 0.1, 0.5])
+    pts = np.rint(times_s * 1000).astype(np.int64)
+    path = tmp_path / f"out.{extension}"
+    with VideoWriter(path, 10, 64, 48, pts=pts, time_base=Fraction(1, 1000),
+                     audio_source=source) as writer:
+        for first in range(0, 10, 3):
+            writer.write_frames(moving_pattern(10)[first : first + 3])
+        assert writer.audio_mode == mode
+    np.testing.assert_allclose(probe_video(path).timestamps_s, times_s, atol=1e-3)
+    if mode == "copied":
+        assert audio_packet_bytes(path) == audio_packet_bytes(source)
+    track = read_audio(path, SAMPLE_RATE)
+    assert abs(peak_frequency_hz(track.samples, SAMPLE_RATE) - 440.0) <= 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, source.name]
+
+
+def test_writer_refuses_what_it_cannot_write_and_leaves_nothing(tmp_path) -> None:
+    silent = write_video(tmp_path / "silent.mp4", moving_pattern(2), 10)
+    path = tmp_path / "bad.mp4"
+    with pytest.raises(ValueError, match=r"bad\.mp4: audio from samples or from a source"):
+        VideoWriter(path, 10, 64, 48, audio_sample_rate=SAMPLE_RATE, audio_source=silent)
+    with pytest.raises(ValueError, match=r"bad\.mp4: pts and time_base go together"):
+        VideoWriter(path, 10, 64, 48, pts=np.arange(3))
+    with pytest.raises(ValueError, match=r"bad\.mp4: 4 frames written, but pts gives .* of 3"):
+        with VideoWriter(path, 10, 64, 48, pts=np.arange(3), time_base=Fraction(1, 10)) as writer:
+            writer.write_frames(moving_pattern(4))
+    with pytest.raises(MissingAudioError, match=r"silent\.mp4: has no audio stream"):
+        VideoWriter(path, 10, 64, 48, audio_source=silent)
+    assert [p.name for p in tmp_path.iterdir()] == [silent.name]
 
 
 def test_media_helpers_are_importable_by_other_tests() -> None:

@@ -28,6 +28,11 @@ def write_run(folder: Path, backbone: str, fusion: str, seed: int, **metrics: fl
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
+    return write_sweep(tmp_path)
+
+
+def write_sweep(folder: Path) -> Path:
+    """No fusion and MS-AVF (msavf-s3), seeds 0-2, and a run that did not finish."""
     values = {  # seed -> (none inside, msavf inside)
         0: (30.0, 31.0),
         1: (30.5, 32.0),
@@ -35,7 +40,7 @@ def sweep(tmp_path: Path) -> Path:
     }
     for seed, (plain, fused) in values.items():
         write_run(
-            tmp_path / f"n{seed}",
+            folder / f"n{seed}",
             "basicvsr_tiny",
             "none",
             seed,
@@ -43,7 +48,7 @@ def sweep(tmp_path: Path) -> Path:
                "test/params": 1e5},
         )
         write_run(
-            tmp_path / f"m{seed}",
+            folder / f"m{seed}",
             "basicvsr_tiny",
             "msavf-s3",
             seed,
@@ -58,8 +63,8 @@ def sweep(tmp_path: Path) -> Path:
                 "test/params": 1.2e5,
             },
         )
-    (tmp_path / "unfinished").mkdir()  # a run that died writes no metrics.json
-    return tmp_path
+    (folder / "unfinished").mkdir()  # a run that died writes no metrics.json
+    return folder
 
 
 def cells_of(row: str) -> list[str]:
@@ -129,3 +134,102 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
     commands, wall_min = sweep_record(sweep)
     assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu"]
     assert wall_min == 5.0  # six runs, the last one 300 s after the sweep started
+
+
+FUSION_OPTIONS = ["none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown"]
+
+
+@pytest.mark.parametrize("localisation", ["none", "lvs"])
+@pytest.mark.parametrize("fusion", FUSION_OPTIONS)
+def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
+    fusion: str, localisation: str
+) -> None:
+    from avvsr.config import FusionVariant, compose, fusion_label
+
+    model = compose("train", [f"model/fusion={fusion}", f"model/localisation={localisation}"]).model
+    label = fusion_label(model.fusion, model.localisation)
+    variant = FusionVariant.from_label(label)
+    assert variant.label == label
+    # The term needs attention masks (the LightningModule refuses it on none and concat).
+    assert variant.localisation == (localisation == "lvs" and fusion not in ("none", "concat"))
+    assert label.endswith("-lvs") == variant.localisation
+
+
+def test_the_lvs_variant_has_its_own_label() -> None:
+    from avvsr.config import FusionVariant, compose, fusion_label
+
+    model = compose("train", ["model/fusion=msavf", "model/localisation=lvs"]).model
+    assert fusion_label(model.fusion, model.localisation) == "msavf-s3-lvs"
+    assert fusion_label(model.fusion) == "msavf-s3"
+    assert FusionVariant.from_label("msavf-s3-lvs") != FusionVariant.from_label("msavf-s3")
+    for wrong in ("msavf-s3-lvs-notopdown", "msavf-s3-lvs-lvs", "concat-lvs"):
+        with pytest.raises(ValueError, match="not a fusion label"):
+            FusionVariant.from_label(wrong)
+
+
+def add_lvs_runs(sweep: Path, folder: str = "lvs") -> None:
+    """MS-AVF with the localisation term, seeds 0-2: +0.5 dB in the source over msavf-s3."""
+    for seed, inside in enumerate((31.5, 32.5, 33.5)):
+        write_run(sweep / folder / f"l{seed}", "basicvsr_tiny", "msavf-s3-lvs", seed,
+                  **{"test/true/psnr_y_inside": inside,
+                     "test/true/source_vs_distractor_auc": 0.95})
+
+
+def test_the_lvs_runs_are_a_row_of_their_own_after_msavf(sweep: Path, tmp_path: Path) -> None:
+    add_lvs_runs(sweep)
+    write_run(sweep / "t0", "basicvsr_tiny", "msavf-s3-notopdown", 0)
+    write_run(sweep / "c0", "basicvsr_tiny", "concat", 0)
+    write_run(sweep / "s4", "basicvsr_tiny", "msavf-s4", 0)
+    text = write_report(sweep, tmp_path / "report", title="t").read_text()
+    main = text.split("## Audio controls")[0]
+    rows = [cells_of(line) for line in main.splitlines() if line.startswith("| basicvsr_tiny")]
+    assert [row[1] for row in rows] == [
+        "none", "concat", "msavf-s3", "msavf-s3-lvs", "msavf-s3-notopdown", "msavf-s4"
+    ]
+    cells = dict(zip(table_header(text), rows[3], strict=True))
+    assert cells["seeds"] == "3" and cells["PSNR-Y in source"] == "32.50 ± 1.00"
+    assert cells["Δ PSNR-Y in source vs none"] == "2.00 ± 0.50"  # paired against no fusion
+    assert cells["source-vs-distractor AUC"] == "0.950 ± 0.000"
+
+
+def test_sweeps_run_into_one_folder_are_reported_together(tmp_path: Path) -> None:
+    """A row added later (``hydra.sweep.dir=<sweep dir>/cpu_lvs``) joins the study's table;
+    the header lists both commands and counts each sweep's own time, not the pause between."""
+    import os
+
+    from avvsr.reproduce import sweep_record
+
+    study = tmp_path / "study"
+    write_sweep(study / "cpu")
+    add_lvs_runs(study, "cpu_lvs")
+    starts = {"cpu": 1000.0, "cpu_lvs": 9000.0}  # the second sweep started 8,000 s later
+    for name, start in starts.items():
+        (study / name / "multirun.yaml").write_text(
+            f"hydra:\n  overrides:\n    task: [experiment=av_ablation, sweep={name}]\n"
+        )
+        os.utime(study / name / "multirun.yaml", (start, start))
+        for index, path in enumerate(sorted((study / name).rglob("metrics.json"))):
+            os.utime(path, (start + 60 * (index + 1),) * 2)
+    commands, wall_min = sweep_record(study)
+    assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu",
+                        "avvsr-train -m experiment=av_ablation sweep=cpu_lvs"]
+    assert wall_min == 6.0 + 3.0  # six runs a minute apart, then three
+    text = write_report(study, tmp_path / "report", title="t").read_text()
+    assert "| msavf-s3 |" in text and "| msavf-s3-lvs |" in text and "| none |" in text
+
+
+def test_the_figure_draws_msavf_with_and_without_the_term_never_one_for_the_other(
+    sweep: Path
+) -> None:
+    from avvsr.reproduce import figure_runs
+
+    for run in load_runs(sweep):  # no checkpoint, no figure
+        assert figure_runs([run]) == []
+    add_lvs_runs(sweep)
+    runs = load_runs(sweep)
+    for run in runs:
+        run.best_checkpoint = f"{run.path}/best.ckpt"
+    assert [(r.fusion, r.seed) for r in figure_runs(runs)] == [("msavf-s3", 0),
+                                                                ("msavf-s3-lvs", 0)]
+    plain = [r for r in runs if r.fusion != "msavf-s3-lvs"]
+    assert [(r.fusion, r.seed) for r in figure_runs(plain)] == [("msavf-s3", 0)]

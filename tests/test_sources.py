@@ -16,18 +16,16 @@ from avvsr.data.sources import (
     SyntheticSource,
     parse_ave_annotations,
 )
-from avvsr.data.synthetic import SynthConfig, generate, load_manifest
+from avvsr.data.synthetic import load_manifest
 from avvsr.errors import DatasetError
 from media import write_av, write_test_video
 
 # ------------------------------------------------------------------------------ synthetic
 
 
-def test_synthetic_source_lists_clips_labels_and_sounding_objects(tmp_path: Path) -> None:
-    config = SynthConfig(num_frames=4, num_train=2, num_val=1, num_test=1, num_objects=2,
-                         num_sounding=1)
-    root = generate(config, tmp_path / "synth", progress=False)
-    manifest = load_manifest(root)
+def test_synthetic_source_lists_clips_labels_and_sounding_objects(synth_root: Path) -> None:
+    root, manifest = synth_root, load_manifest(synth_root)
+    assert (manifest.params["num_objects"], manifest.params["num_sounding"]) == (2, 1)
     for split in ("train", "val", "test"):
         records = SyntheticSource(root, split).records
         entries = manifest.splits[split]

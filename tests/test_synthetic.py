@@ -19,8 +19,9 @@ import torch
 from avvsr.cli import synth as synth_cli
 from avvsr.data import synthetic
 from avvsr.data.audio_features import LogMel
+from avvsr.data.audio_io import AudioTrack, audio_windows, read_audio
 from avvsr.data.degradations import degrade
-from avvsr.data.io import AudioTrack, audio_windows, probe_video, read_audio, read_frames
+from avvsr.data.io import probe_video, read_frames
 from avvsr.data.synthetic import (
     ClipEntry,
     ObjectEntry,
@@ -32,6 +33,7 @@ from avvsr.data.synthetic import (
     write_clip,
 )
 from avvsr.errors import DatasetError, MissingFileError
+from helpers.synthetic import FULL_LENGTH_SET
 
 # DATA.md: with this design the LR frames of different classes differ by "at most 0.1-3 grey
 # levels"; each decoded uint8 image adds up to 0.5 of rounding, so two differ by up to 1 more.
@@ -143,14 +145,11 @@ def dilate(mask: np.ndarray) -> np.ndarray:
     return np.logical_or.reduce(shifted)
 
 
-SMALL = SynthConfig(num_classes=4, num_train=4, num_val=1, num_test=1)
-
-
 @pytest.fixture(scope="module")
-def small_set(tmp_path_factory):
-    """A set of the default geometry (96x96, 16 frames, 2 objects): 6 clips."""
-    root = tmp_path_factory.mktemp("synth") / "set"
-    generate(SMALL, root, progress=False)
+def small_set(synthetic_sets):
+    """``(root, manifest)`` of the session's set of the default geometry (96x96, 16 frames,
+    2 objects, 4 classes): 6 clips (:data:`helpers.synthetic.FULL_LENGTH_SET`), read only."""
+    root = synthetic_sets(FULL_LENGTH_SET)
     return root, load_manifest(root)
 
 
@@ -189,11 +188,11 @@ def test_decoded_audio_identifies_the_sounding_class(small_set, estimator):
     for entry in all_entries(manifest):
         (sounding,) = [obj for obj in entry.objects if obj.sounding]
         track = read_audio(root / entry.video, sample_rate=entry.sample_rate)
-        magnitudes = estimator(track, sounding.tone_f0_hz, SMALL.num_harmonics)
+        magnitudes = estimator(track, sounding.tone_f0_hz, FULL_LENGTH_SET.num_harmonics)
         assert nearest_class(magnitudes, use_phase=False) == sounding.class_name, entry.key
         np.testing.assert_allclose(
             magnitudes,
-            np.abs(reference_coefficients(sounding.class_name, SMALL.num_harmonics)),
+            np.abs(reference_coefficients(sounding.class_name, FULL_LENGTH_SET.num_harmonics)),
             atol=HARMONIC_TOLERANCE,
             err_msg=entry.key,
         )
@@ -349,10 +348,10 @@ def test_lr_frames_show_the_family(family_variants):
 
 
 @pytest.mark.parametrize("distractors", ["other_family", "same_family"])
-def test_distractors_and_colours_follow_the_families(tmp_path, distractors):
+def test_distractors_and_colours_follow_the_families(synthetic_sets, distractors):
     config = dataclasses.replace(FAMILIES, distractors=distractors, num_objects=3,
                                  num_train=8, num_val=0, num_test=0, num_frames=2)
-    manifest = load_manifest(generate(config, tmp_path / "set", progress=False))
+    manifest = load_manifest(synthetic_sets(config))
     for entry in manifest.splits["train"]:
         (source,) = [obj for obj in entry.objects if obj.sounding]
         for obj in entry.objects:
@@ -436,7 +435,7 @@ def test_decoded_objects_lie_exactly_under_their_masks(tmp_path):
     """Outside the (antialiasing-dilated) masks, a clip decodes to exactly the same pixels as
     its background alone (the default crf 0 with yuv444p is lossless in YUV, and the RGB to
     YUV conversion works pixel by pixel), and inside them it does not."""
-    spec = sample_clip(SMALL, "train", 0)
+    spec = sample_clip(FULL_LENGTH_SET, "train", 0)
     entry = write_clip(spec, tmp_path)
     background = write_clip(dataclasses.replace(spec, objects=(), key="background"), tmp_path)
     frames = read_frames(tmp_path / entry.video)
@@ -504,6 +503,29 @@ def test_generate_is_idempotent_and_refuses_other_parameters(tmp_path, caplog):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no temporaries left
 
 
+@pytest.mark.parametrize("seed_of_the_other", [TINY.seed, TINY.seed + 1])
+def test_a_set_another_writer_finishes_first_is_kept(tmp_path, monkeypatch, seed_of_the_other):
+    """Two processes generating into one folder: the first complete set stays; the second
+    writer accepts it if it is the same set and raises if it is another one."""
+    out, real_write_clip = tmp_path / "set", synthetic.write_clip
+    ours = dataclasses.replace(TINY, num_train=1, num_test=0)
+    other = dataclasses.replace(ours, seed=seed_of_the_other)
+
+    def the_other_writer_finishes_meanwhile(spec, root):
+        monkeypatch.setattr(synthetic, "write_clip", real_write_clip)
+        generate(other, out, progress=False)
+        return real_write_clip(spec, root)
+
+    monkeypatch.setattr(synthetic, "write_clip", the_other_writer_finishes_meanwhile)
+    if seed_of_the_other == ours.seed:
+        generate(ours, out, progress=False)
+    else:
+        with pytest.raises(DatasetError, match="differing: seed"):
+            generate(ours, out, progress=False)
+    assert load_manifest(out).params == other.to_params()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no temporaries left
+
+
 def test_generate_refuses_a_folder_that_is_not_a_set(tmp_path):
     out = tmp_path / "set"
     out.mkdir()
@@ -551,8 +573,8 @@ def test_load_manifest_names_the_file_on_bad_input(tmp_path):
 def test_manifest_round_trips_and_reads_by_json_keys(small_set):
     root, manifest = small_set
     raw = json.loads((root / "manifest.json").read_text())
-    assert raw["params"] == SMALL.to_params()
-    assert raw["classes"] == manifest.classes == SMALL.classes
+    assert raw["params"] == FULL_LENGTH_SET.to_params()
+    assert raw["classes"] == manifest.classes == FULL_LENGTH_SET.classes
     first_raw = raw["splits"]["train"][0]
     first = manifest.splits["train"][0]
     assert first.to_json() == first_raw

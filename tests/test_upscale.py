@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,14 +20,11 @@ import torch.nn.functional as F
 
 from avvsr.checkpoint import load_model
 from avvsr.cli import upscale as upscale_cli
-from avvsr.data.io import probe_video, read_audio, read_frames
+from avvsr.data.audio_io import read_audio
+from avvsr.data.io import probe_video, read_frames
 from avvsr.errors import MemoryBudgetError, MissingAudioError, NotAVideoError
-from avvsr.inference import (
-    InferenceSettings,
-    blend_weights,
-    upscale_video,
-    window_starts,
-)
+from avvsr.inference import InferenceSettings, blend_weights, window_starts
+from avvsr.upscaling import upscale_video
 from helpers.models import FPS, moving_texture, single_thread, tone_log_mel
 from media import (
     frame_level,
@@ -148,6 +146,43 @@ def test_audio_features_of_a_chunk_are_those_of_its_frames(fusion_model, tmp_pat
     torch.testing.assert_close(frame_audio.features(11, 23), everything[11:23])
     # Different frames hear different audio (the windows move with the frames).
     assert not torch.equal(everything[0], everything[15])
+
+
+def test_streamed_audio_features_are_those_of_the_whole_track_bit_for_bit(fusion_model, tmp_path):
+    from avvsr.data.audio_io import audio_windows
+    from avvsr.inference import frame_audio_for
+
+    video = write_test_video(tmp_path / "in.mp4", num_frames=40, fps=FPS)
+    info = probe_video(video)
+    settings = fusion_model.audio_features
+    track = read_audio(video, settings.sample_rate)
+    with frame_audio_for(fusion_model, video, True, info.timestamps_s, False) as frame_audio:
+        for first, last in [(0, 4), (0, 16), (12, 28), (24, 40)]:  # as the upscaler asks
+            windows = audio_windows(track, info.timestamps_s[first:last], settings.window_s)
+            expected = frame_audio.log_mel(torch.from_numpy(windows))
+            assert torch.equal(frame_audio.features(first, last), expected)
+
+
+def test_a_long_soundtrack_is_never_held_whole(fusion_model, tmp_path):
+    """Two minutes of sound under frames at 5 fps, its features asked for window by window as
+    the upscaler asks: the arrays allocated at the peak are a fraction of the decoded track."""
+    from avvsr.inference import frame_audio_for
+
+    duration_s, fps, chunk, overlap = 120.0, 5.0, 8, 2
+    num_frames = round(duration_s * fps)
+    video = write_av(tmp_path / "long.mp4", moving_pattern(num_frames, 16, 16), fps=fps,
+                     audio=tone(440.0, duration_s))
+    info = probe_video(video)
+    track_bytes = 4 * duration_s * fusion_model.audio_features.sample_rate  # float32 samples
+    tracemalloc.start()
+    try:
+        with frame_audio_for(fusion_model, video, True, info.timestamps_s, False) as frame_audio:
+            for start in window_starts(num_frames, chunk, overlap):
+                frame_audio.features(start, min(start + chunk, num_frames))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < track_bytes / 3
 
 
 def test_each_window_gets_the_audio_of_its_frames(fusion_model, tmp_path, monkeypatch):
@@ -392,7 +427,8 @@ def test_audio_packets_with_repeated_timestamps_are_retimed(tmp_path, tiny_check
 
 
 def test_plan_keeps_1080p_within_the_budget(plain_model):
-    from avvsr.inference import ChunkedUpscaler, plan_inference
+    from avvsr.inference import ChunkedUpscaler
+    from avvsr.memory_plan import plan_inference
 
     upscaler = ChunkedUpscaler(plain_model.net)
     default = plan_inference(upscaler, InferenceSettings(), 1920, 1080, 300)
@@ -411,7 +447,7 @@ def test_plan_keeps_1080p_within_the_budget(plain_model):
 
 
 def test_plan_estimate_grows_with_window_tile_and_frame(plain_model):
-    from avvsr.inference import estimate_peak
+    from avvsr.memory_plan import estimate_peak
 
     def host(chunk=32, tile=0, width=640, height=360):
         settings = InferenceSettings(chunk=chunk, tile=tile).with_defaults()

@@ -11,27 +11,19 @@ from PIL import Image
 
 from avvsr.cli import visualize as visualize_cli
 from avvsr.data.io import probe_video, read_frames
-from avvsr.data.synthetic import SynthConfig, generate, load_manifest, sound_source_mask
+from avvsr.data.synthetic import load_manifest, sound_source_mask
 from avvsr.visualization import OUTLINE_COLOUR
+from helpers.synthetic import FIGURE_SET
 from media import write_video_without_audio
 
-SIZE = 64  # HR side of the generated clips
-FRAMES = 8
+SIZE = FIGURE_SET.height  # HR side of the generated clips (square)
+FRAMES = FIGURE_SET.num_frames
 
 
 @pytest.fixture(scope="module")
-def synthetic_set(tmp_path_factory) -> Path:
-    config = SynthConfig(
-        num_train=1,
-        num_val=1,
-        num_test=1,
-        num_frames=FRAMES,
-        height=SIZE,
-        width=SIZE,
-        object_radius_min_px=10,
-        object_radius_max_px=12,
-    )
-    return generate(config, tmp_path_factory.mktemp("synth") / "set", progress=False)
+def synthetic_set(synthetic_sets) -> Path:
+    """The session's set of small clips (:data:`helpers.synthetic.FIGURE_SET`), read only."""
+    return synthetic_sets(FIGURE_SET)
 
 
 def read_png(path: Path) -> np.ndarray:

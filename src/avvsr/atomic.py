@@ -6,16 +6,21 @@ with the target's suffix (so FFmpeg picks the same muxer from the name), unique 
 call. Leaving the block normally renames it onto the target; an exception, Ctrl-C (SIGINT) or
 SIGTERM deletes it. SIGTERM's default action would end the process without unwinding, so while
 a block runs in the main thread a SIGTERM raises :class:`Interrupted` instead (a
-:class:`KeyboardInterrupt`, so ``except Exception`` does not swallow it).
+:class:`KeyboardInterrupt`, so ``except Exception`` does not swallow it). A folder that is
+already at the target is replaced whole, or, for content any writer builds the same (a cache
+entry written by several processes at once), kept.
 
 :func:`remove_stale_partials` deletes the partial names next to a target whose writer, a
-process on this host, no longer runs (killed with SIGKILL, or a crash of the interpreter), as
-:class:`avvsr.data.cache.DecodeCache` does for its temporary folders.
+process on this host, no longer runs (killed with SIGKILL, or a crash of the interpreter);
+:func:`remove_stale_partials_in` those of every target in a folder, as
+:class:`avvsr.data.cache.DecodeCache` does when it is opened. :func:`discard` deletes a file or
+folder so that readers see it gone at once (renamed to a partial name first).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -32,6 +37,12 @@ from typing import Any
 from avvsr.errors import OutputExistsError
 
 PARTIAL_MARKER = ".partial"
+# A partial name, ``.<stem>.<pid>-<8 hex>@<host>.partial<suffix>`` (host names hold no "@").
+_PARTIAL_NAME = re.compile(
+    rf"\.(?P<stem>.*)\.(?P<pid>\d+)-[0-9a-f]{{8}}@(?P<host>[^@]*){re.escape(PARTIAL_MARKER)}"
+    r"(?P<suffix>.*)",
+    re.DOTALL,
+)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -109,42 +120,114 @@ def _delete(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _stale(candidate: Path) -> re.Match[str] | None:
+    """The parsed partial name of ``candidate`` if its writer was a process of this host that
+    no longer runs, else None (a live writer, another host's, not a partial name)."""
+    match = _PARTIAL_NAME.fullmatch(candidate.name)
+    if match and match["host"] == this_host() and not process_alive(int(match["pid"])):
+        return match
+    return None
+
+
 def remove_stale_partials(target: str | os.PathLike[str]) -> list[Path]:
     """Delete the partial names of ``target`` (:func:`partial_path`) left by processes on this
     host that no longer run; returns what was deleted. Those of live processes, of other hosts
     and names that do not parse are left alone."""
     target = Path(target)
     pattern = f".{glob.escape(target.stem)}.*{PARTIAL_MARKER}{glob.escape(target.suffix)}"
-    owner_pattern = re.compile(r"(\d+)-[0-9a-f]{8}@(.*)")
     removed = []
     for candidate in target.parent.glob(pattern):
-        owner = candidate.name[len(target.stem) + 2 : -len(PARTIAL_MARKER + target.suffix)]
-        match = owner_pattern.fullmatch(owner)
-        if match and match[2] == this_host() and not process_alive(int(match[1])):
+        match = _stale(candidate)
+        if match and (match["stem"], match["suffix"]) == (target.stem, target.suffix):
             _delete(candidate)
             removed.append(candidate)
     return removed
 
 
-@contextlib.contextmanager
-def atomic_write(target: str | os.PathLike[str], *, folder: bool = False) -> Iterator[Path]:
-    """Yield a temporary path (:func:`partial_path`) to write ``target`` under; on a normal
-    exit rename it onto ``target`` (:func:`os.replace`: an existing file is replaced, a
-    non-empty folder is not), on an exception or SIGINT/SIGTERM delete it.
+def remove_stale_partials_in(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the partial names of every target in ``folder`` that :func:`remove_stale_partials`
+    would (one listing of the folder for all of them); returns what was deleted."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for candidate in Path(folder).iterdir():
+            if _stale(candidate):
+                _delete(candidate)
+                removed.append(candidate)
+    return removed
 
-    ``folder=True`` creates the temporary path as an empty folder. Stale partial names of
-    ``target`` (:func:`remove_stale_partials`) are deleted first; the target's folder must
-    exist.
+
+def discard(path: str | os.PathLike[str]) -> None:
+    """Delete the file or folder ``path`` (nothing when absent): renamed to a partial name
+    first, so readers see it gone at once and what a crash leaves is a stale partial."""
+    path = Path(path)
+    aside = partial_path(path)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    _delete(aside)
+
+
+def _publish_folder(temporary: Path, target: Path, keep_existing: bool) -> None:
+    """Rename the complete folder ``temporary`` onto ``target``: an existing target is kept
+    (``keep_existing``; ``temporary`` is left for the caller to delete) or replaced."""
+    if keep_existing:
+        try:
+            os.replace(temporary, target)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        return
+    if not os.path.lexists(target):
+        os.replace(temporary, target)
+        return
+    # A folder is renamed only onto an empty folder: move the old target aside first, and put
+    # it back if the new one cannot take its place.
+    aside = partial_path(target)
+    os.replace(target, aside)
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    _delete(aside)
+
+
+@contextlib.contextmanager
+def atomic_write(
+    target: str | os.PathLike[str],
+    *,
+    folder: bool = False,
+    keep_existing: bool = False,
+    remove_stale: bool = True,
+) -> Iterator[Path]:
+    """Yield a temporary path (:func:`partial_path`) to write ``target`` under; on a normal
+    exit rename it onto ``target``, on an exception or SIGINT/SIGTERM delete it.
+
+    An existing file at ``target`` is replaced (:func:`os.replace`). ``folder=True`` creates
+    the temporary path as an empty folder; a file or folder already at ``target`` when the
+    block ends is replaced whole (moved aside, then deleted), or with ``keep_existing`` kept
+    and ours deleted: for content that every writer builds the same, when another one may
+    finish first. Stale partial names of ``target`` (:func:`remove_stale_partials`) are
+    deleted first unless ``remove_stale`` is false (for a caller that sweeps the folder
+    itself, :func:`remove_stale_partials_in`, rather than listing it on every write). The
+    target's folder must exist.
     """
+    if keep_existing and not folder:
+        raise ValueError("keep_existing applies to folders (a file is replaced)")
     target = Path(target)
-    remove_stale_partials(target)
+    if remove_stale:
+        remove_stale_partials(target)
     temporary = partial_path(target)
     with terminate_raises():
         try:
             if folder:
                 temporary.mkdir()
             yield temporary
-            os.replace(temporary, target)
+            if folder:
+                _publish_folder(temporary, target, keep_existing)
+            else:
+                os.replace(temporary, target)
         finally:
             if os.path.lexists(temporary):
                 _delete(temporary)

@@ -12,9 +12,10 @@ A model config read from a file is data, never code: :func:`checked_model_config
 only when every ``_target_`` at every nesting level is one of avvsr's own model classes
 (:data:`ALLOWED_TARGETS`), every other Hydra key is ``_partial_`` (a bool) or ``_args_`` (a
 list, checked the same way), and no string holds an interpolation; training-only entries
-(optimizer, start weights) are dropped. Only then is anything built. Every problem with a file
-is a :class:`~avvsr.errors.WeightsError` naming it; weights load strictly (every tensor of the
-model and of the file, with its shape) unless a partial load is asked for.
+(optimizer, start weights, localisation loss) are dropped. Only then is anything built.
+Every problem with a file is a :class:`~avvsr.errors.WeightsError` naming it; weights load
+strictly (every tensor of the model and of the file, with its shape) unless a partial load is
+asked for.
 
 :func:`read_weights` reads the start weights of ``model.init_weights``: any of the above, a
 plain state dict, or a BasicSR / mmagic checkpoint (converted by :mod:`avvsr.models.convert`).
@@ -61,8 +62,9 @@ ALLOWED_TARGETS = frozenset({
 # Where a class that moved used to live (old dotted path -> new), so that files written before
 # the move still load. Each entry's target must be in ALLOWED_TARGETS.
 MOVED_TARGETS: dict[str, str] = {}
-# Entries of a model config that only training uses; a loaded model does without them.
-TRAINING_ONLY_KEYS = ("optimizer", "init_weights", "init_weights_partial")
+# Entries of a model config that only training uses; a loaded model does without them (the
+# localisation term is a training loss without weights).
+TRAINING_ONLY_KEYS = ("optimizer", "init_weights", "init_weights_partial", "localisation")
 HYDRA_KEYS = ("_target_", "_partial_", "_args_")
 NET_PREFIX = "net."  # the LightningModule's attribute holding the AVVSRNet
 

@@ -92,30 +92,41 @@ def _is_node(value: Any) -> bool:
 @dataclass(frozen=True)
 class FusionVariant:
     """What a fusion config is, as data: ``scales`` 0 without fusion; ``attention`` False for
-    tiled concatenation; ``top_down`` whether coarse scales feed the fine ones."""
+    tiled concatenation; ``top_down`` whether coarse scales feed the fine ones;
+    ``localisation`` whether training adds the self-supervised localisation term
+    (``model.localisation``, LVS-style) on the attention."""
 
     scales: int
     attention: bool
     top_down: bool
+    localisation: bool = False
 
     @classmethod
-    def of(cls, fusion_config: Mapping | None) -> FusionVariant:
+    def of(
+        cls, fusion_config: Mapping | None, localisation_config: Mapping | None = None
+    ) -> FusionVariant:
         if fusion_config is None:
             return cls(0, False, False)
         return cls(
             int(fusion_config.get("scales", 3)),
             bool(fusion_config.get("attention", True)),
             bool(fusion_config.get("top_down", True)),
+            localisation_config is not None,
         )
 
     @property
     def label(self) -> str:
-        """``none``, ``concat``, ``msavf-s3`` or ``msavf-s3-notopdown``."""
+        """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, ``msavf-s3-lvs`` or
+        ``msavf-s3-notopdown-lvs``."""
         if self.scales == 0:
             return "none"
         if not self.attention:
             return "concat"
-        return f"msavf-s{self.scales}" + ("" if self.top_down else "-notopdown")
+        return (
+            f"msavf-s{self.scales}"
+            + ("" if self.top_down else "-notopdown")
+            + ("-lvs" if self.localisation else "")
+        )
 
     @classmethod
     def from_label(cls, label: str) -> FusionVariant:
@@ -125,14 +136,22 @@ class FusionVariant:
         if label == "concat":
             return cls(3, False, True)
         name, scales, *rest = label.split("-")
-        if name != "msavf" or not scales.startswith("s") or rest not in ([], ["notopdown"]):
+        known = ([], ["notopdown"], ["lvs"], ["notopdown", "lvs"])
+        if name != "msavf" or not scales.startswith("s") or rest not in known:
             raise ValueError(f"not a fusion label: {label!r}")
-        return cls(int(scales[1:]), True, not rest)
+        return cls(int(scales[1:]), True, "notopdown" not in rest, "lvs" in rest)
+
+    @property
+    def rank(self) -> tuple[bool, int, bool, bool]:
+        """Sort key of result rows: none, concat, then MS-AVF by scales; at each number of
+        scales top-down before not, and each without the localisation term before with it."""
+        return (self.attention, self.scales, not self.top_down, self.localisation)
 
 
-def fusion_label(fusion_config: Mapping | None) -> str:
-    """The short name of a fusion config (see :attr:`FusionVariant.label`)."""
-    return FusionVariant.of(fusion_config).label
+def fusion_label(fusion_config: Mapping | None, localisation_config: Mapping | None = None) -> str:
+    """The short name of a fusion config and the localisation term trained with it, if any
+    (see :attr:`FusionVariant.label`)."""
+    return FusionVariant.of(fusion_config, localisation_config).label
 
 
 def backbone_label(cfg: DictConfig) -> str:

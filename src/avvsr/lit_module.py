@@ -5,7 +5,9 @@ Training: Adam (or any optimizer given as a Hydra ``_partial_``), linear warm-up
 decay per step, a separate learning rate for the optical-flow network (frozen for its first
 ``flow_freeze_steps`` steps, as the BasicVSR recipe does), and audio dropout: a share of the
 training clips get silent audio so that, on silent or audio-less video, a fusion model falls
-back to the visual-only result.
+back to the visual-only result. Optionally (``localisation``) a self-supervised localisation
+term on the finest attention mask's embeddings (:mod:`avvsr.models.localisation_loss`; no
+ground-truth masks), logged as ``train/localisation_loss``.
 
 Evaluation: whole clips; PSNR/SSIM on RGB and Y; PSNR inside/outside the sound-source mask and
 inside the silent distractors, the attention masks' agreement with the source and their
@@ -37,6 +39,7 @@ from avvsr.metrics import (
 )
 from avvsr.models.avvsr_net import AVVSRNet, AVVSROutput, FusionFactory
 from avvsr.models.backbones.base import VSRBackbone
+from avvsr.models.localisation_loss import LVSLocalisationLoss
 
 AUDIO_CONTROLS = ("true", "shuffled", "silent")
 # Region PSNR-Y metrics: name -> (batch key of the mask, region of it that is scored).
@@ -92,6 +95,9 @@ class AVVSRLitModule(LightningModule):
         init_weights: optional local weights file to start from, loaded strictly
             (:func:`avvsr.checkpoint.load_weights`; a backbone-only file fills the backbone).
         init_weights_partial: load only what fits of ``init_weights`` and list the rest.
+        localisation: optional self-supervised localisation loss on the finest scale's
+            attention embeddings; training adds ``localisation.weight`` times it. Needs a
+            fusion with attention masks. None (the default): the reconstruction loss alone.
         model_config: the plain config this module was built from
             (:func:`avvsr.config.build_lit_module` passes it); stored in every checkpoint so
             that the file alone rebuilds the model.
@@ -116,6 +122,7 @@ class AVVSRLitModule(LightningModule):
         audio_features: AudioFeatureSettings | None = None,
         init_weights: str | None = None,
         init_weights_partial: bool = False,
+        localisation: LVSLocalisationLoss | None = None,
         model_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -129,6 +136,13 @@ class AVVSRLitModule(LightningModule):
                 f"unknown audio controls {sorted(unknown)}; choose from {AUDIO_CONTROLS}"
             )
         self.net = AVVSRNet(backbone, audio_encoder, fusion)
+        if localisation is not None and not getattr(self.net.fusion, "attention", False):
+            raise ValueError(
+                "model.localisation trains the fusion's attention masks: it needs a fusion "
+                "with attention (model/fusion=msavf, msavf_s2, msavf_single or "
+                "msavf_no_topdown), not model/fusion=none or concat"
+            )
+        self.localisation = localisation
         self.optimizer_factory = optimizer
         self.lr = lr
         self.warmup_steps = warmup_steps
@@ -172,19 +186,30 @@ class AVVSRLitModule(LightningModule):
         return MetricCollection(metrics, compute_groups=False)
 
     # ----------------------------------------------------------------- forward and training
-    def forward(self, lq: Tensor, audio: Tensor | None = None) -> AVVSROutput:
-        """``lq`` (B, T, 3, h, w), log-mel ``audio`` (B, T, n_mels, n_frames) -> output."""
-        return self.net(lq, audio)
+    def forward(
+        self, lq: Tensor, audio: Tensor | None = None, *, return_embeddings: bool = False
+    ) -> AVVSROutput:
+        """``lq`` (B, T, 3, h, w), log-mel ``audio`` (B, T, n_mels, n_frames) -> output (with
+        the attention embeddings if ``return_embeddings``, see :class:`AVVSRNet`)."""
+        return self.net(lq, audio, return_embeddings=return_embeddings)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         audio = batch["audio"]
+        dropped = torch.zeros(audio.shape[0], dtype=torch.bool, device=audio.device)
         if self.net.uses_audio and self.audio_dropout > 0:
-            drop = torch.rand(audio.shape[0], device=audio.device) < self.audio_dropout
+            dropped = torch.rand(audio.shape[0], device=audio.device) < self.audio_dropout
             audio = torch.where(
-                drop[:, None, None, None], torch.full_like(audio, SILENCE_LOG_MEL), audio
+                dropped[:, None, None, None], torch.full_like(audio, SILENCE_LOG_MEL), audio
             )
-        out = self(batch["lq"], audio)
+        out = self(batch["lq"], audio, return_embeddings=self.localisation is not None)
         loss = charbonnier_loss(out.sr, batch["gt"], self.loss_eps)
+        if self.localisation is not None:
+            finest = out.embeddings[0]
+            # Only clips that hear their own sound have a source to find.
+            anchors = batch["has_audio"].to(dropped.device) & ~dropped
+            localisation = self.localisation(finest.keys, finest.query, anchors)
+            self.log("train/localisation_loss", localisation, batch_size=audio.shape[0])
+            loss = loss + self.localisation.weight * localisation
         self.log("train/loss", loss, prog_bar=True, batch_size=audio.shape[0])
         return loss
 

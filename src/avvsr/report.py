@@ -19,8 +19,6 @@ from pathlib import Path
 
 from avvsr.atomic import write_text
 
-FUSION_ORDER = ["none", "concat", "msavf-s1", "msavf-s2", "msavf-s3", "msavf-s4"]
-
 # (column title, metric key, decimals): the main table, with true audio.
 MAIN_COLUMNS = [
     ("PSNR-Y", "test/true/psnr_y", 2),
@@ -101,8 +99,15 @@ class Cell:
         return f"{self.mean:.{decimals}f} ± {self.std:.{decimals}f}"
 
 
-def fusion_rank(fusion: str) -> tuple[int, str]:
-    return (FUSION_ORDER.index(fusion) if fusion in FUSION_ORDER else len(FUSION_ORDER), fusion)
+def fusion_rank(fusion: str) -> tuple[bool, tuple, str]:
+    """Sort key of a fusion label: :attr:`FusionVariant.rank`; labels it does not know last,
+    by name."""
+    from avvsr.config import FusionVariant
+
+    try:
+        return (False, FusionVariant.from_label(fusion).rank, fusion)
+    except ValueError:
+        return (True, (), fusion)
 
 
 def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:

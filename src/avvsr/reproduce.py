@@ -95,18 +95,28 @@ def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
 
 def sweep_record(sweep_dir: Path) -> tuple[list[str], float]:
     """What ran under ``sweep_dir``, read from its files: the ``avvsr-train -m`` command of
-    each sweep (Hydra's ``multirun.yaml``) and the minutes from the first sweep's start to the
-    last run's ``metrics.json``."""
+    each sweep (Hydra's ``multirun.yaml``, in the order they started) and the minutes they
+    took: for each sweep, from its start (its ``multirun.yaml``) to the last ``metrics.json``
+    of its runs (those under its folder and under no other sweep's), summed over the sweeps.
+    So sweeps run one after another into one folder (a profile's, or a row added later with
+    ``hydra.sweep.dir=<sweep_dir>/<name>``) count their own time, not the pause between them."""
     from omegaconf import OmegaConf
 
     manifests = sorted(Path(sweep_dir).rglob("multirun.yaml"), key=lambda p: p.stat().st_mtime)
-    results = [p.stat().st_mtime for p in Path(sweep_dir).rglob("metrics.json")]
     commands = [
         shlex.join(["avvsr-train", "-m", *OmegaConf.load(p).hydra.overrides.task])
         for p in manifests
     ]
-    wall_min = (max(results) - manifests[0].stat().st_mtime) / 60 if manifests and results else 0
-    return commands, wall_min
+    last_result: dict[Path, float] = {}  # sweep folder -> mtime of its last metrics.json
+    sweep_folders = {p.parent for p in manifests}
+    for result in Path(sweep_dir).rglob("metrics.json"):
+        owner = next((f for f in result.parents if f in sweep_folders), None)
+        if owner is not None:
+            last_result[owner] = max(last_result.get(owner, 0.0), result.stat().st_mtime)
+    wall_s = sum(
+        last_result[p.parent] - p.stat().st_mtime for p in manifests if p.parent in last_result
+    )
+    return commands, wall_s / 60
 
 
 FIGURE_LEGEND = (
@@ -115,30 +125,39 @@ FIGURE_LEGEND = (
 )
 
 
-def attention_figure(runs: list[Run], out_png: Path, clips: int = 2, zoom: int = 3) -> bool:
-    """Draw, for the first test clips of each backbone's MS-AVF run with the most scales
-    (top-down before not, then the lowest seed), LR | HR | output and masks with true audio |
-    output and masks with shuffled audio, each panel ``zoom`` times enlarged, with column
-    titles and the source and distractor outlines. Returns False when no run has attention
-    masks."""
-    import hydra
-    import torch
-    from omegaconf import OmegaConf
-
-    from avvsr.checkpoint import load_lit_module
+def figure_runs(runs: list[Run]) -> list[Run]:
+    """The runs the attention figure draws: for each backbone, the MS-AVF run with the most
+    scales (top-down before not, then the lowest seed) that has a checkpoint, once among the
+    runs trained without the localisation term and once among those trained with it (where
+    there are such runs); by backbone, without the term first."""
     from avvsr.config import FusionVariant
-    from avvsr.visualization import Prediction, attention_grid, attention_row, save_rgb_png
 
     def preference(run: Run) -> tuple[int, bool, int]:
         variant = FusionVariant.from_label(run.fusion)
         return (-variant.scales, not variant.top_down, run.seed)
 
-    chosen: dict[str, Run] = {}
+    chosen: dict[tuple[str, bool], Run] = {}  # (backbone, localisation term) -> run
     for run in sorted(runs, key=preference):
-        if FusionVariant.from_label(run.fusion).attention and run.best_checkpoint:
-            chosen.setdefault(run.backbone, run)
+        variant = FusionVariant.from_label(run.fusion)
+        if variant.attention and run.best_checkpoint:
+            chosen.setdefault((run.backbone, variant.localisation), run)
+    return [run for _, run in sorted(chosen.items())]
+
+
+def attention_figure(runs: list[Run], out_png: Path, clips: int = 2, zoom: int = 3) -> bool:
+    """Draw, for the first test clips of each of :func:`figure_runs`, LR | HR | output and
+    masks with true audio | output and masks with shuffled audio, each panel ``zoom`` times
+    enlarged, with column titles and the source and distractor outlines. Returns False when
+    no run has attention masks."""
+    import hydra
+    import torch
+    from omegaconf import OmegaConf
+
+    from avvsr.checkpoint import load_lit_module
+    from avvsr.visualization import Prediction, attention_grid, attention_row, save_rgb_png
+
     rows, labels = [], []
-    for _, run in sorted(chosen.items()):
+    for run in figure_runs(runs):
         config = OmegaConf.load(run.path / ".hydra" / "config.yaml")
         # Saved unresolved: give the Hydra-runtime paths their values for this run.
         config.paths.root_dir = str(ROOT)
@@ -227,12 +246,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.report_only
         else f"Produced by `{make}`, which ran"
     )
+    timed = (
+        "from the start of the sweep to its last run's metrics" if len(commands) <= 1 else
+        f"from the start of each of the {len(commands)} sweeps to its last run's metrics, summed"
+    )
     preamble = f"""
 Study `{args.study}`, profile `{args.profile}`, {len(runs)} runs. {made_by}:
 
     {command}
 
-on {hardware()}; {wall_min:.1f} min from the start of the sweep to its last run's metrics
+on {hardware()}; {wall_min:.1f} min {timed}
 (training and testing; read from the run files). Report written {datetime.now():%Y-%m-%d %H:%M}.
 Runs: `{display_path(sweep_dir)}`.
 

@@ -37,8 +37,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     apply_threads(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    fusion = fusion_label(cfg.model.fusion, cfg.model.get("localisation"))
     if cfg.get("run_name") is None:
-        cfg.run_name = f"{backbone_label(cfg)}-{fusion_label(cfg.model.fusion)}-seed{cfg.seed}"
+        cfg.run_name = f"{backbone_label(cfg)}-{fusion}-seed{cfg.seed}"
 
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_lit_module(cfg.model)
@@ -70,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "experiment": cfg.experiment_name,
                 "run_name": cfg.run_name,
                 "backbone": backbone_label(cfg),
-                "fusion": fusion_label(cfg.model.fusion),
+                "fusion": fusion,
                 "seed": int(cfg.seed),
                 "steps": int(trainer.global_step),
                 "best_checkpoint": best,

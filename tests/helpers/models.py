@@ -57,7 +57,7 @@ def compose_model_config(fusion: str, overrides: list[str] = ()):
 def tone_log_mel(settings, num_frames: int) -> torch.Tensor:
     """``(T, n_mels, n_frames)``: log-mel of each frame's window of a 440 Hz tone at ``FPS``,
     made as ``settings`` (:class:`~avvsr.data.audio_features.AudioFeatureSettings`) say."""
-    from avvsr.data.io import AudioTrack, audio_windows
+    from avvsr.data.audio_io import AudioTrack, audio_windows
 
     times = np.arange(round(num_frames / FPS * settings.sample_rate)) / settings.sample_rate
     samples = (0.5 * np.sin(2 * np.pi * 440.0 * times)).astype(np.float32)

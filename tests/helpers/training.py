@@ -1,6 +1,6 @@
-"""Shared by the training tests: a small synthetic set and the repo's Hydra configs composed
-for a quick CPU run in a temporary folder (the ``synth_root`` fixture of ``tests/conftest.py``
-is such a set)."""
+"""Shared by the training tests: the repo's Hydra configs composed for a quick CPU run in a
+temporary folder, reading a synthetic set such as the ``synth_root`` fixture of
+``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from avvsr.config import CONFIG_DIR
-
-
-def make_small_synthetic_set(root: Path) -> Path:
-    """A few short clips of the default geometry (96x96, 2 objects, 4 classes)."""
-    from avvsr.data.synthetic import SynthConfig, generate
-
-    generate(SynthConfig(num_train=4, num_val=2, num_test=2, num_frames=8), root, progress=False)
-    return root
 
 
 def compose_train(

@@ -1,14 +1,14 @@
 """``avvsr-upscale IN OUT --ckpt CKPT``: upscale a video with a trained model, keeping its audio.
 
 The video streams through the model in overlapping temporal windows (``--chunk``/``--overlap``,
-frames) and overlapping spatial tiles (``--tile``/``--tile-overlap``, LR pixels), so frame
-memory does not grow with the video's length (a fusion model's soundtrack is decoded whole,
-mono at the model's rate: 230 MB an hour at 16 kHz). The sizes not given are chosen so that the
-estimated peak memory stays within ``--max-memory`` (the network's share measured by a probe
-forward); the plan is printed before the first frame. OUT keeps the input's frame times; its
-audio is the input's audio stream, copied unchanged where OUT's container takes the codec
-(re-encoded otherwise; packets whose times do not increase are moved, and the summary says
-so). ``--ckpt`` takes a training checkpoint or an ``avvsr-export`` file.
+frames) and overlapping spatial tiles (``--tile``/``--tile-overlap``, LR pixels), and a fusion
+model's soundtrack is decoded window by window with them, so memory does not grow with the
+video's (or the soundtrack's) length. The sizes not given are chosen so that the estimated peak
+memory stays within ``--max-memory`` (the network's share measured by a probe forward); the
+plan is printed before the first frame. OUT keeps the input's frame times; its audio is the
+input's audio stream, copied unchanged where OUT's container takes the codec (re-encoded
+otherwise; packets whose times do not increase are moved, and the summary says so).
+``--ckpt`` takes a training checkpoint or an ``avvsr-export`` file.
 
 OUT is checked before anything is loaded: not the input (nor a link to it), not a folder, a
 suffix naming a container FFmpeg writes video to. It is written under a hidden ``.partial``
@@ -23,15 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avvsr.inference import (
-    DEFAULT_CHUNK,
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE_OVERLAP,
-    PRECISIONS,
-    default_memory_budget,
-    format_size,
-    parse_size,
-)
+from avvsr.inference import DEFAULT_CHUNK, DEFAULT_OVERLAP, DEFAULT_TILE_OVERLAP, PRECISIONS
+from avvsr.memory_plan import default_memory_budget, format_size, parse_size
 
 
 def _size(text: str) -> int:
@@ -120,8 +113,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from avvsr.checkpoint import load_model
     from avvsr.cli.common import exit_on_bad_input
     from avvsr.data.io import probe_video
-    from avvsr.inference import InferenceSettings, check_output, upscale_video
+    from avvsr.inference import InferenceSettings
     from avvsr.models.acceleration import Acceleration
+    from avvsr.upscaling import check_output, upscale_video
 
     try:
         settings = InferenceSettings(

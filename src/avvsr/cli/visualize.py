@@ -98,7 +98,7 @@ def visualize(
     """
     from avvsr.checkpoint import load_model
     from avvsr.data.degradations import crop_to_scale, degrade
-    from avvsr.data.io import probe_video, read_audio, read_frames
+    from avvsr.data.io import probe_video, read_frames
     from avvsr.errors import DatasetError, MediaError
     from avvsr.inference import ChunkedUpscaler, InferenceSettings, frame_audio_for
     from avvsr.visualization import sample_panel, save_png
@@ -128,7 +128,10 @@ def visualize(
     frame_audio = frame_audio_for(
         model, video, info.has_audio, info.timestamps_s[indices], allow_silent
     )
-    audio = frame_audio.features(0, len(indices)) if frame_audio is not None else None
+    audio = None
+    if frame_audio is not None:
+        with frame_audio:
+            audio = frame_audio.features(0, len(indices))
     out = ChunkedUpscaler(model.net, InferenceSettings(device=device)).forward(lq, audio)
     rows = [
         sample_panel(lq[t], out.sr[0, t], None if gt is None else gt[t],
@@ -143,26 +146,30 @@ def visualize(
     save_png(torch.cat([rows[i] for i in grid_frames], dim=1), out_dir / GRID_NAME)
     soundtrack = None
     if info.has_audio:
-        track = read_audio(video, info.audio_sample_rate)
-        soundtrack = clip_soundtrack(track, info.timestamps_s[indices[0]], len(indices) / info.fps)
+        soundtrack = clip_soundtrack(
+            video, info.audio_sample_rate, info.timestamps_s[indices[0]], len(indices) / info.fps
+        )
     write_panels(out_dir / VIDEO_NAME, rows, info.fps, soundtrack, info.audio_sample_rate)
     return Figure(out_dir / GRID_NAME, out_dir / VIDEO_NAME, columns,
                   [int(indices[i]) for i in grid_frames])
 
 
-def clip_soundtrack(track, start_s: float, duration_s: float) -> np.ndarray:
-    """float32 ``(N,)``: ``duration_s`` seconds of ``track`` from ``start_s`` (zeros outside)."""
-    from avvsr.data.io import audio_windows
+def clip_soundtrack(
+    video: Path, sample_rate: int, start_s: float, duration_s: float
+) -> np.ndarray:
+    """float32 ``(N,)``: ``duration_s`` seconds of the soundtrack of ``video`` at
+    ``sample_rate`` Hz from ``start_s`` (zeros outside it), decoded only as far as needed."""
+    from avvsr.data.audio_io import AudioReader
 
-    return audio_windows(track, np.array([start_s + duration_s / 2]), duration_s)[0]
+    with AudioReader(video, sample_rate) as reader:
+        return reader.windows(np.array([start_s + duration_s / 2]), duration_s)[0]
 
 
 def write_panels(
     path: Path, rows: list[Tensor], fps: float, audio: np.ndarray | None, sample_rate: int | None
 ) -> None:
     """Write the rows ``(3, H, W)`` as a video at ``fps``, with ``audio`` if given."""
-    from avvsr.data.io import write_video
-    from avvsr.inference import pixel_format_for
+    from avvsr.data.video_writer import pixel_format_for, write_video
 
     frames = torch.stack(rows).clamp(0, 1).mul(255).round().to(torch.uint8)
     frames = frames.permute(0, 2, 3, 1).numpy()

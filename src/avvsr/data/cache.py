@@ -21,14 +21,15 @@ audio sample rate), so a renamed file still hits and an edited file misses. Hash
 about 700 MB/s here (one 10 s AVE clip: a few ms) and is memoised per process by the file's
 identity (device, inode, size, modification time).
 
-Writes are atomic: an entry is written into a temporary folder ``<root>/.tmp-...`` and
-renamed into place when complete, a frames file under a temporary name in its entry, so a
-crash never leaves a half entry, and several processes writing the same entry at once end with
-one complete copy. Temporary folders and files left by dead processes on this host are removed
-when a cache is opened. A damaged entry (a truncated or foreign file) is detected when it is
-opened, logged, deleted and built again. A write that finds the disk full (``ENOSPC``,
-``EDQUOT``) discards what it wrote and reports the folder and its free space: the entry is
-then kept in memory, the frames read from the video.
+Writes are atomic (:func:`avvsr.atomic.atomic_write`): an entry is written into a hidden
+temporary folder beside it and renamed into place when complete, a frames file under a
+temporary name in its entry, so a crash never leaves a half entry, and several processes
+writing the same entry at once end with one complete copy (the first one renamed in; the others
+are discarded). Temporary folders and files left by dead processes on this host are removed
+when a cache is opened (:func:`avvsr.atomic.remove_stale_partials_in`). A damaged entry (a
+truncated or foreign file) is detected when it is opened, logged, deleted and built again. A
+write that finds the disk full (``ENOSPC``, ``EDQUOT``) discards what it wrote and reports the
+folder and its free space: the entry is then kept in memory, the frames read from the video.
 
 :meth:`DecodeCache.prepare` and :meth:`DecodeCache.prepare_frames` build many entries with a
 pool of processes and a progress bar; complete entries are kept, so an interrupted build
@@ -40,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import json
 import logging
 import multiprocessing
@@ -54,8 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from avvsr.atomic import process_alive, this_host, writer_tag
-from avvsr.data.io import AudioTrack, FrameIndex
+from avvsr.atomic import atomic_write, discard, remove_stale_partials_in
+from avvsr.data.audio_io import AudioTrack
+from avvsr.data.io import FrameIndex
 from avvsr.errors import (
     DatasetError,
     MediaError,
@@ -66,7 +67,6 @@ from avvsr.errors import (
 
 PathLike = str | os.PathLike[str]
 CACHE_FORMAT = "avvsr-decode-v3"  # v3: entries without frames; frames per range; byte sizes
-TEMP_PREFIX = ".tmp-"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class DecodeCache:
         self.disk_full = 0
         self._memory: dict[str, VideoEntry] = {}  # entries the disk had no room for
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_orphaned_temporaries()
+        self._remove_stale_temporaries()
 
     def __getstate__(self) -> dict:
         # Counters are per process; a copy sent to a worker starts at zero.
@@ -226,15 +226,16 @@ class DecodeCache:
 
     def _discard_damaged(self, entry: Path, path: PathLike, why: str) -> None:
         log.warning("%s: damaged cache entry (%s); building it again from %s", entry, why, path)
-        self._discard_entry(entry)
+        with contextlib.suppress(OSError):
+            discard(entry)  # moved aside atomically, then deleted
 
     def _build_entry(self, path: PathLike, key: str) -> VideoEntry:
         """Probe ``path`` and decode its audio; store the entry (in memory if the disk is full)."""
-        from avvsr.data import io
+        from avvsr.data import audio_io, io
 
         info = io.probe_video(path)
         try:
-            track = io.read_audio(path, self.sample_rate)
+            track = audio_io.read_audio(path, self.sample_rate)
         except MissingAudioError:
             track = None
         entry = VideoEntry(
@@ -254,23 +255,22 @@ class DecodeCache:
         if info.index is not None:
             arrays.update(pts=info.index.pts, keyframes=info.index.keyframes)
             meta.update(demuxer=info.index.demuxer, codec=info.index.codec)
-        temporary = self._temporary_path()
-        temporary.mkdir()
         try:
-            meta["arrays"] = {
-                name: _write_npy(temporary / f"{name}.npy", [array], array.shape, array.dtype)
-                for name, array in arrays.items()
-            }
-            # Written last: an entry with meta.json is complete.
-            (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
-            _publish(temporary, self.root / key)
+            # Another process's copy of the entry may be renamed in first: it is the same.
+            with atomic_write(self.root / key, folder=True, keep_existing=True,
+                              remove_stale=False) as temporary:
+                meta["arrays"] = {
+                    name: _write_npy(temporary / f"{name}.npy", [array], array.shape,
+                                     array.dtype)
+                    for name, array in arrays.items()
+                }
+                # Written last: an entry with meta.json is complete.
+                (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
         except OSError as error:
             if error.errno not in DISK_FULL:
                 raise
-            self._report_disk_full(temporary, path, "its probe and audio are kept in memory")
+            self._report_disk_full(self.root, path, "its probe and audio are kept in memory")
             return replace(entry, stored=False)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
         return self.open(key)
 
     # ------------------------------------------------------------------ frames
@@ -311,26 +311,21 @@ class DecodeCache:
         from avvsr.data import io
 
         target = self.frames_path(entry.key, first, stop)
-        temporary = target.with_name(f"{TEMP_PREFIX}{writer_tag()}.npy")
         shape = (stop - first, entry.height, entry.width, 3)
         chunks = _frame_range_in_order(
             io.iter_frame_chunks(entry.source, self.chunk_frames), first, stop
         )
         try:
-            _write_npy(temporary, chunks, shape, np.dtype(np.uint8))
-            os.replace(temporary, target)
+            with atomic_write(target, remove_stale=False) as temporary:
+                _write_npy(temporary, chunks, shape, np.dtype(np.uint8))
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             if error.errno not in DISK_FULL:
                 raise
-            self._report_disk_full(temporary, entry.source, "its frames are read from the video")
+            self._report_disk_full(target.parent, entry.source,
+                                   "its frames are read from the video")
             return False
         except ValueError as error:  # fewer frames decode than the probe counted
-            temporary.unlink(missing_ok=True)
             raise VideoDecodeError(entry.source, f"frames {first}..{stop - 1}: {error}") from None
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
         return True
 
     # ------------------------------------------------------------------ in parallel
@@ -434,35 +429,19 @@ class DecodeCache:
         return outcomes
 
     # ------------------------------------------------------------------ housekeeping
-    def _report_disk_full(self, temporary: Path, path: PathLike, outcome: str) -> None:
+    def _report_disk_full(self, folder: Path, path: PathLike, outcome: str) -> None:
         self.disk_full += 1
         free_mb = shutil.disk_usage(self.root).free / 1e6
         log.warning("%s: disk full writing the cache entry of %s (%.1f MB free); "
-                    "the partial entry was discarded and %s", temporary.parent, path, free_mb,
-                    outcome)
+                    "the partial entry was discarded and %s", folder, path, free_mb, outcome)
 
-    def _temporary_path(self) -> Path:
-        return self.root / f"{TEMP_PREFIX}{writer_tag()}"
-
-    def _discard_entry(self, entry: Path) -> None:
-        """Move a damaged entry (folder or file) aside atomically, then delete it."""
-        aside = self._temporary_path()
-        with contextlib.suppress(OSError):
-            entry.rename(aside)
-        shutil.rmtree(aside, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            aside.unlink()
-
-    def _remove_orphaned_temporaries(self) -> None:
-        """Delete temporary folders and files whose writer (a process on this host) is gone."""
-        for item in itertools.chain(self.root.glob(f"{TEMP_PREFIX}*"),
-                                    self.root.glob(f"*/{TEMP_PREFIX}*")):
-            owner, _, host = item.name[len(TEMP_PREFIX):].removesuffix(".npy").partition("@")
-            pid = owner.split("-")[0]
-            if host == this_host() and pid.isdigit() and not process_alive(int(pid)):
-                shutil.rmtree(item, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    item.unlink()
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary folders (of entries) and files (of frames, in entries) whose
+        writer, a process on this host, is gone: once here rather than on every write."""
+        remove_stale_partials_in(self.root)
+        for entry in self.root.iterdir():
+            if entry.is_dir():
+                remove_stale_partials_in(entry)
 
 
 # ---------------------------------------------------------------------- pool tasks
@@ -565,14 +544,3 @@ def _frame_range_in_order(
         if lo < hi:
             yield chunk[lo:hi]
         position += len(chunk)
-
-
-def _publish(temporary: Path, target: Path) -> None:
-    """Rename a complete temporary entry into place; another process's copy may be first."""
-    try:
-        temporary.rename(target)
-    except OSError as error:
-        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-
-

@@ -48,9 +48,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from avvsr.data.audio_features import AudioFeatureSettings
+from avvsr.data.audio_io import AudioTrack, audio_windows
 from avvsr.data.cache import DamagedEntryError, DecodeCache, VideoEntry
 from avvsr.data.degradations import DEGRADATIONS, crop_to_scale, degrade
-from avvsr.data.io import STREAM_READERS, AudioTrack, audio_windows
+from avvsr.data.io import STREAM_READERS
 from avvsr.data.sources import ClipRecord, ClipSource
 from avvsr.errors import ClipTooShortError, DatasetError, MediaError, MissingAudioError
 

@@ -35,15 +35,12 @@ Every clip's randomness derives from ``(seed, split, index)`` only.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
 import logging
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from avvsr.atomic import atomic_write
 from avvsr.errors import DatasetError, MissingFileError
 
 FORMAT = "avvsr-synth-v1"
@@ -723,15 +721,13 @@ def _class_harmonics(config: SynthConfig) -> dict[str, list[list[float]]]:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    from avvsr.atomic import atomic_write
-
     with atomic_write(path) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)
 
 
 def write_clip(spec: ClipSpec, root: PathLike) -> ClipEntry:
     """Render ``spec`` and write ``<root>/<key>.mp4`` and ``<root>/<key>_labels.npy``."""
-    from avvsr.data.io import write_video
+    from avvsr.data.video_writer import write_video
 
     config = spec.config
     video = Path(root) / f"{spec.key}.mp4"
@@ -838,34 +834,15 @@ def _check_reusable(out: Path, params: dict[str, Any]) -> bool:
     )
 
 
-def _publish(staging: Path, out: Path, params: dict[str, Any], overwrite: bool) -> None:
-    """Rename the finished ``staging`` folder to ``out`` (replacing it if ``overwrite``)."""
-    if overwrite and out.exists():
-        retired = out.with_name(f".{out.name}.replaced-{staging.name}")
-        os.replace(out, retired)
-        os.replace(staging, out)
-        if retired.is_dir():
-            shutil.rmtree(retired)
-        else:
-            retired.unlink()
-        return
-    try:
-        os.replace(staging, out)
-    except OSError:
-        # Another process finished the same set first: keep its copy if it is ours.
-        if not _check_reusable(out, params):
-            raise
-        shutil.rmtree(staging)
-
-
 def generate(
     config: SynthConfig, out: PathLike, *, overwrite: bool = False, progress: bool = True
 ) -> Path:
     """Generate the set into ``out`` atomically; returns ``out``.
 
-    Writes into a temporary folder beside ``out`` and renames it when complete. If ``out``
-    already holds a complete set with the same parameters, does nothing; with other
-    parameters (or other contents) raises :class:`DatasetError` unless ``overwrite``.
+    Writes into a temporary folder beside ``out`` and renames it when complete
+    (:func:`avvsr.atomic.atomic_write`). If ``out`` already holds a complete set with the same
+    parameters, does nothing; with other parameters (or other contents) raises
+    :class:`DatasetError` unless ``overwrite`` (the old contents are then replaced whole).
     """
     from tqdm import tqdm
 
@@ -875,9 +852,9 @@ def generate(
         logger.info("%s already holds this synthetic set (same parameters); nothing to do", out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
-    staging.mkdir()
-    try:
+    # Without overwrite, another process may finish a set at ``out`` first: kept, and checked
+    # below to be this one.
+    with atomic_write(out, folder=True, keep_existing=not overwrite) as staging:
         splits: dict[str, list[dict[str, Any]]] = {}
         with tqdm(total=sum(config.split_sizes.values()), desc="avvsr-synth", unit="clip",
                   disable=not progress) as bar:
@@ -896,10 +873,7 @@ def generate(
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n",
                                              encoding="utf-8")
-        _publish(staging, out, params, overwrite)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(staging)
-        raise
+    if not overwrite:
+        _check_reusable(out, params)
     logger.info("wrote %s (%s clips)", out, sum(config.split_sizes.values()))
     return out

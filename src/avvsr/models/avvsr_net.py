@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from avvsr.models.backbones.base import VSRBackbone
+from avvsr.models.fusion import AttentionEmbeddings
 
 FusionFactory = Callable[..., nn.Module]
 """Builds a fusion module from ``visual_channels=C, audio_dim=D`` (a Hydra ``_partial_``)."""
@@ -25,10 +26,14 @@ class AVVSROutput:
 
     ``sr``: ``(B, T, 3, H, W)``. ``masks``: one attention mask per fusion scale, each
     ``(B, T, 1, h_s, w_s)`` in [0, 1], finest first; empty without (attention-based) fusion.
+    ``embeddings``: only when asked for (``return_embeddings``), the space each mask is
+    computed in, finest first: keys ``(B, T, E, h_s, w_s)`` and query ``(B, T, E)``
+    (:class:`~avvsr.models.fusion.AttentionEmbeddings`); else empty.
     """
 
     sr: Tensor
     masks: list[Tensor] = field(default_factory=list)
+    embeddings: list[AttentionEmbeddings] = field(default_factory=list)
 
 
 class AVVSRNet(nn.Module):
@@ -68,10 +73,14 @@ class AVVSRNet(nn.Module):
     def uses_audio(self) -> bool:
         return self.fusion is not None
 
-    def forward(self, lq: Tensor, audio: Tensor | None = None) -> AVVSROutput:
+    def forward(
+        self, lq: Tensor, audio: Tensor | None = None, *, return_embeddings: bool = False
+    ) -> AVVSROutput:
         """``lq`` (B, T, 3, h, w) and log-mel ``audio`` (B, T, n_mels, n_frames) -> output.
 
         ``audio`` is required when the model fuses audio and ignored otherwise.
+        ``return_embeddings``: also return the attention embeddings of every scale (the
+        fusion's ``return_embeddings``; the output is the same).
         """
         if self.fusion is None:
             return AVVSROutput(sr=self.backbone(lq))
@@ -80,16 +89,34 @@ class AVVSRNet(nn.Module):
                 "this model fuses audio: pass log-mel `audio` (B, T, n_mels, n_frames)"
             )
         embedding = self.audio_encoder(audio)  # (B, T, D)
-        group_masks: list[list[Tensor]] = []  # per hook call (group of frames), per scale
+        # Per hook call (group of frames), per scale: masks, and keys and queries if asked for.
+        group_masks: list[list[Tensor]] = []
+        group_keys: list[list[Tensor]] = []
+        group_queries: list[list[Tensor]] = []
 
         def fuse(feat: Tensor, frames: slice) -> Tensor:
             batch = feat.shape[0]
-            audio_feat = embedding[:, frames].flatten(0, 1)
-            fused, scale_masks = self.fusion(feat.flatten(0, 1), audio_feat)
-            group_masks.append([m.unflatten(0, (batch, -1)) for m in scale_masks])
-            return fused.unflatten(0, (batch, -1))
+
+            def per_clip(x: Tensor) -> Tensor:  # (B*T', ...) -> (B, T', ...)
+                return x.unflatten(0, (batch, -1))
+
+            frame_feat, audio_feat = feat.flatten(0, 1), embedding[:, frames].flatten(0, 1)
+            if return_embeddings:
+                fused, scale_masks, spaces = self.fusion(
+                    frame_feat, audio_feat, return_embeddings=True
+                )
+                group_keys.append([per_clip(space.keys) for space in spaces])
+                group_queries.append([per_clip(space.query) for space in spaces])
+            else:  # the plain fusion contract: (fused, masks)
+                fused, scale_masks = self.fusion(frame_feat, audio_feat)
+            group_masks.append([per_clip(m) for m in scale_masks])
+            return per_clip(fused)
 
         sr = self.backbone(lq, feature_hook=fuse)
-        # The groups come in frame order: join each scale's masks along T.
-        masks = [torch.cat(scale, dim=1) for scale in zip(*group_masks, strict=True)]
-        return AVVSROutput(sr=sr, masks=masks)
+        # The groups come in frame order: join each scale's tensors along T.
+        masks, keys, queries = (
+            [torch.cat(scale, dim=1) for scale in zip(*groups, strict=True)]
+            for groups in (group_masks, group_keys, group_queries)
+        )
+        embeddings = [AttentionEmbeddings(k, q) for k, q in zip(keys, queries, strict=True)]
+        return AVVSROutput(sr=sr, masks=masks, embeddings=embeddings)

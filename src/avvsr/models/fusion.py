@@ -5,6 +5,8 @@ Interface (used by ``AVVSRNet`` at the backbone's fusion point)::
     fusion = MSAVF(visual_channels=C, audio_dim=D, scales=3)
     fused, masks = fusion(feat, audio)   # feat (N, C, h, w), audio (N, D)
     # fused (N, C, h, w); masks: one (N, 1, h_s, w_s) in [0, 1] per scale, finest first
+    fused, masks, spaces = fusion(feat, audio, return_embeddings=True)
+    # spaces: per scale, finest first, the AttentionEmbeddings each mask is computed from
 
 How it works, per frame:
 
@@ -33,6 +35,7 @@ is empty). Every variant keeps the zero-initialised residual.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +52,26 @@ def conv3x3_act(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequ
     )
 
 
+@dataclass
+class AttentionEmbeddings:
+    """The shared audio-visual space one scale's attention mask is computed in.
+
+    ``keys`` (N, E, h, w): the projected visual features, unit length along E; ``query``
+    (N, E): the projected audio embedding, unit length. The scale's mask is
+    ``sigmoid(temperature * cosine + bias)`` of ``cosine = einsum("nehw,ne->nhw", keys, query)``,
+    so any other frame's audio (another row of ``query``) can be scored against these keys
+    (the self-supervised localisation loss does). Float32 at least (see AudioGuidedFiLM).
+    """
+
+    keys: Tensor
+    query: Tensor
+
+
 class AudioGuidedFiLM(nn.Module):
     """One scale's audio-guided attention and mask-gated FiLM.
 
-    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), mask (N, 1, h, w) in [0, 1])``.
+    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), mask (N, 1, h, w) in [0, 1],
+    the AttentionEmbeddings the mask is computed from)``.
     """
 
     def __init__(
@@ -65,7 +84,7 @@ class AudioGuidedFiLM(nn.Module):
         self.logit_bias = nn.Parameter(torch.zeros(()))
         self.film = nn.Linear(audio_dim, 2 * channels)
 
-    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, AttentionEmbeddings]:
         # The similarity is computed in float32 at least: normalising float16 vectors underflows
         # (and a float64 model stays float64, so its output does not depend on the batch).
         precision = torch.promote_types(visual.dtype, torch.float32)
@@ -75,14 +94,15 @@ class AudioGuidedFiLM(nn.Module):
         logits = self.log_temperature.exp() * cosine + self.logit_bias
         mask = torch.sigmoid(logits).to(visual.dtype)
         gamma, beta = self.film(audio)[:, :, None, None].chunk(2, dim=1)
-        return visual * (1 + mask * gamma) + mask * beta, mask
+        fused = visual * (1 + mask * gamma) + mask * beta
+        return fused, mask, AttentionEmbeddings(keys, query)
 
 
 class TiledConcatFusion(nn.Module):
     """One scale of the concat baseline: the projected audio, tiled over space, concatenated
     with the visual features and mixed by a 1x1 conv (residual).
 
-    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), None)`` (no mask).
+    ``(visual (N, K, h, w), audio (N, D)) -> (fused (N, K, h, w), None, None)`` (no mask).
     """
 
     def __init__(self, channels: int, audio_dim: int, embed_dim: int) -> None:
@@ -90,9 +110,9 @@ class TiledConcatFusion(nn.Module):
         self.audio_proj = nn.Linear(audio_dim, embed_dim)
         self.mix = nn.Sequential(nn.Conv2d(channels + embed_dim, channels, 1), nn.LeakyReLU(0.1))
 
-    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, None]:
+    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, None, None]:
         tiled = self.audio_proj(audio)[:, :, None, None].expand(-1, -1, *visual.shape[-2:])
-        return visual + self.mix(torch.cat([visual, tiled], dim=1)), None
+        return visual + self.mix(torch.cat([visual, tiled], dim=1)), None, None
 
 
 class MSAVF(nn.Module):
@@ -151,21 +171,26 @@ class MSAVF(nn.Module):
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, feat: Tensor, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """``feat`` (N, C, h, w), ``audio`` (N, D) -> (fused (N, C, h, w), masks).
+    def forward(
+        self, feat: Tensor, audio: Tensor, *, return_embeddings: bool = False
+    ) -> tuple[Tensor, list[Tensor]] | tuple[Tensor, list[Tensor], list[AttentionEmbeddings]]:
+        """``feat`` (N, C, h, w), ``audio`` (N, D) -> (fused (N, C, h, w), masks), and with
+        ``return_embeddings`` also the :class:`AttentionEmbeddings` of each mask.
 
         ``masks``: per scale, finest first, ``(N, 1, h_s, w_s)`` in [0, 1] with
-        ``h_0 = h`` and ``h_s = ceil(h_{s-1} / 2)``; empty when ``attention=False``.
+        ``h_0 = h`` and ``h_s = ceil(h_{s-1} / 2)``; empty when ``attention=False`` (and so
+        are the embeddings). Asking for the embeddings changes nothing else.
         """
         pyramid = [self.stem(feat)]
         for down in self.downsample:
             pyramid.append(down(pyramid[-1]))
-        fused, masks = [], []
+        fused, masks, spaces = [], [], []
         for level, fuse in zip(pyramid, self.fuse, strict=True):
-            level_fused, mask = fuse(level, audio)
+            level_fused, mask, space = fuse(level, audio)
             fused.append(level_fused)
             if mask is not None:
                 masks.append(mask)
+                spaces.append(space)
         if self.top_down:
             top = fused[-1]
             for finer, lift in zip(reversed(fused[:-1]), reversed(self.lift), strict=True):
@@ -174,7 +199,8 @@ class MSAVF(nn.Module):
             top = fused[0]
             for coarser, lift in zip(fused[1:], self.lift, strict=True):
                 top = top + lift(upsample_to(coarser, fused[0]))
-        return feat + self.out_proj(top), masks
+        output = feat + self.out_proj(top)
+        return (output, masks, spaces) if return_embeddings else (output, masks)
 
 
 def upsample_to(x: Tensor, reference: Tensor) -> Tensor:

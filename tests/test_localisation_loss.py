@@ -1,0 +1,127 @@
+"""The LVS-style localisation loss: what it rewards on hand-built maps, which clips it learns
+from, where its gradients go, and that asking MS-AVF for its embeddings changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avvsr.models.audio_encoder import AudioEncoder
+from avvsr.models.fusion import MSAVF
+from avvsr.models.localisation_loss import LVSLocalisationLoss
+
+SIZE = 4  # h = w of the hand-built maps
+
+
+def two_clips_with_their_own_regions(frames: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys ``(2, T, 3, 4, 4)`` and queries ``(2, T, 3)``: clip 0's audio is the direction e0,
+    clip 1's e1; clip 0's frame holds e0 in its top-left quarter, clip 1's e1 in its
+    bottom-right one, the rest of both frames the background direction e2. So each clip's audio
+    has cosine 1 with its own region and 0 everywhere else, in both frames."""
+    basis = torch.eye(3)
+    keys = basis[2][None, None, :, None, None].repeat(2, frames, 1, SIZE, SIZE)
+    keys[0, :, :, :2, :2] = basis[0][:, None, None]
+    keys[1, :, :, 2:, 2:] = basis[1][:, None, None]
+    query = basis[:2][:, None].repeat(1, frames, 1)
+    return keys, query
+
+
+ALL = torch.ones(2, dtype=torch.bool)
+
+
+def test_each_clips_audio_matching_a_region_of_its_own_frame_costs_little() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    assert LVSLocalisationLoss()(keys, query, ALL) < 1e-4
+
+
+def test_audio_that_matches_the_other_clips_frame_instead_costs_much() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    # Swapped audio: the own maps are 0 everywhere, the other clip's audio matches a region.
+    # Then the positive (0) is below a negative (1): -log(1 / (2 + e^(1 / 0.07))) ~ 14.3.
+    assert LVSLocalisationLoss()(keys, query.flip(0), ALL) > 10
+
+
+def test_audio_that_matches_its_whole_frame_costs_more_than_audio_that_matches_a_region() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    loss = LVSLocalisationLoss()
+    # Each frame's keys are its own audio's direction: cosine 1 at every pixel.
+    everywhere = query[:, :, :, None, None].expand(-1, -1, -1, SIZE, SIZE)
+    # Positive and hard negative are then equal (and the other clip's audio matches nothing):
+    # -log(e^s / (2 e^s + 1)) ~ log 2.
+    flat = loss(everywhere, query, ALL)
+    assert flat.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-3)
+    assert loss(keys, query, ALL) < flat / 100
+
+
+def test_only_clips_that_hear_their_own_audio_are_learnt_from() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    keys[1] = F.normalize(torch.ones_like(keys[1]), dim=1)  # clip 1's audio matches nothing well
+    loss = LVSLocalisationLoss()
+    both = loss(keys, query, ALL)
+    assert loss(keys, query, torch.tensor([True, False])) < 1e-4 < both
+    assert loss(keys, query, torch.tensor([False, False])) == 0
+
+
+@pytest.mark.parametrize("options", [
+    {"weight": 0}, {"positive_threshold": 0.3, "negative_threshold": 0.5},
+    {"region_temperature": 0}, {"contrast_temperature": -1},
+])
+def test_settings_that_turn_the_term_off_or_make_no_sense_are_refused(options: dict) -> None:
+    with pytest.raises(ValueError):
+        LVSLocalisationLoss(**options)
+
+
+def test_mismatched_shapes_are_refused() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    with pytest.raises(ValueError, match="anchors"):
+        LVSLocalisationLoss()(keys, query, torch.ones(3, dtype=torch.bool))
+
+
+def small_fusion() -> tuple[MSAVF, AudioEncoder, torch.Tensor, torch.Tensor]:
+    """A 3-scale MS-AVF, its audio encoder, and features ``(B*T = 6, 8, 6, 6)`` and log-mel
+    ``(B = 2, T = 3, 16, 9)``."""
+    encoder = AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2)
+    fusion = MSAVF(visual_channels=8, audio_dim=6, scales=3, hidden_channels=8, embed_dim=4)
+    return fusion, encoder, torch.randn(6, 8, 6, 6), torch.randn(2, 3, 16, 9)
+
+
+def test_the_term_trains_what_the_finest_mask_is_computed_from() -> None:
+    fusion, encoder, feat, log_mel = small_fusion()
+    feat.requires_grad_(True)
+    _, _, spaces = fusion(feat, encoder(log_mel).flatten(0, 1), return_embeddings=True)
+    finest = spaces[0]
+    LVSLocalisationLoss()(
+        finest.keys.unflatten(0, (2, 3)), finest.query.unflatten(0, (2, 3)), ALL
+    ).backward()
+
+    def has_gradient(module: torch.nn.Module) -> bool:
+        return all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    finest_attention = fusion.fuse[0]
+    for part in (finest_attention.visual_proj, finest_attention.audio_proj, fusion.stem, encoder):
+        assert has_gradient(part), part
+    assert feat.grad.abs().sum() > 0  # and on into the backbone
+    # The mask's temperature and bias keep its ordering, which is what the term trains.
+    assert finest_attention.log_temperature.grad is None
+    assert not any(p.grad is not None for p in fusion.fuse[1].parameters())  # coarser scales
+
+
+def test_asking_for_the_embeddings_changes_no_output_and_they_make_the_masks() -> None:
+    fusion, encoder, feat, log_mel = small_fusion()
+    audio = encoder(log_mel).flatten(0, 1)
+    fused, masks = fusion(feat, audio)
+    fused_too, masks_too, spaces = fusion(feat, audio, return_embeddings=True)
+    assert torch.equal(fused, fused_too)
+    assert all(torch.equal(a, b) for a, b in zip(masks, masks_too, strict=True))
+    assert len(spaces) == len(masks) == 3
+    for mask, space, attention in zip(masks, spaces, fusion.fuse, strict=True):
+        assert torch.allclose(space.keys.norm(dim=1), torch.ones(()))
+        cosine = torch.einsum("nehw,ne->nhw", space.keys, space.query)[:, None]
+        remade = torch.sigmoid(attention.log_temperature.exp() * cosine + attention.logit_bias)
+        assert torch.allclose(remade, mask)
+
+
+def test_the_concat_baseline_has_no_embeddings() -> None:
+    fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2, attention=False)
+    assert fusion(torch.randn(2, 8, 5, 5), torch.randn(2, 6), return_embeddings=True)[2] == []
