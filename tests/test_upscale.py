@@ -581,6 +581,9 @@ def test_signal_mid_run_leaves_nothing_and_says_so(tmp_path, tiny_checkpoints, s
          "--tile", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # SIGINT as a terminal leaves it: a test run started in the background (`make test &`)
+        # ignores SIGINT, and its children would inherit that and finish instead.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(f".up.{process.pid}-*.partial.mp4")):
