@@ -185,6 +185,31 @@ def test_a_long_soundtrack_is_never_held_whole(fusion_model, tmp_path):
     assert peak < track_bytes / 3
 
 
+def test_an_upscale_that_fails_after_opening_the_soundtrack_closes_it(fusion_model, tmp_path,
+                                                                     monkeypatch):
+    """A budget too small for any plan fails after the soundtrack is open: the reader is
+    closed on the way out (not left to the garbage collector) and nothing is written."""
+    from avvsr.data.audio_io import AudioReader
+
+    readers, original_open = [], AudioReader._open
+
+    def recording_open(reader):
+        readers.append(reader)
+        original_open(reader)
+
+    monkeypatch.setattr(AudioReader, "_open", recording_open)
+    # Ten seconds of sound: the plan's probe reads only its first frames' windows, so the
+    # reader is still open (not at the end of the stream) when the plan fails.
+    source = write_av(tmp_path / "in.mp4", moving_pattern(50, 16, 16), fps=5.0,
+                      audio=tone(440.0, 10.0))
+    out = tmp_path / "out.mp4"
+    with pytest.raises(MemoryBudgetError):
+        upscale_video(source, out, fusion_model, InferenceSettings(max_memory=1 << 20),
+                      progress=False)
+    assert readers and all(reader._container is None for reader in readers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
 def test_each_window_gets_the_audio_of_its_frames(fusion_model, tmp_path, monkeypatch):
     from avvsr.inference import frame_audio_for
 

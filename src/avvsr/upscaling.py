@@ -149,37 +149,42 @@ def upscale_video(
     started = time.perf_counter()
     upscaler = ChunkedUpscaler(model.net, settings)
     times = upscaler.times
-    with times.stage("decode"):
-        info = probe_video(source)
-        frame_audio = frame_audio_for(
-            model, source, info.has_audio, info.timestamps_s, allow_silent
-        )
-    audio = frame_audio.features if frame_audio is not None else None
-    plan = None
-    if None in (settings.chunk, settings.overlap, settings.tile, settings.tile_overlap) or (
-        settings.max_memory is not None
-    ):
-        with times.stage("plan"):
-            plan = plan_inference(
-                upscaler, settings, info.width, info.height, info.num_frames, audio
+    # Whatever fails after the soundtrack or the output is opened closes them (and deletes
+    # the partial output) on the way out.
+    with contextlib.ExitStack() as stack:
+        with times.stage("decode"):
+            info = probe_video(source)
+            frame_audio = frame_audio_for(
+                model, source, info.has_audio, info.timestamps_s, allow_silent
             )
-        upscaler.settings = plan.settings
-        if on_plan is not None:
-            on_plan(plan)
-    pts, time_base = source_pts(source, info.timestamps_s)
-    out_width, out_height = info.width * model.scale, info.height * model.scale
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    writer = VideoWriter(
-        destination, info.fps, out_width, out_height, pts=pts, time_base=time_base, crf=crf,
-        pix_fmt=pixel_format_for(out_width, out_height),
-        lookahead=plan.encoder_lookahead if plan is not None else None,
-        audio_source=source if info.has_audio else None,
-    )
-    bar = tqdm(
-        total=info.num_frames, desc=source.name, unit="frame", bar_format=PROGRESS_FORMAT,
-        disable=not progress,
-    )
-    with writer, bar, frame_audio or contextlib.nullcontext():
+        audio = None
+        if frame_audio is not None:
+            stack.enter_context(frame_audio)
+            audio = frame_audio.features
+        plan = None
+        if None in (settings.chunk, settings.overlap, settings.tile, settings.tile_overlap) or (
+            settings.max_memory is not None
+        ):
+            with times.stage("plan"):
+                plan = plan_inference(
+                    upscaler, settings, info.width, info.height, info.num_frames, audio
+                )
+            upscaler.settings = plan.settings
+            if on_plan is not None:
+                on_plan(plan)
+        pts, time_base = source_pts(source, info.timestamps_s)
+        out_width, out_height = info.width * model.scale, info.height * model.scale
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        writer = stack.enter_context(VideoWriter(
+            destination, info.fps, out_width, out_height, pts=pts, time_base=time_base, crf=crf,
+            pix_fmt=pixel_format_for(out_width, out_height),
+            lookahead=plan.encoder_lookahead if plan is not None else None,
+            audio_source=source if info.has_audio else None,
+        ))
+        bar = stack.enter_context(tqdm(
+            total=info.num_frames, desc=source.name, unit="frame", bar_format=PROGRESS_FORMAT,
+            disable=not progress,
+        ))
         decode_step = upscaler.settings.chunk - upscaler.settings.overlap
         chunks = iter_frame_chunks(source, decode_step)
         for frames in upscaler.upscale(
@@ -189,14 +194,15 @@ def upscale_video(
                 writer.write_frames(frames)
         with times.stage("encode"):
             writer.close()
-    return UpscaleReport(
-        path=destination,
-        num_frames=info.num_frames,
-        input_size=(info.width, info.height),
-        output_size=(out_width, out_height),
-        audio=writer.audio_mode,
-        audio_packets_retimed=writer.audio_packets_retimed,
-        plan=plan,
-        seconds=time.perf_counter() - started,
-        stage_seconds=dict(times.seconds),
-    )
+        return UpscaleReport(
+            path=destination,
+            num_frames=info.num_frames,
+            input_size=(info.width, info.height),
+            output_size=(out_width, out_height),
+            audio=writer.audio_mode,
+            audio_packets_retimed=writer.audio_packets_retimed,
+            plan=plan,
+            seconds=time.perf_counter() - started,
+            stage_seconds=dict(times.seconds),
+        )
+
