@@ -85,8 +85,6 @@ class LVSLocalisationLoss(nn.Module):
                 f"keys (B, T, E, h, w), query (B, T, E), anchors (B,): got {tuple(keys.shape)}, "
                 f"{tuple(query.shape)}, {tuple(anchors.shape)}"
             )
-        if not anchors.any():
-            return keys.new_zeros(())
         # maps[b, c, t]: clip c's audio at frame t over clip b's frame t, flattened (h * w).
         maps = torch.einsum("btehw,cte->bcthw", keys, query).flatten(-2)
         positives = self._region_mean(maps, above=self.positive_threshold)  # (B, B, T)
@@ -98,7 +96,10 @@ class LVSLocalisationLoss(nn.Module):
             [positives[own, own][:, None], hard_negative[:, None], others], dim=1
         ) / self.contrast_temperature  # (B, 2 + B, T): the positive first
         loss = -F.log_softmax(logits, dim=1)[:, 0]  # (B, T)
-        return loss[anchors].mean()
+        # The mean over the anchors' frames, without asking the device how many there are (a
+        # host sync every training step): 0 without anchors.
+        weights = anchors.to(loss.dtype)[:, None]
+        return (loss * weights).sum() / (weights.sum() * frames).clamp(min=1)
 
     def _region_mean(
         self, maps: Tensor, above: float | None = None, below: float | None = None
