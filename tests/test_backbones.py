@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,44 @@ def test_edvr_frame_depends_only_on_its_window() -> None:
             for frame in range(num_frames):
                 unchanged = torch.equal(after[:, frame], before[:, frame])
                 assert unchanged == (abs(frame - changed) > radius), (changed, frame)
+
+
+def pyramid_frames_held(model: torch.nn.Module, num_frames: int) -> tuple[int, int]:
+    """Run ``model`` (EDVR or IconVSR) without autograd on a ``num_frames`` clip; return the
+    frames whose pyramid features were computed and the most frames whose features were held
+    (alive) at once when a window was aligned."""
+    fusion = getattr(model, "window_fusion", getattr(model, "keyframe_fusion", None))
+    computed, alive = [0], [0]
+    most_alive = []
+
+    def counted(padded: torch.Tensor) -> list[torch.Tensor]:
+        levels = fusion.__class__.pyramid_features(fusion, padded)
+        computed[0] += len(padded)
+        alive[0] += len(padded)
+        weakref.finalize(levels[0], lambda n=len(padded): alive.__setitem__(0, alive[0] - n))
+        return levels
+
+    fusion.pyramid_features = counted
+    fusion.pcd_align.register_forward_pre_hook(lambda *_: most_alive.append(alive[0]))
+    with torch.no_grad():
+        model(torch.rand(1, num_frames, 3, 8, 8))
+    del fusion.pyramid_features
+    return computed[0], max(most_alive)
+
+
+@pytest.mark.parametrize("clip_ends", ["mirror", "basicsr"])
+def test_edvr_inference_computes_each_frame_once_and_holds_a_window_not_the_clip(
+    clip_ends: str,
+) -> None:
+    """Without autograd, each frame's pyramid is computed once, and only while windows still
+    need it is it held: the frames held at once do not grow with the clip's length."""
+    model = build("edvr_tiny")
+    model.clip_ends = check_clip_ends(clip_ends)
+    held = {}
+    for num_frames in (12, 24):
+        computed, held[num_frames] = pyramid_frames_held(model, num_frames)
+        assert computed == num_frames
+    assert held[12] == held[24] <= 2 * model.num_frames, held
 
 
 def test_window_indices_reflect_at_the_ends() -> None:

@@ -3,13 +3,14 @@
 EDVR restores one centre frame from a window of ``num_frames`` neighbours. To return every
 frame, each frame t gets the window ``t - r .. t + r`` (``r = num_frames // 2``); how indices
 past the clip ends are filled is the ``clip_ends`` option (:data:`CLIP_ENDS`,
-:func:`window_indices`). Per-frame pyramid features are computed once and
+:func:`window_indices`). Per-frame pyramid features are computed once per frame and
 gathered into the windows, which run as one batch (in training) or a group of frames' windows
 at a time (at inference, with the reconstruction of each group, see
-:func:`~avvsr.models.backbones.blocks.reconstruct_frames`). The window's neighbours are aligned to
-its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal and spatial
-attention); the fused centre-frame feature is the fusion point, followed by the reconstruction
-trunk and the pixel-shuffle head.
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames`; a frame's features are then held
+only while a window still needs them, :class:`FramePyramids`). The window's neighbours are
+aligned to its centre by PCD (pyramid, cascading, deformable) and fused by TSA (temporal and
+spatial attention); the fused centre-frame feature is the fusion point, followed by the
+reconstruction trunk and the pixel-shuffle head.
 
 The 3-level pyramid needs sizes divisible by 4: frames are replicate-padded at the bottom and
 right for PCD and TSA, and the fused features are cropped back to the LR size before the hook
@@ -17,6 +18,8 @@ and the reconstruction.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -228,14 +231,72 @@ class TSAFusion(nn.Module):
         return feat * torch.sigmoid(attn) * 2 + self.attn_add(attn)
 
 
+class FramePyramids:
+    """The per-frame pyramid features (:meth:`WindowFusion.pyramid_features`) that a clip's
+    windows need, computed when a window first needs a frame and dropped after the last
+    window that needs it.
+
+    ``lq`` (B, T, 3, h, w), ``windows`` (K, W) frame indices, and the windows are asked for in
+    order, rows ``0 .. K-1`` split into consecutive slices (:meth:`gather`). While autograd
+    records, every frame the windows use is computed at once (one graph); otherwise only the
+    frames of the slice's windows that are not held yet, ``group`` frames at a time. Either
+    way the features of a frame are dropped once no later window uses it, so inference holds
+    about a group's windows' frames, not the clip's, and its memory does not grow with T.
+    """
+
+    def __init__(
+        self,
+        pyramid_features: Callable[[Tensor], list[Tensor]],
+        lq: Tensor,
+        windows: Tensor,
+        group: int,
+    ) -> None:
+        self._pyramid_features = pyramid_features
+        self._lq = lq
+        self._group = group
+        self.batch = lq.shape[0]
+        self.windows = windows.tolist()
+        self._last_row = {frame: row for row, frames in enumerate(self.windows) for frame in frames}
+        self._held: dict[int, list[Tensor]] = {}  # frame -> levels (B, C, h_l, w_l)
+        if torch.is_grad_enabled():
+            self._compute(sorted(self._last_row))
+
+    def _compute(self, frames: list[int]) -> None:
+        padded = pad_to_multiple(self._lq[:, frames].flatten(0, 1), 2 ** (NUM_LEVELS - 1))
+        levels = in_groups(self._pyramid_features, [padded], self._group * self.batch)
+        per_frame = [level.unflatten(0, (self.batch, len(frames))).unbind(1) for level in levels]
+        for index, frame in enumerate(frames):
+            self._held[frame] = [level[index] for level in per_frame]
+
+    def gather(self, rows: slice) -> tuple[list[Tensor], list[Tensor]]:
+        """The pyramids of the windows ``rows`` as PCD alignment takes them: ``(neighbour,
+        reference)``, each a list over levels (finest first) of (B*K'*W, C, h_l, w_l), batch
+        major, then window, then position in the window; ``reference`` repeats each window's
+        centre frame."""
+        windows = self.windows[rows]
+        frames = [frame for window in windows for frame in window]
+        missing = sorted(set(frames) - self._held.keys())
+        if missing:
+            self._compute(missing)
+        centres = [window[len(window) // 2] for window in windows for _ in window]
+        neighbour, reference = [], []
+        for level in range(NUM_LEVELS):
+            neighbour.append(torch.stack([self._held[f][level] for f in frames], 1).flatten(0, 1))
+            reference.append(torch.stack([self._held[f][level] for f in centres], 1).flatten(0, 1))
+        last_row = len(self.windows) if rows.stop is None else rows.stop
+        for frame in [f for f in self._held if self._last_row[f] < last_row]:
+            del self._held[frame]
+        return neighbour, reference
+
+
 class WindowFusion(nn.Module):
     """EDVR's front end: per-frame pyramid features, PCD alignment and TSA fusion of windows.
 
     ``forward(lq (B, T, 3, h, w), windows (K, num_frames), group)`` -> (B, K, C, h, w): the
     fused feature of each of the K windows (rows of frame indices into ``lq``, as made by
     :func:`window_indices`), aligned to the window's centre column. With autograd off,
-    ``group`` windows are fused at a time (None: all at once). ``forward`` is :meth:`pyramid`
-    then :meth:`fuse`.
+    ``group`` windows are fused at a time and only their frames' features are held
+    (:class:`FramePyramids`). ``forward`` is :meth:`pyramids` then :meth:`fuse`.
     """
 
     def __init__(
@@ -259,44 +320,34 @@ class WindowFusion(nn.Module):
         self.tsa_fusion = TSAFusion(num_feat, num_frames)
 
     def forward(self, lq: Tensor, windows: Tensor, group: int | None = None) -> Tensor:
-        pyramid, size = self.pyramid(lq, group), lq.shape[-2:]
-        parts = frame_groups(len(windows), group or len(windows))
-        fused = [self.fuse(pyramid, windows[part], size) for part in parts]
+        group = group or len(windows)
+        pyramids = self.pyramids(lq, windows, group)
+        parts = frame_groups(len(windows), group)
+        fused = [self.fuse(pyramids, part, lq.shape[-2:]) for part in parts]
         return fused[0] if len(fused) == 1 else torch.cat(fused, dim=1)
 
-    def pyramid(self, lq: Tensor, group: int | None = None) -> list[Tensor]:
-        """Per-frame features of ``lq`` (B, T, 3, h, w) at each pyramid level, finest first:
-        (B, T, C, h_l, w_l), padded to multiples of 4 at the finest level. With autograd off,
-        ``group`` frames at a time (None: all at once)."""
-        batch, num_frames = lq.shape[:2]
-        padded = pad_to_multiple(lq.flatten(0, 1), 2 ** (NUM_LEVELS - 1))
-        pyramid = in_groups(self._pyramid, [padded], group or len(padded))
-        return [level.unflatten(0, (batch, num_frames)) for level in pyramid]
+    def pyramids(self, lq: Tensor, windows: Tensor, group: int) -> FramePyramids:
+        """The per-frame features of ``lq`` (B, T, 3, h, w) that ``windows`` (K, W) need,
+        ``group`` frames at a time with autograd off."""
+        return FramePyramids(self.pyramid_features, lq, windows, group)
 
-    def _pyramid(self, padded: Tensor) -> list[Tensor]:
-        """Padded frames (N, 3, h, w) -> their features at each level, (N, C, h_l, w_l)."""
-        pyramid = [self.feat_extract(padded)]  # finest first
+    def pyramid_features(self, padded: Tensor) -> list[Tensor]:
+        """Frames (N, 3, h, w), h and w multiples of 4 -> their features at each pyramid
+        level, finest first, (N, C, h / 2**l, w / 2**l)."""
+        pyramid = [self.feat_extract(padded)]
         for downsample in self.downsample:
             pyramid.append(downsample(pyramid[-1]))
         return pyramid
 
-    def fuse(self, pyramid: list[Tensor], windows: Tensor, size: tuple[int, int]) -> Tensor:
-        """The fused features (B, K, C, h, w) of the K ``windows`` (K, num_frames) from the
-        clip's :meth:`pyramid`, cropped to the LR ``size`` (h, w)."""
-        batch = pyramid[0].shape[0]
+    def fuse(self, pyramids: FramePyramids, rows: slice, size: tuple[int, int]) -> Tensor:
+        """The fused features (B, K', C, h, w) of the windows ``rows`` of ``pyramids``,
+        cropped to the LR ``size`` (h, w)."""
+        neighbour, reference = pyramids.gather(rows)
         height, width = size
-        windows = windows.to(pyramid[0].device)
-        targets = windows[:, self.num_frames // 2]
-        neighbour, reference = [], []
-        for per_frame in pyramid:  # (B, T, C, h_l, w_l)
-            gathered = per_frame[:, windows]  # (B, K, W, C, h_l, w_l)
-            neighbour.append(gathered.flatten(0, 2))
-            centres = per_frame[:, targets].unsqueeze(2)  # (B, K, 1, C, h_l, w_l)
-            reference.append(centres.expand_as(gathered).flatten(0, 2))
-        aligned = self.pcd_align(neighbour, reference)  # (B*K*W, C, h_pad, w_pad)
-        windowed = aligned.unflatten(0, (batch * len(targets), self.num_frames))
+        aligned = self.pcd_align(neighbour, reference)  # (B*K'*W, C, h_pad, w_pad)
+        windowed = aligned.unflatten(0, (-1, self.num_frames))
         fused = self.tsa_fusion(windowed, centre=self.num_frames // 2)
-        return fused[..., :height, :width].unflatten(0, (batch, len(targets)))
+        return fused[..., :height, :width].unflatten(0, (pyramids.batch, -1))
 
 
 class EDVR(VSRBackbone):
@@ -341,11 +392,11 @@ class EDVR(VSRBackbone):
 
     def forward(self, lq: Tensor, feature_hook: FeatureHook | None = None) -> Tensor:
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
-        pyramid = self.window_fusion.pyramid(lq, self.inference_group)
         windows = window_indices(lq.shape[1], self.num_frames, self.clip_ends)
+        pyramids = self.window_fusion.pyramids(lq, windows, self.inference_group)
 
-        def features(group: slice) -> Tensor:  # (B, T', C, h, w)
-            return self.window_fusion.fuse(pyramid, windows[group], lq.shape[-2:])
+        def features(frames: slice) -> Tensor:  # (B, T', C, h, w)
+            return self.window_fusion.fuse(pyramids, frames, lq.shape[-2:])
 
         def reconstruct(feat: Tensor, group_lq: Tensor) -> Tensor:
             return self.head(self.reconstruction(feat), group_lq)
