@@ -283,6 +283,24 @@ def test_lr_frames_after_bicubic_degradation_are_class_blind(class_variants):
             assert hr_difference > LR_CLASS_DIFFERENCE_MAX, (index, first, second, hr_difference)
 
 
+@pytest.mark.parametrize("period", [2, 3, 4, 8])
+def test_lattices_are_orthogonal_zero_mean_patterns_the_degradation_removes(period):
+    """Each lattice has zero mean and peak 1, the classes' lattices are orthogonal over a
+    period, and tiled over a frame the x4 (here: ``period``) bicubic degradation leaves none
+    of it away from the frame's edges."""
+    patterns = [synthetic.lattice_pattern(k, period)
+                for k in range(len(synthetic.lattice_frequencies(period)))]
+    for k, pattern in enumerate(patterns):
+        assert abs(pattern.mean()) < 1e-12 and np.abs(pattern).max() == pytest.approx(1.0)
+        for other in patterns[k + 1:]:
+            assert abs((pattern * other).sum()) < 1e-9
+        tiled = torch.from_numpy(np.tile(pattern, (12, 12)))[None].expand(3, -1, -1)
+        lr = degrade(tiled, period, "BI")
+        assert lr[:, 3:-3, 3:-3].abs().max() < 1e-6, k
+    with pytest.raises(ValueError, match="distinct patterns"):
+        synthetic.lattice_pattern(len(patterns), period)
+
+
 # --------------------------------------------------------------------------------------------
 # Families: what the LR frames show (the family), and what they do not (the class within it)
 
@@ -295,15 +313,17 @@ FAMILIES = SynthConfig(num_classes=4, classes_per_family=2, family_cue="hue",
                        distractors="other_family", num_frames=3)
 
 
-@pytest.fixture(scope="module")
-def family_variants(tmp_path_factory):
-    """Clips of ``FAMILIES`` with the sounding object rendered in each class (in its family's
-    colour, as the generator gives it), written, decoded and degraded x4 (BI):
-    ``{clip index: {class: (LR float64 (T, 3, h, w), LR object pixels bool (T, h, w))}}``."""
+@pytest.fixture(scope="module", params=synthetic.CLASS_DETAILS)
+def family_variants(tmp_path_factory, request):
+    """Clips of ``FAMILIES`` (with each ``class_detail``) with the sounding object rendered in
+    each class (in its family's colour, as the generator gives it), written, decoded and
+    degraded x4 (BI): ``{clip index: {class: (LR float64 (T, 3, h, w), HR, LR object pixels
+    bool (T, h, w))}}``."""
     root = tmp_path_factory.mktemp("families")
+    config = dataclasses.replace(FAMILIES, class_detail=request.param)
     variants = {}
     for index in range(VARIANT_CLIPS):
-        spec = sample_clip(FAMILIES, "test", index)
+        spec = sample_clip(config, "test", index)
         (sounding_id,) = [obj.id for obj in spec.objects if obj.sounding]
         variants[index] = {}
         for class_name in FAMILIES.classes:
@@ -616,6 +636,10 @@ def test_sound_source_mask_rejects_a_wrong_label_map(small_set, tmp_path):
         ({"distractors": "nearby"}, "distractors"),
         ({"distractors": "other_family", "classes_per_family": 4}, "needs two families"),
         ({"classes_per_family": 0}, "classes_per_family"),
+        ({"class_detail": "stripes"}, "class_detail"),
+        ({"class_detail": "lattice", "lattice_period_px": 1}, "lattice_period_px"),
+        ({"class_detail": "lattice", "lattice_period_px": 2, "num_classes": 5}, "as many lattices"),
+        ({"class_detail": "lattice", "lattice_amplitude": 90.0}, "leave 0..255"),
     ],
 )
 def test_config_rejects_designs_that_break_the_benchmark(changes, message):

@@ -20,6 +20,20 @@ sounding object: any class, another family (the hue tells them apart) or the sam
 (only the harmonics and the synchrony do). ``pulse_depth = 0`` removes the synchrony cue from
 the frames, ``family_cue="none"`` the semantic one, so that each can be ablated.
 
+What tells the classes apart in the HR frames is ``class_detail``. ``"harmonics"`` (above): the
+grating's harmonics, which are the tone's ("visual timbre = audio timbre"). ``"lattice"``:
+every grating is its fundamental alone, the same for every class, and a class is told by a
+*lattice*, a zero-mean pattern repeating every ``lattice_period_px`` (the degradation's scale
+factor) in both directions, fixed to the pixel grid (``lattice_pattern``), faded in with the
+grating. Its frequencies are the LR sampling frequency's multiples, where the x4 bicubic
+kernel (it sums to one at every phase) is zero, so the LR frames keep none of it; and, fixed
+to the grid, it is the same at every LR pixel's sub-pixel positions, so a network that knows
+the class can draw it as soon as its pixel-shuffle head does. The harmonics take a tiny
+network thousands of steps to draw at all (``experiments/av_ablation/NOTES.md``, item 3), so
+with them the question of *which object* the audio is about is never reached. The tone is
+the class's harmonic tone either way: with a lattice, which detail goes with which sound is
+an association to learn, as in real video.
+
 Clips are written as H.264 (near-lossless ``crf``, ``yuv444p``: no chroma smear of the
 harmonics) with AAC audio, plus per-frame label maps (``uint8 (T, H, W)``, 0 = background,
 ``k`` = object id ``k``, the visible object at each pixel) and a ``manifest.json``::
@@ -110,6 +124,45 @@ def _profile_peak(coefficients: np.ndarray, samples: int = 4096) -> float:
     return float(np.abs(harmonic_series(coefficients, u)).max())
 
 
+def lattice_frequencies(period_px: int) -> list[tuple[int, int]]:
+    """The frequencies (a, b), in cycles per period along x and y, of the lattice patterns of
+    period ``period_px``, in class order: each frequency of the period's 2-D grid but DC, one
+    of each pair (a, b), (-a, -b) mod P (the same frequency), highest first (the Nyquist
+    checkerboard, then stripes), so the first classes differ most. Distinct frequencies make
+    the patterns orthogonal over a period."""
+    pairs = sorted(
+        ((a, b) for a in range(period_px) for b in range(period_px) if (a, b) != (0, 0)),
+        key=lambda ab: (-_folded(ab[0], period_px) - _folded(ab[1], period_px), ab[1], ab[0]),
+    )
+    frequencies: list[tuple[int, int]] = []
+    for a, b in pairs:
+        if ((-a) % period_px, (-b) % period_px) not in frequencies:
+            frequencies.append((a, b))
+    return frequencies
+
+
+def _folded(frequency: int, period_px: int) -> int:
+    """A frequency in cycles per period folded to 0 .. period/2 (its distance from DC)."""
+    return min(frequency, period_px - frequency)
+
+
+def lattice_pattern(class_index: int, period_px: int) -> np.ndarray:
+    """The lattice of class ``class_index`` (label order): (P, P) float64, ``P = period_px``,
+    ``cos(2 pi (a x + b y) / P + pi / 4)`` of its frequency (:func:`lattice_frequencies`)
+    scaled to peak 1; zero mean over the period. Pixel (y, x) of a frame takes entry
+    ``(y % P, x % P)``. Raises ``ValueError`` past the period's last frequency."""
+    frequencies = lattice_frequencies(period_px)
+    if class_index >= len(frequencies):
+        raise ValueError(
+            f"a {period_px} px lattice has {len(frequencies)} distinct patterns, "
+            f"class {class_index} has none"
+        )
+    a, b = frequencies[class_index]
+    y, x = np.mgrid[0:period_px, 0:period_px]
+    wave = np.cos(2 * np.pi * (a * x + b * y) / period_px + np.pi / 4)
+    return wave / np.abs(wave).max()
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration
 
@@ -122,6 +175,7 @@ _OBJECT_GAP_PX = 2.0  # least distance between the rims of two objects
 _PLACEMENT_TRIES = 1000  # layouts drawn before giving up on a crowded frame
 
 FAMILY_CUES = ("none", "hue")
+CLASS_DETAILS = ("harmonics", "lattice")
 DISTRACTOR_KINDS = ("any", "other_family", "same_family")
 # Channel gains of each family's colour (``family_cue="hue"``), in family order. Every two
 # differ by at least 0.45 in some channel: about 58 grey levels at object_level 128, which the
@@ -193,6 +247,13 @@ class SynthConfig:
         "other_family or same_family (another class of it where it has one) as the first "
         "sounding object"
     )
+    class_detail: str = _param(
+        "harmonics", f"what tells the classes apart in the HR frames, one of "
+        f"{list(CLASS_DETAILS)}: the grating's harmonics, or a lattice fixed to the pixel grid "
+        "(the gratings then are their fundamental alone)"
+    )
+    lattice_period_px: int = _param(4, "period of the class lattices, px (the scale factor)")
+    lattice_amplitude: float = _param(24.0, "amplitude of the class lattices, grey levels")
     crf: int = _param(0, "H.264 constant rate factor (0: lossless in the pixel format)")
     pix_fmt: str = _param("yuv444p", "encoded pixel format (yuv444p: no chroma subsampling)")
 
@@ -234,6 +295,7 @@ class SynthConfig:
         if not 0 <= self.loudness_floor <= 1:
             yield f"loudness_floor must be in [0, 1], got {self.loudness_floor}"
         yield from self._family_problems()
+        yield from self._lattice_problems()
         if self.background_contrast > _BACKGROUND_BASE_RANGE[0]:
             yield f"background_contrast must be <= {_BACKGROUND_BASE_RANGE[0]} (no clipping)"
         if self.num_harmonics > 0 and 1 <= self.num_classes <= len(CLASS_SERIES):
@@ -251,6 +313,24 @@ class SynthConfig:
             yield (f"distractors='other_family' needs two families, got {len(self.families)} "
                    f"({self.num_classes} classes, {self.classes_per_family} per family)")
 
+    def _lattice_problems(self):
+        if self.class_detail not in CLASS_DETAILS:
+            yield f"class_detail must be one of {list(CLASS_DETAILS)}, got {self.class_detail!r}"
+        elif self.class_detail == "lattice":
+            if self.lattice_period_px < 2:
+                yield f"lattice_period_px must be >= 2, got {self.lattice_period_px}"
+            elif self.num_classes > len(lattice_frequencies(self.lattice_period_px)):
+                yield (f"{self.num_classes} classes need as many lattices; a "
+                       f"{self.lattice_period_px} px period has "
+                       f"{len(lattice_frequencies(self.lattice_period_px))}")
+            if self.lattice_amplitude < 0:
+                yield f"lattice_amplitude must be >= 0, got {self.lattice_amplitude}"
+
+    @property
+    def grating_harmonics(self) -> int:
+        """Harmonics of the gratings: ``num_harmonics``, or 1 (the fundamental) with lattices."""
+        return 1 if self.class_detail == "lattice" else self.num_harmonics
+
     def _class_problems(self):
         coefficients = {name: harmonic_coefficients(name, self.num_harmonics)
                         for name in self.classes}
@@ -262,7 +342,10 @@ class SynthConfig:
                     yield (f"classes {first} and {second} have the same harmonic magnitudes "
                            f"with num_harmonics={self.num_harmonics}")
         peak = max(_profile_peak(c) for c in coefficients.values())
-        swing = self.pulse_depth + self.grating_amplitude * peak
+        grating_peak = max(_profile_peak(harmonic_coefficients(name, self.grating_harmonics))
+                           for name in self.classes)
+        lattice = self.lattice_amplitude if self.class_detail == "lattice" else 0.0
+        swing = self.pulse_depth + self.grating_amplitude * grating_peak + lattice
         if self.object_level - swing < 0 or self.object_level + swing > 255:
             yield (f"object levels {self.object_level} +- {swing:.1f} leave 0..255 "
                    "(lower grating_amplitude or pulse_depth)")
@@ -554,10 +637,11 @@ def render_background(spec: ClipSpec) -> np.ndarray:
 def render_frames(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     """Render a clip: uint8 frames ``(T, H, W, 3)`` RGB and uint8 labels ``(T, H, W)``.
 
-    An object's luminance is ``level + pulse_depth (2 e(t) - 1) + amplitude w(r) p(u)``:
-    ``e`` its envelope, ``p`` its class profile at grating phase ``u`` (cycles), ``w`` a
-    raised-cosine fade from 1 inside to 0 at the rim over ``texture_fade_px``; the disc edge is
-    antialiased over one pixel. Labels mark pixels whose centre lies inside the disc.
+    An object's luminance is ``level + pulse_depth (2 e(t) - 1) + w(r) (amplitude p(u) +
+    lattice_amplitude L(y, x))``: ``e`` its envelope, ``p`` its grating profile at grating
+    phase ``u`` (cycles; the class profile, or its fundamental with lattices), ``L`` the class
+    lattice (``class_detail="lattice"`` only), ``w`` a raised-cosine fade from 1 inside to 0 at
+    the rim over ``texture_fade_px``; the disc edge is antialiased over one pixel. Labels mark pixels whose centre lies inside the disc.
     """
     config = spec.config
     x, y = _pixel_grid(config)
@@ -576,16 +660,27 @@ def render_frames(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
             obj.grating_orientation_rad
         )
         profile = harmonic_series(
-            harmonic_coefficients(obj.class_name, config.num_harmonics),
+            harmonic_coefficients(obj.class_name, config.grating_harmonics),
             along / obj.grating_period_px + obj.grating_phase_cycles,
         )
+        texture = config.grating_amplitude * profile
+        if config.class_detail == "lattice":
+            texture = texture + config.lattice_amplitude * _lattice_image(config, obj.class_name)
         brightness = config.object_level + config.pulse_depth * (2 * obj.envelope(time) - 1)
-        luminance = brightness[:, None, None] + config.grating_amplitude * fade * profile
+        luminance = brightness[:, None, None] + fade * texture
         colour = luminance[..., None] * np.asarray(obj.colour_rgb)
         image += coverage[..., None] * (colour - image)
         labels[distance < obj.radius_px] = obj.id
     frames = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return frames, labels
+
+
+def _lattice_image(config: SynthConfig, class_name: str) -> np.ndarray:
+    """The lattice of ``class_name`` over the frame, (H, W) of +-1 (:func:`lattice_pattern`)."""
+    period = config.lattice_period_px
+    pattern = lattice_pattern(config.classes.index(class_name), period)
+    reps = (-(-config.height // period), -(-config.width // period))
+    return np.tile(pattern, reps)[: config.height, : config.width]
 
 
 def synthesize_audio(spec: ClipSpec) -> np.ndarray:
