@@ -51,6 +51,28 @@ def test_renders_by_class_reproduce_the_video_and_differ_only_in_the_sounding_ob
             assert np.abs(render - own)[~outside].max() > 2.0
 
 
+@pytest.mark.parametrize("class_detail", synthetic.CLASS_DETAILS)
+def test_the_render_without_class_detail_is_what_every_class_shares(class_detail: str) -> None:
+    """With harmonics it is the fundamental-only (``sine``) render in the sounding object;
+    with lattices each class's render differs from it inside the objects only, by the
+    lattice."""
+    harmonic_error = load_script("harmonic_error")
+    config = synthetic.SynthConfig(num_frames=2, class_detail=class_detail)
+    spec = synthetic.sample_clip(config, "test", 0)
+    sounding = next(o for o in spec.objects if o.sounding)
+    renders, labels = harmonic_error.renders_by_class(spec, sounding.id)
+    plain = harmonic_error.without_class_detail(spec)
+    if class_detail == "harmonics":
+        inside = labels == sounding.id
+        assert np.array_equal(plain[inside], renders["sine"][inside])
+        return
+    background = labels == 0
+    for render in renders.values():
+        difference = np.abs(render - plain)
+        assert difference[background].max() <= 1.0  # rounding, and the antialiased rims
+        assert difference[labels == sounding.id].max() > 10.0  # the lattice
+
+
 def test_class_oracle_gives_each_item_its_sounding_class_code(
     synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,14 +1,19 @@
 """Where a no-fusion model's error inside the sound source comes from.
 
 For each test clip of a synthetic set, the clip is rendered again with its sounding object in
-every class. Inside the sounding object (split into the *core*, where the grating has full
-contrast, and the *rim*: the fade and the edge), it prints the RMS Y error (grey levels) of
+every class, and once without any class detail (each grating its fundamental alone, no
+lattice: what every class shares). Inside the sounding object (split into the *core*, where
+the texture has full contrast, and the *rim*: the fade and the edge), it prints the RMS Y
+error (grey levels) of
 
 - the model's output vs the HR frames,
-- the model's output vs the fundamental-only render (class ``sine``): small when the model
-  draws the grating's fundamental but none of its harmonics,
-- the per-pixel mean over classes vs the HR frames: the error left by the best audio-free
-  guess of the harmonics, i.e. what knowing the class could remove at most.
+- the model's output vs the render without class detail: small when the model draws what
+  the LR frames show (the grating's fundamental) but none of the class's detail (the
+  harmonics, or with ``class_detail="lattice"`` the lattice),
+- the per-pixel mean over the classes the LR frames leave open vs the HR frames: the error
+  left by the best audio-free guess of the detail, i.e. what knowing the class could remove
+  at most. The classes left open are the source's family where ``family_cue="hue"`` shows
+  it, else all.
 
 Usage::
 
@@ -55,6 +60,20 @@ class SquaredErrors:
             print(f"{name:40s} RMS {np.sqrt(squared / count):6.2f}  ({count} px)")
 
 
+def without_class_detail(spec: synthetic.ClipSpec) -> np.ndarray:
+    """Y render ``(T, H, W)`` of ``spec`` with every grating its fundamental and no lattice."""
+    plain = dataclasses.replace(spec.config, class_detail="lattice", lattice_amplitude=0.0)
+    return luma(synthetic.render_frames(dataclasses.replace(spec, config=plain))[0])
+
+
+def classes_left_open(config: synthetic.SynthConfig, class_name: str) -> list[str]:
+    """The classes an LR frame cannot tell ``class_name`` from: its family where the family
+    shows (``family_cue="hue"``), else every class."""
+    if config.family_cue == "hue":
+        return config.families[config.family_of(class_name)]
+    return config.classes
+
+
 def renders_by_class(spec: synthetic.ClipSpec, sounding_id: int) -> tuple[dict, np.ndarray]:
     """Y renders ``{class: (T, H, W)}`` with the sounding object in each class; label maps."""
     renders = {}
@@ -80,8 +99,6 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: this diagnostic takes a model without fusion")
     manifest = synthetic.load_manifest(args.data)
     config = synthetic.SynthConfig(**manifest.params)
-    if "sine" not in config.classes:
-        raise SystemExit(f"{args.data}: needs the 'sine' class (the fundamental-only render)")
     errors = SquaredErrors()
     for index, clip in enumerate(manifest.splits["test"][: args.clips]):
         spec = synthetic.sample_clip(config, "test", index)
@@ -93,8 +110,9 @@ def main() -> None:
             sr = net(lq.clamp(0, 1)[None]).sr[0]
         output = luma(sr)
         truth = luma(hr)
-        class_mean = np.mean(list(renders.values()), axis=0)
-        fundamental = renders["sine"]
+        open_classes = classes_left_open(config, sounding.class_name)
+        class_mean = np.mean([renders[name] for name in open_classes], axis=0)
+        plain = without_class_detail(spec)
         rows, cols = np.mgrid[0 : config.height, 0 : config.width] + 0.5
         centres = sounding.centres_xy_px(config.frame_times_s())
         distance = np.hypot(cols - centres[:, 0, None, None], rows - centres[:, 1, None, None])
@@ -102,7 +120,7 @@ def main() -> None:
         core = distance < sounding.radius_px - config.texture_fade_px - 1
         for region_name, region in (("core", core), ("rim", inside & ~core)):
             errors.add(f"{region_name}: model vs HR", output - truth, region)
-            errors.add(f"{region_name}: model vs fundamental only", output - fundamental, region)
+            errors.add(f"{region_name}: model vs no class detail", output - plain, region)
             errors.add(f"{region_name}: class mean vs HR", class_mean - truth, region)
     errors.print()
 
