@@ -38,8 +38,9 @@ Per backbone (paper size, x4), the script:
    its network, random weights, saved as its zoo does, ``{"state_dict": {"generator.<key>":
    ...}}``; SPyNet as mmagic's pretrained SPyNet file, a bare state dict), run in the mmagic venv;
 3. times both (float32, 2 threads, alternating in this process, 6 repeats after a warm-up;
-   milliseconds per output frame, median) and measures the extra memory of one forward under
-   ``torch.no_grad`` at T = 7 and 14 (see :func:`forward_peak_mib`).
+   milliseconds per output frame, median; avvsr also with ``channels_last`` weights) and
+   measures the extra memory of one forward under ``torch.no_grad`` at T = 7 and 14 (see
+   :func:`forward_peak_mib`).
 
 ``--dump-keys PATH`` only writes ``{format: {network: {key: shape}}}`` of the reference
 networks' files (the fixture ``tests/data/reference_keys.json`` of ``tests/test_convert.py``).
@@ -66,6 +67,7 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
+from avvsr.models.acceleration import Acceleration
 from avvsr.models.convert import build_backbone, convert_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,28 +479,37 @@ def output_differences(
 def speed(
     bsr: types.SimpleNamespace, folder: Path, networks: list[str], repeats: int
 ) -> list[dict]:
-    """Median ms per output frame, float32, both implementations alternating."""
+    """Median ms per output frame, float32, the implementations alternating: avvsr as
+    converted (NCHW), avvsr with ``channels_last`` (``Acceleration``, the upscaler's
+    ``--channels-last``) and BasicSR's network."""
     rows = []
     for name in networks:
         torch.manual_seed(0)
         net = reference_network(bsr, name)
-        model = converted_model(zoo_files(net, name, folder)["basicsr"])
-        medians = time_both(bsr, net, model, name, torch.rand(1, 7, 3, 64, 64), repeats)
-        rows.append({"network": name, **medians, "ratio": medians["avvsr"] / medians["basicsr"]})
+        file = zoo_files(net, name, folder)["basicsr"]
+        models = {
+            "avvsr": converted_model(file),
+            "avvsr_nhwc": Acceleration(channels_last=True).apply(converted_model(file)),
+        }
+        medians = time_all(bsr, net, models, name, torch.rand(1, 7, 3, 64, 64), repeats)
+        rows.append({"network": name, **medians})
     return rows
 
 
-def time_both(
+def time_all(
     bsr: types.SimpleNamespace,
     net: nn.Module,
-    model: nn.Module,
+    models: dict[str, nn.Module],
     name: str,
     lq: Tensor,
     repeats: int,
 ) -> dict[str, float]:
-    """Median ms per output frame of avvsr's ``model`` and BasicSR's ``net`` on ``lq``, one
-    warm-up each, then ``repeats`` runs of each in turn."""
-    calls = {"avvsr": lambda: model(lq), "basicsr": lambda: reference_forward(bsr, net, name, lq)}
+    """Median ms per output frame of each of avvsr's ``models`` and of BasicSR's ``net`` on
+    ``lq``, one warm-up each, then ``repeats`` rounds running each once in turn."""
+    calls: dict[str, Callable[[], Tensor]] = {
+        side: functools.partial(model, lq) for side, model in models.items()
+    }
+    calls["basicsr"] = functools.partial(reference_forward, bsr, net, name, lq)
     runs: dict[str, list[float]] = {side: [] for side in calls}
     with torch.no_grad():
         for call in calls.values():
@@ -639,12 +650,14 @@ def print_speed(
 ) -> None:
     print(
         f"\nSpeed, float32, {torch.get_num_threads()} threads, x4, 7 frames of 64x64, "
-        f"median of {repeats} alternating runs (ms per output frame)"
+        f"median of {repeats} alternating runs (ms per output frame; NHWC: channels_last)"
     )
-    print(f"{'network':<12}{'avvsr':>10}{'BasicSR':>10}{'ratio':>8}")
+    print(f"{'network':<12}{'avvsr':>10}{'NHWC':>10}{'BasicSR':>10}{'ratio':>8}{'NHWC':>8}")
     for row in speed(bsr, folder, networks, repeats):
+        ratios = (row["avvsr"] / row["basicsr"], row["avvsr_nhwc"] / row["basicsr"])
         print(
-            f"{row['network']:<12}{row['avvsr']:>10.1f}{row['basicsr']:>10.1f}{row['ratio']:>8.2f}"
+            f"{row['network']:<12}{row['avvsr']:>10.1f}{row['avvsr_nhwc']:>10.1f}"
+            f"{row['basicsr']:>10.1f}{ratios[0]:>8.2f}{ratios[1]:>8.2f}"
         )
 
 
