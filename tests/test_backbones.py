@@ -328,6 +328,27 @@ def test_edvr_inference_computes_each_frame_once_and_holds_a_window_not_the_clip
     assert held[12] == held[24] <= 2 * model.num_frames, held
 
 
+@pytest.mark.parametrize("name", ["basicvsr_tiny", "iconvsr_tiny"])
+def test_inference_reconstructs_as_the_forward_branch_goes(name: str) -> None:
+    """Without autograd, each group is reconstructed as soon as the forward branch has reached
+    its last frame (so the branch's states are held for a group, not the clip); in training
+    after the whole branch."""
+    model = build(name)
+    model.inference_group = 2
+    steps_before_each_group: list[int] = []
+    steps = [0]
+    model.forward_trunk.register_forward_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+    model.head.register_forward_pre_hook(lambda *_: steps_before_each_group.append(steps[0]))
+    lq = torch.rand(1, 7, 3, 8, 8)
+    with torch.no_grad():
+        model(lq)
+    assert steps_before_each_group == [2, 4, 6, 7]
+    steps[0] = 0
+    steps_before_each_group.clear()
+    model(lq)
+    assert steps_before_each_group == [7]
+
+
 def test_window_indices_reflect_at_the_ends() -> None:
     window, num_frames = 5, 7
     radius = window // 2

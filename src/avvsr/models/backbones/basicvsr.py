@@ -3,14 +3,17 @@
 Each branch (backward in time, then forward) carries a feature map from frame to frame: warp
 it onto the current frame with SPyNet flow, concatenate the frame, refine with residual blocks.
 The two branches are fused per frame by a 1x1 conv; that fused feature is the fusion point.
-Unlike the published code, reconstruction runs after both branches, over all frames at once
-in training and in groups of frames at inference (same computation, see
-:func:`~avvsr.models.backbones.blocks.reconstruct_frames`).
+Reconstruction runs over all frames at once in training and, at inference, in groups of
+frames as the forward branch reaches them (same computation, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames` and
+:class:`~avvsr.models.backbones.blocks.StatesOnDemand`), so inference holds the backward
+branch's features of every frame, as the published code does, and the forward branch's of one
+group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -21,10 +24,12 @@ from avvsr.models.backbones.blocks import (
     ConvResidualBlocks,
     PixelShuffleHead,
     SPyNet,
+    StatesOnDemand,
     conv,
     leaky_relu,
     reconstruct_frames,
     recurrent_branch,
+    recurrent_states,
 )
 
 
@@ -64,22 +69,25 @@ class BasicVSR(VSRBackbone):
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch = lq.shape[0]
         backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
-        backward = self._propagate(lq, backward_flows, self.backward_trunk, reverse=True)
-        forward = self._propagate(lq, forward_flows, self.forward_trunk, reverse=False)
+        backward = recurrent_branch(*self._branch(lq, backward_flows, self.backward_trunk, True))
+        forward = StatesOnDemand(
+            recurrent_states(*self._branch(lq, forward_flows, self.forward_trunk, False))
+        )
 
         def features(frames: slice) -> Tensor:  # (B, T', C, h, w)
-            both = torch.cat([backward[:, frames], forward[:, frames]], dim=2)
+            both = torch.cat([torch.stack(backward[frames], dim=1), forward(frames)], dim=2)
             return leaky_relu(self.fusion(both.flatten(0, 1))).unflatten(0, (batch, -1))
 
         return reconstruct_frames(features, lq, feature_hook, self.head, self.inference_group)
 
-    def _propagate(self, lq: Tensor, flows: Tensor, trunk: nn.Module, reverse: bool) -> Tensor:
-        """One recurrent branch over ``lq`` (B, T, 3, h, w) -> features (B, T, C, h, w)."""
+    def _branch(
+        self, lq: Tensor, flows: Tensor, trunk: nn.Module, reverse: bool
+    ) -> tuple[Tensor, bool, Tensor, Callable[[int, Tensor], Tensor]]:
+        """The arguments of :func:`recurrent_states` for one branch over ``lq`` (B, T, 3, h, w)."""
         batch, _, _, height, width = lq.shape
         initial = lq.new_zeros(batch, self.fusion_channels, height, width)
-        return recurrent_branch(
-            flows,
-            reverse,
-            initial,
-            lambda frame, state: trunk(torch.cat([lq[:, frame], state], dim=1)),
-        )
+
+        def update(frame: int, state: Tensor) -> Tensor:
+            return trunk(torch.cat([lq[:, frame], state], dim=1))
+
+        return flows, reverse, initial, update

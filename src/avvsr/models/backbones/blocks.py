@@ -11,7 +11,7 @@ Flows are ``(N, 2, h, w)`` in pixels, channel 0 the horizontal (x) and channel 1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,26 +219,61 @@ def propagation_order(num_frames: int, flows: Tensor, reverse: bool) -> tuple[li
     return frames, flows
 
 
-def recurrent_branch(
+def recurrent_states(
     flows: Tensor, reverse: bool, initial: Tensor, update: Callable[[int, Tensor], Tensor]
-) -> Tensor:
-    """One first-order recurrent branch over the T = ``flows.shape[1] + 1`` frames.
+) -> Iterator[tuple[int, Tensor]]:
+    """One first-order recurrent branch over the T = ``flows.shape[1] + 1`` frames, computed
+    as it is iterated.
 
     Visits the frames in time order (or reversed); at each, the state (B, C, h, w) is warped
     from the previously visited frame and ``update(frame, warped_state)`` gives the new state.
-    ``initial`` is the state before the first frame. Returns the states (B, T, C, h, w) in frame
+    ``initial`` is the state before the first frame. Yields ``(frame, state)`` in visiting
     order.
     """
-    num_frames = flows.shape[1] + 1
-    frames, step_flows = propagation_order(num_frames, flows, reverse)
+    frames, step_flows = propagation_order(flows.shape[1] + 1, flows, reverse)
     state = initial
-    outputs: list[Tensor] = [initial] * num_frames
     for step, frame in enumerate(frames):
         if step > 0:
             state = flow_warp(state, step_flows[:, step - 1])
         state = update(frame, state)
-        outputs[frame] = state
-    return torch.stack(outputs, dim=1)
+        yield frame, state
+
+
+def recurrent_branch(
+    flows: Tensor, reverse: bool, initial: Tensor, update: Callable[[int, Tensor], Tensor]
+) -> list[Tensor]:
+    """The whole branch of :func:`recurrent_states`: the states (B, C, h, w), a list in frame
+    order (not stacked: a stacked copy would hold every state twice)."""
+    states = [initial] * (flows.shape[1] + 1)
+    for frame, state in recurrent_states(flows, reverse, initial, update):
+        states[frame] = state
+    return states
+
+
+class StatesOnDemand:
+    """The states of a forward-in-time branch (:func:`recurrent_states` with
+    ``reverse=False``), computed only as far as they are asked for and dropped once given.
+
+    ``states_on_demand(frames)`` for consecutive slices in increasing order (as
+    :func:`reconstruct_frames` asks for its groups) -> (B, T', C, h, w). Reconstructing each
+    group as the branch reaches it, as the published BasicVSR does frame by frame, means that
+    inference holds this branch's states for one group, not for the clip. The same states
+    either way.
+    """
+
+    def __init__(self, states: Iterator[tuple[int, Tensor]]) -> None:
+        self._states = states
+        self._held: dict[int, Tensor] = {}
+        self._next = 0  # the first frame not given yet
+
+    def __call__(self, frames: slice) -> Tensor:
+        if frames.start != self._next:
+            raise ValueError(f"frames {frames} asked for after frames up to {self._next - 1}")
+        while frames.stop - 1 not in self._held:
+            frame, state = next(self._states)
+            self._held[frame] = state
+        self._next = frames.stop
+        return torch.stack([self._held.pop(f) for f in range(frames.start, frames.stop)], dim=1)
 
 
 class ModulatedDeformConv2d(nn.Module):

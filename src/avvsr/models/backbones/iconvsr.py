@@ -6,9 +6,10 @@ both recurrent branches mix it into their state there (information refill). The 
 also takes the backward branch's feature of the same frame (coupled propagation); its output
 is the per-frame feature that is reconstructed, and so the fusion point.
 
-Reconstruction runs after both branches, over all frames at once in training and in groups of
-frames at inference (same computation, see
-:func:`~avvsr.models.backbones.blocks.reconstruct_frames`). The ``clip_ends`` option
+Reconstruction runs over all frames at once in training and, at inference, in groups of
+frames as the forward branch reaches them (same computation, see
+:func:`~avvsr.models.backbones.blocks.reconstruct_frames` and
+:class:`~avvsr.models.backbones.blocks.StatesOnDemand`). The ``clip_ends`` option
 (:data:`~avvsr.models.backbones.edvr.CLIP_ENDS`) chooses how keyframe windows are completed at
 the clip ends and how sizes not divisible by 4 are padded:
 
@@ -35,10 +36,12 @@ from avvsr.models.backbones.blocks import (
     ConvResidualBlocks,
     PixelShuffleHead,
     SPyNet,
+    StatesOnDemand,
     apply_feature_hook,
     conv,
     reconstruct_frames,
     recurrent_branch,
+    recurrent_states,
 )
 from avvsr.models.backbones.edvr import (
     WindowFusion,
@@ -183,12 +186,10 @@ class IconVSR(VSRBackbone):
 
         def forward_update(frame: int, state: Tensor) -> Tensor:
             state = refilled(frame, state, self.forward_refill)
-            inputs = [lq[:, frame], backward[:, frame], state]
+            inputs = [lq[:, frame], backward[frame], state]
             return self.forward_trunk(torch.cat(inputs, dim=1))
 
-        feat = recurrent_branch(forward_flows, False, initial, forward_update)
+        feat = StatesOnDemand(recurrent_states(forward_flows, False, initial, forward_update))
         hook = hook_on_crop(feature_hook, lr_height, lr_width)
-        sr = reconstruct_frames(
-            lambda frames: feat[:, frames], lq, hook, self.head, self.inference_group
-        )
+        sr = reconstruct_frames(feat, lq, hook, self.head, self.inference_group)
         return sr[..., : self.scale * lr_height, : self.scale * lr_width]
