@@ -6,22 +6,22 @@ interpreter's packages (the same torch wheel, through a ``.pth`` file) plus Basi
 (``basicsr==1.4.2``, installed without its training dependencies, and OpenCV, which its
 utilities import). The script then re-runs itself in that venv.
 
-mmagic's own code runs for BasicVSR, IconVSR and SPyNet, in a second venv,
-``.cache/mmagic-venv`` (made the same way, binary wheels only, no dependency resolution:
-``mmagic==1.2.0``, ``mmcv-lite==2.1.0``, ``mmengine`` and the few packages their imports need,
-with ``numpy<2`` installed into the venv, where it wins over this interpreter's numpy 2 that
-mmcv 2.1 fails on, ``np.bool8``). :func:`import_mmagic` imports mmagic's ``basicvsr_net.py``
-and ``iconvsr_net.py`` without running ``mmagic.models``' ``__init__.py`` (it imports every
-editor, diffusers and mmcv's compiled ops among them). IconVSR's EDVR-M refill module runs
-mmcv's ``ModulatedDeformConv2d`` (mmcv-lite's Python); its compiled kernel, ``mmcv._ext``, has
-no wheel and is computed by torchvision's ``deform_conv2d``
-(:func:`_modulated_deform_conv_forward`), as BasicSR computes its own DCN without its compiled
-extension. mmagic's EDVR and BasicVSR++ need more of mmcv's compiled operators and mmagic's
-package refuses mmcv-lite 2.2, so for every backbone the BasicSR rows also save BasicSR's
-network under mmagic's key names (:data:`MMAGIC_RENAMES`, read from mmagic's
-``basicvsr_net.py``, ``iconvsr_net.py``, ``basicvsr_plusplus_net.py``, ``edvr_net.py``, whose
-modules are BasicSR's under other names): for EDVR and BasicVSR++ those rows check the naming,
-not mmagic's code.
+mmagic's own code runs for every backbone and SPyNet, in a second venv, ``.cache/mmagic-venv``
+(made the same way, binary wheels only, no dependency resolution: ``mmagic==1.2.0``,
+``mmcv-lite==2.1.0``, ``mmengine`` and the few packages their imports need, with ``numpy<2``
+installed into the venv, where it wins over this interpreter's numpy 2 that mmcv 2.1 fails on,
+``np.bool8``). :func:`import_mmagic` imports mmagic's ``basicvsr_net.py``, ``iconvsr_net.py``,
+``basicvsr_plusplus_net.py``, ``edvr_net.py`` and its test loader's frame-index transform
+without running ``mmagic.models``' or ``mmagic.datasets``' ``__init__.py`` (they import every
+editor, diffusers and mmcv's compiled ops among them). The deformable convolutions (the PCD
+alignment of EDVR and of IconVSR's EDVR-M refill module, BasicVSR++'s second-order alignment)
+run mmcv's ``ModulatedDeformConv2d`` (mmcv-lite's Python); its compiled kernel, ``mmcv._ext``,
+has no wheel, and ``modulated_deform_conv_forward``, the only compiled operator these networks
+call, is computed by torchvision's ``deform_conv2d`` (:func:`_modulated_deform_conv_forward`),
+as BasicSR computes its own DCN without its compiled extension. The BasicSR rows also save
+BasicSR's network under mmagic's key names (:data:`MMAGIC_RENAMES`, read from mmagic's network
+files, whose modules are BasicSR's under other names; the key fixture's mmagic entry); the
+mmagic rows check those names against mmagic's own networks.
 
 Per backbone (paper size, x4), the script:
 
@@ -34,9 +34,15 @@ Per backbone (paper size, x4), the script:
    basicsr`` where it applies) and with the default ``clip_ends: mirror``, and whether the
    mmagic file converts to the same tensors. EDVR's reference output for frame t is BasicSR's
    EDVR on the window its test loader reads (``reflection_circle``); SPyNet's row compares
-   flows. Then the same for mmagic's own BasicVSR, IconVSR and SPyNet (:func:`mmagic_parity`:
-   its network, random weights, saved as its zoo does, ``{"state_dict": {"generator.<key>":
-   ...}}``; SPyNet as mmagic's pretrained SPyNet file, a bare state dict), run in the mmagic venv;
+   flows. Then the same for mmagic's own networks (:func:`mmagic_parity`: its network, random
+   weights, saved as its zoo does, ``{"state_dict": {"generator.<key>": ...}}``; SPyNet as
+   mmagic's pretrained SPyNet file, a bare state dict), run in the mmagic venv, with the
+   network's parameter count and whether its key shapes are the fixture's; mmagic's EDVR runs
+   on the windows of the test loader of its zoo config (``GenerateFrameIndiceswithPadding``,
+   ``reflection_circle`` in mmagic 1.2.0's EDVR configs; :func:`mmagic_test_windows`).
+   mmagic's IconVSR takes 63x66: it reflect-pads the frames' bottom and right to a multiple
+   of 4 (its EDVR-M's pyramid halves twice; mmagic's EDVRNet alone asserts a multiple of 4)
+   and crops the output back;
 3. times both (float32, 2 threads, alternating in this process, 6 repeats after a warm-up;
    milliseconds per output frame, median; avvsr also with ``channels_last`` weights) and
    measures the extra memory of one forward under ``torch.no_grad`` at T = 7 and 14 (see
@@ -75,8 +81,8 @@ VENV = ROOT / ".cache" / "reference-venv"
 REQUIREMENTS = ["basicsr==1.4.2", "opencv-python-headless"]
 BUILD_REQUIREMENTS = ["setuptools>=70", "wheel", "cython"]
 MMAGIC_VENV = ROOT / ".cache" / "mmagic-venv"
-# mmagic and what importing its two network files needs; numpy 1 (mmcv 2.1 uses np.bool8)
-# installed into the venv, where it wins over this interpreter's numpy 2.
+# mmagic and what importing its network files and zoo configs needs; numpy 1 (mmcv 2.1 uses
+# np.bool8) installed into the venv, where it wins over this interpreter's numpy 2.
 MMAGIC_REQUIREMENTS = [
     "numpy<2",
     "mmagic==1.2.0",
@@ -87,12 +93,19 @@ MMAGIC_REQUIREMENTS = [
     "termcolor",
     "yapf",
 ]
-MMAGIC_BACKBONES = ("basicvsr", "iconvsr")
 IN_VENV = "AVVSR_REFERENCE_VENV"
 MMAGIC_PYTHON = "AVVSR_MMAGIC_PYTHON"
 BACKBONES = ("basicvsr", "iconvsr", "basicvsrpp", "edvr", "edvr_l")
 CLIP_ENDS_BACKBONES = ("iconvsr", "edvr", "edvr_l")
+# mmagic's zoo configs of the EDVR sizes (under its package's .mim/configs/edvr/): their test
+# loader's first transform completes each frame's window at the clip ends.
+MMAGIC_EDVR_CONFIGS = {
+    "edvr": "edvrm_8xb4-600k_reds.py",
+    "edvr_l": "edvrl_c128b40_8xb8-lr2e-4-600k_reds4.py",
+}
+REFERENCE_KEYS = ROOT / "tests" / "data" / "reference_keys.json"
 SECTIONS = ("parity", "speed", "memory")
+PARITY_FRAMES = 7  # LR frames of each parity clip
 
 # mmagic's names for BasicSR's modules, in order; each applies to the whole key.
 MMAGIC_RENAMES = [
@@ -201,14 +214,19 @@ def _bare_packages(package_dir: str, names: tuple[str, ...]) -> None:
 
 
 def import_mmagic() -> types.SimpleNamespace:
-    """mmagic's ``BasicVSRNet``, ``IconVSRNet`` and ``SPyNet``, from its own files, unchanged.
+    """mmagic's ``BasicVSRNet``, ``IconVSRNet``, ``BasicVSRPlusPlusNet``, ``EDVRNet`` and
+    ``SPyNet``, and its test loader's ``GenerateFrameIndiceswithPadding``, from its own files,
+    unchanged; ``package``: mmagic's folder (its zoo configs are under ``.mim/configs``).
 
-    ``mmagic.models``' ``__init__.py`` imports every editor (diffusers, mmcv's compiled ops):
-    like :func:`import_basicsr`, the packages on the way are registered empty, and the two
-    names the network files take from ``mmagic.models.archs`` are set from their modules
-    there. IconVSR's EDVR-M refill module runs mmcv's ``ModulatedDeformConv2d`` (mmcv-lite's
-    Python, unchanged), whose compiled forward kernel (``mmcv._ext``) has no wheel: it is
-    computed by :func:`_modulated_deform_conv_forward` (torchvision's deformable conv).
+    ``mmagic.models``' and ``mmagic.datasets``' ``__init__.py`` import every editor and
+    dataset (diffusers, mmcv's compiled ops): like :func:`import_basicsr`, the packages on the
+    way are registered empty, and the two names the network files take from
+    ``mmagic.models.archs`` are set from their modules there. The deformable convolutions
+    (IconVSR's and EDVR's PCD alignment, BasicVSR++'s second-order alignment) run mmcv's
+    ``ModulatedDeformConv2d`` / ``modulated_deform_conv2d`` (mmcv-lite's Python, unchanged),
+    whose compiled forward kernel (``mmcv._ext``) has no wheel: it is computed by
+    :func:`_modulated_deform_conv_forward` (torchvision's deformable conv), the only compiled
+    operator these networks call.
     """
     import importlib.util
 
@@ -217,10 +235,13 @@ def import_mmagic() -> types.SimpleNamespace:
 
     spec = importlib.util.find_spec("mmagic")
     assert spec is not None and spec.submodule_search_locations
+    package = list(spec.submodule_search_locations)[0]
+    editors = ("basicvsr", "iconvsr", "edvr", "basicvsr_plusplus_net")
     _bare_packages(
-        list(spec.submodule_search_locations)[0],
+        package,
         ("mmagic.models", "mmagic.models.archs", "mmagic.models.editors")
-        + tuple(f"mmagic.models.editors.{e}" for e in ("basicvsr", "iconvsr", "edvr")),
+        + tuple(f"mmagic.models.editors.{e}" for e in editors)
+        + ("mmagic.datasets", "mmagic.datasets.transforms"),
     )
     from mmagic.models.archs import sr_backbone, upsample
 
@@ -238,10 +259,23 @@ def import_mmagic() -> types.SimpleNamespace:
     ops = sys.modules["mmcv.ops"]
     ops.ModulatedDeformConv2d = modulated_deform_conv.ModulatedDeformConv2d
     ops.modulated_deform_conv2d = modulated_deform_conv.modulated_deform_conv2d
+    from mmagic.datasets.transforms.generate_frame_indices import GenerateFrameIndiceswithPadding
     from mmagic.models.editors.basicvsr.basicvsr_net import BasicVSRNet, SPyNet
+    from mmagic.models.editors.basicvsr_plusplus_net.basicvsr_plusplus_net import (
+        BasicVSRPlusPlusNet,
+    )
+    from mmagic.models.editors.edvr.edvr_net import EDVRNet
     from mmagic.models.editors.iconvsr.iconvsr_net import IconVSRNet
 
-    return types.SimpleNamespace(BasicVSRNet=BasicVSRNet, IconVSRNet=IconVSRNet, SPyNet=SPyNet)
+    return types.SimpleNamespace(
+        package=Path(package),
+        BasicVSRNet=BasicVSRNet,
+        IconVSRNet=IconVSRNet,
+        BasicVSRPlusPlusNet=BasicVSRPlusPlusNet,
+        EDVRNet=EDVRNet,
+        SPyNet=SPyNet,
+        GenerateFrameIndiceswithPadding=GenerateFrameIndiceswithPadding,
+    )
 
 
 def _modulated_deform_conv_forward(
@@ -295,14 +329,56 @@ def _no_backward(*_: object, **__: object) -> None:
 
 def mmagic_network(mma: types.SimpleNamespace, name: str) -> nn.Module:
     """mmagic's network at avvsr's paper size, random weights (as :func:`reference_network`:
-    the module's initialisation, then N(0, 0.01^2) on every tensor)."""
+    the module's initialisation, then N(0, 0.01^2) on every tensor). EDVR as its zoo configs
+    build it: TSA fusion, centre frame 2 of 5 (avvsr's EDVR: TSA, centre ``num_frames // 2``).
+    mmagic's BasicVSR++ builds its deformable alignment whatever the device."""
     if name == "basicvsr":
         net = mma.BasicVSRNet(mid_channels=64, num_blocks=30)
+    elif name == "iconvsr":
+        net = mma.IconVSRNet(mid_channels=64, num_blocks=30, keyframe_stride=5, padding=2)
+    elif name == "basicvsrpp":
+        net = mma.BasicVSRPlusPlusNet(mid_channels=64, num_blocks=7)
     elif name == "spynet":
         net = mma.SPyNet(pretrained=None)
     else:
-        net = mma.IconVSRNet(mid_channels=64, num_blocks=30, keyframe_stride=5, padding=2)
+        large = name == "edvr_l"
+        net = mma.EDVRNet(
+            in_channels=3,
+            out_channels=3,
+            mid_channels=128 if large else 64,
+            num_frames=5,
+            deform_groups=8,
+            num_blocks_extraction=5,
+            num_blocks_reconstruction=40 if large else 10,
+            center_frame_idx=2,
+            with_tsa=True,
+        )
     return perturbed(net)
+
+
+def mmagic_test_windows(mma: types.SimpleNamespace, name: str, frames: int) -> tuple[list, str]:
+    """``(windows, padding)``: the frame indices of each of ``frames`` output frames' window
+    (``frames`` lists of ``num_input_frames``), as the test loader of mmagic's zoo config of
+    EDVR size ``name`` reads them (its first transform, ``GenerateFrameIndiceswithPadding``
+    with the config's ``padding``, run on a clip of ``frames`` frames), and that padding."""
+    from mmengine import Config
+
+    config = Config.fromfile(mma.package / ".mim/configs/edvr" / MMAGIC_EDVR_CONFIGS[name])
+    dataset = config.test_dataloader.dataset
+    step = dataset.pipeline[0]
+    assert step.type == "GenerateFrameIndiceswithPadding", step
+    indices = mma.GenerateFrameIndiceswithPadding(padding=step.padding)
+    windows = []
+    for frame in range(frames):
+        sample = {
+            "key": os.path.join("clip", f"{frame:08d}"),
+            "sequence_length": frames,
+            "num_input_frames": dataset.num_input_frames,
+            "img_path": "lq",
+            "gt_path": "gt",
+        }
+        windows.append([int(Path(path).stem) for path in indices.transform(sample)["img_path"]])
+    return windows, step.padding
 
 
 def mmagic_parity(folder: Path, networks: list[str]) -> Iterator[dict]:
@@ -310,20 +386,30 @@ def mmagic_parity(folder: Path, networks: list[str]) -> Iterator[dict]:
     network's state dict saved as its zoo does (``{"state_dict": {"generator.<key>": ...}}``;
     SPyNet as its pretrained file, a bare state dict without the ``mean`` / ``std`` buffers,
     which mmagic's SPyNet registers after loading it strictly), converted and loaded strictly;
-    SPyNet's row compares flows."""
+    SPyNet's row compares flows, EDVR's runs mmagic's EDVR on its test loader's windows
+    (:func:`mmagic_test_windows`). Each row also has the network's parameter count and whether
+    its keys and shapes are those of ``tests/data/reference_keys.json``'s mmagic entry (BasicSR's
+    networks renamed, :data:`MMAGIC_RENAMES`; "-" for SPyNet, whose fixture is BasicSR's)."""
     mma = import_mmagic()
+    fixture = json.loads(REFERENCE_KEYS.read_text())["mmagic"]
     for name in (*networks, "spynet"):
         torch.manual_seed(0)
         net = mmagic_network(mma, name).double()
         file = folder / f"{name}_mmagic_code.pth"
         state = net.state_dict()
+        extra = {"parameters": sum(p.numel() for p in net.parameters()), "fixture_keys": "-"}
+        reference: Callable = net
         if name == "spynet":
             torch.save({k: v for k, v in state.items() if k not in ("mean", "std")}, file)
         else:
             generator = {f"generator.{k}": v for k, v in state.items()}
             torch.save({"meta": {"note": "mmagic's own network"}, "state_dict": generator}, file)
+            extra["fixture_keys"] = "yes" if key_shapes(state) == fixture[name] else "NO"
+        if name.startswith("edvr"):
+            windows, extra["windows"] = mmagic_test_windows(mma, name, PARITY_FRAMES)
+            reference = functools.partial(windowed_forward, net, windows)
         model = converted_model(file).double()
-        yield from output_differences(name, file, model, net, {})
+        yield from output_differences(name, file, model, reference, extra)
 
 
 def mmagic_key(key: str) -> str:
@@ -400,6 +486,12 @@ def reference_forward(bsr: types.SimpleNamespace, net: nn.Module, name: str, lq:
         return net(lq)
     frames = lq.shape[1]
     windows = [bsr.generate_frame_indices(t, frames, 5, "reflection_circle") for t in range(frames)]
+    return windowed_forward(net, windows, lq)
+
+
+def windowed_forward(net: nn.Module, windows: list[list[int]], lq: Tensor) -> Tensor:
+    """A one-frame network's (EDVR's: (B, W, 3, h, w) -> (B, 3, 4h, 4w)) output for every frame
+    of ``lq`` (B, T, 3, h, w), frame t from the frames ``windows[t]``: (B, T, 3, 4h, 4w)."""
     return torch.stack([net(lq[:, window]) for window in windows], dim=1)
 
 
@@ -453,21 +545,22 @@ def parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> Ite
 def output_differences(
     name: str, file: Path, model: nn.Module, reference: Callable, extra: dict
 ) -> Iterator[dict]:
-    """Rows of max |``model`` - ``reference``| (float64, 7 random frames; IconVSR at 64x64
-    and 63x66, the others at 64x64): ``reference`` maps LR frames (B, T, 3, h, w) to the
-    reference output, or for SPyNet ``(ref, supp)`` (T, 3, h, w) each to flows (T, 2, h, w),
-    px. Backbones with a clip-end option also get the row's figure with ``clip_ends: mirror``
-    (``file`` converted again). ``extra`` is copied into every row."""
+    """Rows of max |``model`` - ``reference``| (float64, :data:`PARITY_FRAMES` random frames;
+    IconVSR at 64x64 and 63x66, the others at 64x64): ``reference`` maps LR frames
+    (B, T, 3, h, w) to the reference output, or for SPyNet ``(ref, supp)`` (T, 3, h, w) each
+    to flows (T, 2, h, w), px. Backbones with a clip-end option also get the row's figure
+    with ``clip_ends: mirror`` (``file`` converted again). ``extra`` is copied into every
+    row."""
     sizes = [(64, 64), (63, 66)] if name == "iconvsr" else [(64, 64)]
     for size in sizes:
         row = {"network": name, "size": size, **extra}
         with torch.no_grad():
             if name == "spynet":
-                ref, supp = torch.rand(2, 7, 3, *size, dtype=torch.float64)
+                ref, supp = torch.rand(2, PARITY_FRAMES, 3, *size, dtype=torch.float64)
                 row["converted"] = (model(ref, supp) - reference(ref, supp)).abs().max().item()
                 yield row
                 continue
-            lq = torch.rand(1, 7, 3, *size, dtype=torch.float64)
+            lq = torch.rand(1, PARITY_FRAMES, 3, *size, dtype=torch.float64)
             expected = reference(lq)
             row["converted"] = (model(lq) - expected).abs().max().item()
             if name in CLIP_ENDS_BACKBONES:
@@ -597,7 +690,7 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])
         )
-        if "parity" in args.sections and set(args.networks) & set(MMAGIC_BACKBONES):
+        if "parity" in args.sections:
             env[MMAGIC_PYTHON] = str(ensure_mmagic_venv())
         raise SystemExit(subprocess.run([str(python), __file__, *sys.argv[1:]], env=env).returncode)
     if args.probe:
@@ -606,7 +699,7 @@ def main() -> None:
     if args.mmagic_parity:
         torch.set_num_threads(2)
         with tempfile.TemporaryDirectory() as tmp:
-            print_parity_rows(mmagic_parity(Path(tmp), args.mmagic_parity))
+            print_parity_rows(mmagic_parity(Path(tmp), args.mmagic_parity), MMAGIC_COLUMNS)
         return
 
     torch.set_num_threads(2)
@@ -626,23 +719,44 @@ def main() -> None:
 
 
 def print_parity(bsr: types.SimpleNamespace, folder: Path, networks: list[str]) -> None:
-    print("Outputs, float64, 7 frames, every frame: max |avvsr - BasicSR| after conversion")
-    print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{'mmagic same':>13}")
-    print_parity_rows(parity(bsr, folder, networks))
-    mmagic_networks = [name for name in networks if name in MMAGIC_BACKBONES]
-    if mmagic_networks:
-        print("\nmmagic's own code (mmagic 1.2.0, its venv): max |avvsr - mmagic| after conversion")
-        print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}")
-        command = [os.environ[MMAGIC_PYTHON], __file__, "--mmagic-parity", *mmagic_networks]
-        subprocess.run(command, check=True)
+    print(
+        f"Outputs, float64, {PARITY_FRAMES} frames, every frame: "
+        "max |avvsr - BasicSR| after conversion"
+    )
+    print_parity_header(BASICSR_COLUMNS)
+    print_parity_rows(parity(bsr, folder, networks), BASICSR_COLUMNS)
+    print(
+        f"\nmmagic's own code (mmagic 1.2.0, its venv), float64, {PARITY_FRAMES} frames, "
+        "every frame: max |avvsr - mmagic| after conversion"
+    )
+    print_parity_header(MMAGIC_COLUMNS)
+    command = [os.environ[MMAGIC_PYTHON], __file__, "--mmagic-parity", *networks]
+    subprocess.run(command, check=True)
 
 
-def print_parity_rows(rows: Iterator[dict]) -> None:
+BASICSR_COLUMNS = (("mmagic_same", "mmagic same", 13),)
+MMAGIC_COLUMNS = (
+    ("parameters", "parameters", 12),
+    ("fixture_keys", "fixture keys", 14),
+    ("windows", "EDVR windows", 19),
+)
+"""The columns after ``mirror ends`` of each parity table: (row key, title, width)."""
+
+
+def print_parity_header(columns: tuple[tuple[str, str, int], ...]) -> None:
+    titles = "".join(f"{title:>{width}}" for _, title, width in columns)
+    print(f"{'network':<12}{'LR size':<9}{'converted':>12}{'mirror ends':>14}{titles}")
+
+
+def print_parity_rows(rows: Iterator[dict], columns: tuple[tuple[str, str, int], ...]) -> None:
+    """One line per row of :func:`parity` or :func:`mmagic_parity`; a value a row lacks is
+    left blank."""
     for row in rows:
         size = "x".join(map(str, row["size"]))
-        mirror = f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
-        same = f"{row['mmagic_same']:>13}" if "mmagic_same" in row else ""
-        print(f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}{mirror}{same}", flush=True)
+        line = f"{row['network']:<12}{size:<9}{row['converted']:>12.2e}"
+        line += f"{row['mirror']:>14.2e}" if "mirror" in row else f"{'':>14}"
+        line += "".join(f"{row.get(key, ''):>{width}}" for key, _, width in columns)
+        print(line.rstrip(), flush=True)
 
 
 def print_speed(
