@@ -452,6 +452,21 @@ def frame_groups(num_frames: int, group: int) -> list[slice]:
     return [slice(start, min(start + group, num_frames)) for start in range(0, num_frames, group)]
 
 
+def joined_along_frames(parts: list[slice], compute: Callable[[slice], Tensor]) -> Tensor:
+    """``compute(part)`` (B, T', ...) for each of the consecutive ``parts`` (slices of one
+    frame axis), joined along dim 1. One part is returned as it is; several are written into
+    one tensor allocated once, so the parts' results and their joined copy never coexist."""
+    if len(parts) == 1:
+        return compute(parts[0])
+    out: Tensor | None = None
+    for part in parts:
+        result = compute(part)
+        if out is None:
+            out = result.new_empty(result.shape[0], parts[-1].stop, *result.shape[2:])
+        out[:, part] = result
+    return out
+
+
 def reconstruct_frames(
     features: Callable[[slice], Tensor],
     lq: Tensor,
@@ -470,15 +485,10 @@ def reconstruct_frames(
     with T. Every frame is computed by the same functions either way (equal in float64).
     """
     batch, num_frames = lq.shape[:2]
-    groups = frame_groups(num_frames, group)
-    out: Tensor | None = None
-    for frames in groups:
+
+    def reconstructed(frames: slice) -> Tensor:
         hooked = apply_feature_hook(features(frames), frames, feature_hook)
         sr = reconstruct(hooked.flatten(0, 1), lq[:, frames].flatten(0, 1))
-        sr = sr.unflatten(0, (batch, -1))
-        if len(groups) == 1:
-            return sr
-        if out is None:
-            out = sr.new_empty(batch, num_frames, *sr.shape[2:])
-        out[:, frames] = sr
-    return out
+        return sr.unflatten(0, (batch, -1))
+
+    return joined_along_frames(frame_groups(num_frames, group), reconstructed)

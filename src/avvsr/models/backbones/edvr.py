@@ -33,7 +33,7 @@ from avvsr.models.backbones.blocks import (
     ResidualBlockNoBN,
     conv,
     frame_groups,
-    in_groups,
+    joined_along_frames,
     leaky_relu,
     leaky_relu_layer,
     make_layer,
@@ -231,6 +231,10 @@ class TSAFusion(nn.Module):
         return feat * torch.sigmoid(attn) * 2 + self.attn_add(attn)
 
 
+Levels = list[Tensor]
+"""One frame's pyramid features, finest level first: (B, C, h / 2**l, w / 2**l) each."""
+
+
 class FramePyramids:
     """The per-frame pyramid features (:meth:`WindowFusion.pyramid_features`) that a clip's
     windows need, computed when a window first needs a frame and dropped after the last
@@ -246,7 +250,7 @@ class FramePyramids:
 
     def __init__(
         self,
-        pyramid_features: Callable[[Tensor], list[Tensor]],
+        pyramid_features: Callable[[Tensor], Levels],
         lq: Tensor,
         windows: Tensor,
         group: int,
@@ -257,36 +261,38 @@ class FramePyramids:
         self.batch = lq.shape[0]
         self.windows = windows.tolist()
         self._last_row = {frame: row for row, frames in enumerate(self.windows) for frame in frames}
-        self._held: dict[int, list[Tensor]] = {}  # frame -> levels (B, C, h_l, w_l)
+        self._held: dict[int, Levels] = {}
         if torch.is_grad_enabled():
             self._compute(sorted(self._last_row))
 
     def _compute(self, frames: list[int]) -> None:
-        padded = pad_to_multiple(self._lq[:, frames].flatten(0, 1), 2 ** (NUM_LEVELS - 1))
-        levels = in_groups(self._pyramid_features, [padded], self._group * self.batch)
-        per_frame = [level.unflatten(0, (self.batch, len(frames))).unbind(1) for level in levels]
-        for index, frame in enumerate(frames):
-            self._held[frame] = [level[index] for level in per_frame]
+        for part in frame_groups(len(frames), self._group):
+            chosen = frames[part]
+            padded = pad_to_multiple(self._lq[:, chosen].flatten(0, 1), 2 ** (NUM_LEVELS - 1))
+            levels = [
+                level.unflatten(0, (self.batch, len(chosen))).unbind(1)
+                for level in self._pyramid_features(padded)
+            ]
+            for index, frame in enumerate(chosen):
+                self._held[frame] = [level[index] for level in levels]
 
-    def gather(self, rows: slice) -> tuple[list[Tensor], list[Tensor]]:
-        """The pyramids of the windows ``rows`` as PCD alignment takes them: ``(neighbour,
-        reference)``, each a list over levels (finest first) of (B*K'*W, C, h_l, w_l), batch
-        major, then window, then position in the window; ``reference`` repeats each window's
-        centre frame."""
+    def gather(self, rows: slice) -> list[tuple[Levels, Levels]]:
+        """The ``(neighbour, centre)`` pyramids of every position of the windows ``rows``, in
+        window order, then position order (K' * W pairs). The frames no later window uses are
+        dropped here (the pairs returned still hold theirs)."""
         windows = self.windows[rows]
-        frames = [frame for window in windows for frame in window]
-        missing = sorted(set(frames) - self._held.keys())
+        missing = sorted({frame for window in windows for frame in window} - self._held.keys())
         if missing:
             self._compute(missing)
-        centres = [window[len(window) // 2] for window in windows for _ in window]
-        neighbour, reference = [], []
-        for level in range(NUM_LEVELS):
-            neighbour.append(torch.stack([self._held[f][level] for f in frames], 1).flatten(0, 1))
-            reference.append(torch.stack([self._held[f][level] for f in centres], 1).flatten(0, 1))
+        pairs = [
+            (self._held[frame], self._held[window[len(window) // 2]])
+            for window in windows
+            for frame in window
+        ]
         last_row = len(self.windows) if rows.stop is None else rows.stop
         for frame in [f for f in self._held if self._last_row[f] < last_row]:
             del self._held[frame]
-        return neighbour, reference
+        return pairs
 
 
 class WindowFusion(nn.Module):
@@ -342,12 +348,26 @@ class WindowFusion(nn.Module):
     def fuse(self, pyramids: FramePyramids, rows: slice, size: tuple[int, int]) -> Tensor:
         """The fused features (B, K', C, h, w) of the windows ``rows`` of ``pyramids``,
         cropped to the LR ``size`` (h, w)."""
-        neighbour, reference = pyramids.gather(rows)
+        pairs = pyramids.gather(rows)
         height, width = size
-        aligned = self.pcd_align(neighbour, reference)  # (B*K'*W, C, h_pad, w_pad)
-        windowed = aligned.unflatten(0, (-1, self.num_frames))
+        # With autograd off one neighbour at a time, as the published EDVR aligns them.
+        aligned = joined_along_frames(
+            frame_groups(len(pairs), 1), lambda part: self._align(pairs[part], pyramids.batch)
+        )  # (B, K'*W, C, h_pad, w_pad)
+        windowed = aligned.flatten(0, 1).unflatten(0, (-1, self.num_frames))
         fused = self.tsa_fusion(windowed, centre=self.num_frames // 2)
         return fused[..., :height, :width].unflatten(0, (pyramids.batch, -1))
+
+    def _align(self, pairs: list[tuple[Levels, Levels]], batch: int) -> Tensor:
+        """PCD alignment of each ``(neighbour, centre)`` pair -> (B, P, C, h_pad, w_pad)."""
+        neighbour, reference = (
+            [
+                torch.stack([pair[side][level] for pair in pairs], 1).flatten(0, 1)
+                for level in range(NUM_LEVELS)
+            ]
+            for side in (0, 1)
+        )
+        return self.pcd_align(neighbour, reference).unflatten(0, (batch, len(pairs)))
 
 
 class EDVR(VSRBackbone):
