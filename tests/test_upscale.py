@@ -392,8 +392,8 @@ def test_cli_speed_levers_keep_the_output(tmp_path, tiny_checkpoints, capsys):
     common = ["--ckpt", str(tiny_checkpoints["msavf"]), "--chunk", "6", "--overlap", "2",
               "--quiet", "--crf", "0"]
     plain, levers = tmp_path / "plain.mkv", tmp_path / "levers.mkv"
-    assert upscale_cli.main([str(source), str(plain), *common]) == 0
-    assert upscale_cli.main([str(source), str(levers), *common, "--channels-last",
+    assert upscale_cli.main([str(source), str(plain), *common, "--no-channels-last"]) == 0
+    assert upscale_cli.main([str(source), str(levers), *common,  # channels_last: the default
                              "--cudnn-benchmark", "--inference-group", "3"]) == 0
     assert psnr(read_frames(levers), read_frames(plain)) > 50
     with pytest.raises(SystemExit) as exit_info:

@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed = parser.add_argument_group(
         "speed levers that keep the output (avvsr.models.acceleration; mostly for GPUs)"
     )
-    speed.add_argument("--channels-last", action="store_true", help="NHWC convolution weights")
+    speed.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True,
+        help="NHWC convolution weights (default: on; measured 3-20%% faster on a 2-core CPU "
+        "for every backbone, benchmarks/reference_parity.py)",
+    )
     speed.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning")
     speed.add_argument("--compile", action="store_true", help="torch.compile frame-wise units")
     speed.add_argument(

@@ -3,7 +3,9 @@
     net = Acceleration(channels_last=True, cudnn_benchmark=True, inference_group=8).apply(net)
 
 - ``channels_last``: convolution weights in NHWC layout (``torch.channels_last``); convolutions
-  then produce NHWC features, the layout tensor cores and oneDNN prefer.
+  then produce NHWC features, the layout tensor cores and oneDNN prefer. On by default in
+  ``avvsr-upscale``: on a 2-core CPU it made every paper-size backbone 3-20% faster
+  (``benchmarks/reference_parity.py --sections speed``, README).
 - ``cudnn_benchmark``: cuDNN times its algorithms for each new input shape and keeps the
   fastest (``torch.backends.cudnn.benchmark``; global, and a no-op without CUDA). Worth it when
   the shapes repeat, as in chunked inference.
