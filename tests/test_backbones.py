@@ -301,9 +301,10 @@ def pyramid_frames_held(model: torch.nn.Module, num_frames: int) -> tuple[int, i
 
     def counted(padded: torch.Tensor) -> list[torch.Tensor]:
         levels = fusion.__class__.pyramid_features(fusion, padded)
-        computed[0] += len(padded)
-        alive[0] += len(padded)
-        weakref.finalize(levels[0], lambda n=len(padded): alive.__setitem__(0, alive[0] - n))
+        count = len(padded)
+        computed[0] += count
+        alive[0] += count
+        weakref.finalize(levels[0], lambda: alive.__setitem__(0, alive[0] - count))
         return levels
 
     fusion.pyramid_features = counted

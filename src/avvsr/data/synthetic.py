@@ -641,7 +641,8 @@ def render_frames(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     lattice_amplitude L(y, x))``: ``e`` its envelope, ``p`` its grating profile at grating
     phase ``u`` (cycles; the class profile, or its fundamental with lattices), ``L`` the class
     lattice (``class_detail="lattice"`` only), ``w`` a raised-cosine fade from 1 inside to 0 at
-    the rim over ``texture_fade_px``; the disc edge is antialiased over one pixel. Labels mark pixels whose centre lies inside the disc.
+    the rim over ``texture_fade_px``; the disc edge is antialiased over one pixel. Labels mark
+    pixels whose centre lies inside the disc.
     """
     config = spec.config
     x, y = _pixel_grid(config)
