@@ -319,10 +319,9 @@ class SynthConfig:
         elif self.class_detail == "lattice":
             if self.lattice_period_px < 2:
                 yield f"lattice_period_px must be >= 2, got {self.lattice_period_px}"
-            elif self.num_classes > len(lattice_frequencies(self.lattice_period_px)):
+            elif self.num_classes > (count := len(lattice_frequencies(self.lattice_period_px))):
                 yield (f"{self.num_classes} classes need as many lattices; a "
-                       f"{self.lattice_period_px} px period has "
-                       f"{len(lattice_frequencies(self.lattice_period_px))}")
+                       f"{self.lattice_period_px} px period has {count}")
             if self.lattice_amplitude < 0:
                 yield f"lattice_amplitude must be >= 0, got {self.lattice_amplitude}"
 

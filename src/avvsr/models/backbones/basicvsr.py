@@ -13,7 +13,7 @@ group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,8 +28,8 @@ from avvsr.models.backbones.blocks import (
     conv,
     leaky_relu,
     reconstruct_frames,
-    recurrent_branch,
     recurrent_states,
+    states_in_frame_order,
 )
 
 
@@ -69,10 +69,10 @@ class BasicVSR(VSRBackbone):
         """``lq`` (B, T, 3, h, w) -> (B, T, 3, s*h, s*w); hook on groups (B, T', num_feat, h, w)."""
         batch = lq.shape[0]
         backward_flows, forward_flows = self.spynet.neighbour_flows(lq, self.inference_group)
-        backward = recurrent_branch(*self._branch(lq, backward_flows, self.backward_trunk, True))
-        forward = StatesOnDemand(
-            recurrent_states(*self._branch(lq, forward_flows, self.forward_trunk, False))
+        backward = states_in_frame_order(
+            self._states(lq, backward_flows, self.backward_trunk, reverse=True)
         )
+        forward = StatesOnDemand(self._states(lq, forward_flows, self.forward_trunk, reverse=False))
 
         def features(frames: slice) -> Tensor:  # (B, T', C, h, w)
             both = torch.cat([torch.stack(backward[frames], dim=1), forward(frames)], dim=2)
@@ -80,14 +80,14 @@ class BasicVSR(VSRBackbone):
 
         return reconstruct_frames(features, lq, feature_hook, self.head, self.inference_group)
 
-    def _branch(
+    def _states(
         self, lq: Tensor, flows: Tensor, trunk: nn.Module, reverse: bool
-    ) -> tuple[Tensor, bool, Tensor, Callable[[int, Tensor], Tensor]]:
-        """The arguments of :func:`recurrent_states` for one branch over ``lq`` (B, T, 3, h, w)."""
+    ) -> Iterator[tuple[int, Tensor]]:
+        """One branch's :func:`recurrent_states` over ``lq`` (B, T, 3, h, w)."""
         batch, _, _, height, width = lq.shape
         initial = lq.new_zeros(batch, self.fusion_channels, height, width)
 
         def update(frame: int, state: Tensor) -> Tensor:
             return trunk(torch.cat([lq[:, frame], state], dim=1))
 
-        return flows, reverse, initial, update
+        return recurrent_states(flows, reverse, initial, update)

@@ -239,15 +239,11 @@ def recurrent_states(
         yield frame, state
 
 
-def recurrent_branch(
-    flows: Tensor, reverse: bool, initial: Tensor, update: Callable[[int, Tensor], Tensor]
-) -> list[Tensor]:
-    """The whole branch of :func:`recurrent_states`: the states (B, C, h, w), a list in frame
+def states_in_frame_order(states: Iterator[tuple[int, Tensor]]) -> list[Tensor]:
+    """A whole branch of :func:`recurrent_states`: its states (B, C, h, w) as a list in frame
     order (not stacked: a stacked copy would hold every state twice)."""
-    states = [initial] * (flows.shape[1] + 1)
-    for frame, state in recurrent_states(flows, reverse, initial, update):
-        states[frame] = state
-    return states
+    by_frame = dict(states)
+    return [by_frame[frame] for frame in range(len(by_frame))]
 
 
 class StatesOnDemand:

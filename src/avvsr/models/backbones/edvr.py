@@ -289,8 +289,7 @@ class FramePyramids:
             for window in windows
             for frame in window
         ]
-        last_row = len(self.windows) if rows.stop is None else rows.stop
-        for frame in [f for f in self._held if self._last_row[f] < last_row]:
+        for frame in [f for f in self._held if self._last_row[f] < rows.stop]:
             del self._held[frame]
         return pairs
 
@@ -328,9 +327,9 @@ class WindowFusion(nn.Module):
     def forward(self, lq: Tensor, windows: Tensor, group: int | None = None) -> Tensor:
         group = group or len(windows)
         pyramids = self.pyramids(lq, windows, group)
-        parts = frame_groups(len(windows), group)
-        fused = [self.fuse(pyramids, part, lq.shape[-2:]) for part in parts]
-        return fused[0] if len(fused) == 1 else torch.cat(fused, dim=1)
+        return joined_along_frames(
+            frame_groups(len(windows), group), lambda rows: self.fuse(pyramids, rows, lq.shape[-2:])
+        )
 
     def pyramids(self, lq: Tensor, windows: Tensor, group: int) -> FramePyramids:
         """The per-frame features of ``lq`` (B, T, 3, h, w) that ``windows`` (K, W) need,

@@ -40,8 +40,8 @@ from avvsr.models.backbones.blocks import (
     apply_feature_hook,
     conv,
     reconstruct_frames,
-    recurrent_branch,
     recurrent_states,
+    states_in_frame_order,
 )
 from avvsr.models.backbones.edvr import (
     WindowFusion,
@@ -182,7 +182,9 @@ class IconVSR(VSRBackbone):
             state = refilled(frame, state, self.backward_refill)
             return self.backward_trunk(torch.cat([lq[:, frame], state], dim=1))
 
-        backward = recurrent_branch(backward_flows, True, initial, backward_update)
+        backward = states_in_frame_order(
+            recurrent_states(backward_flows, True, initial, backward_update)
+        )
 
         def forward_update(frame: int, state: Tensor) -> Tensor:
             state = refilled(frame, state, self.forward_refill)
