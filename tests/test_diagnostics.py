@@ -5,6 +5,7 @@ the coded grating where it scores them and nowhere else."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -71,6 +72,23 @@ def test_the_render_without_class_detail_is_what_every_class_shares(class_detail
         difference = np.abs(render - plain)
         assert difference[background].max() <= 1.0  # rounding, and the antialiased rims
         assert difference[labels == sounding.id].max() > 10.0  # the lattice
+
+
+def test_class_blindness_measures_what_the_lr_frames_keep_of_the_class(tmp_path: Path) -> None:
+    """On written and decoded clips, the lattice leaves the LR frames of a family's classes
+    nearly equal and their HR frames far apart; the harmonics leave more at LR."""
+    class_blindness = load_script("class_blindness")
+    families = synthetic.SynthConfig(num_frames=2, num_classes=4, classes_per_family=2,
+                                     family_cue="hue", distractors="other_family")
+    differences = {
+        detail: class_blindness.class_differences(
+            dataclasses.replace(families, class_detail=detail), 1, tmp_path / detail
+        )
+        for detail in synthetic.CLASS_DETAILS
+    }
+    (lattice_lr, lattice_hr), (harmonics_lr, _) = differences["lattice"], differences["harmonics"]
+    assert lattice_lr < 1.5 < harmonics_lr
+    assert lattice_hr > 20.0
 
 
 def test_class_oracle_gives_each_item_its_sounding_class_code(

@@ -396,6 +396,8 @@ def test_cli_speed_levers_keep_the_output(tmp_path, tiny_checkpoints, capsys):
     assert upscale_cli.main([str(source), str(levers), *common,  # channels_last: the default
                              "--cudnn-benchmark", "--inference-group", "3"]) == 0
     assert psnr(read_frames(levers), read_frames(plain)) > 50
+    defaults = upscale_cli.build_parser().parse_args([str(source), str(levers), *common])
+    assert defaults.channels_last is True  # what the plain run above turned off
     with pytest.raises(SystemExit) as exit_info:
         upscale_cli.main([str(source), str(tmp_path / "x.mkv"), *common, "--inference-group", "0"])
     assert exit_info.value.code == 2 and "inference_group" in capsys.readouterr().err
