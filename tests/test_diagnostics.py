@@ -224,3 +224,29 @@ def test_audio_class_probe_saves_an_encoder_that_init_weights_loads(
     kept = load_weights(net, read_weights(saved), source=saved, part_state=True)  # strictly
     assert not any(key.startswith("audio_encoder.") for key in kept)
     assert any(key.startswith("backbone.") for key in kept)
+
+
+def test_mask_by_region_reads_each_region_at_the_mask_size() -> None:
+    initial_masks = load_script("initial_masks")
+    source = torch.zeros(1, 1, 1, 8, 8)
+    source[..., :4, :4] = 1
+    distractor = torch.zeros_like(source)
+    distractor[..., 4:, 4:] = 1
+    mask = torch.zeros(1, 1, 1, 4, 4)  # half the label size, as the LR mask of an HR label
+    mask[..., :2, :2] = 0.75
+    mask[..., 2:, 2:] = 0.25
+    shares = initial_masks.mask_by_region(mask, {"mask": source, "distractor_mask": distractor})
+    assert shares == {"source": 0.75, "distractors": 0.25, "background": 0.0,
+                      "source_open_share": 1.0}
+
+
+def test_initial_masks_main_prints_one_row_per_seed(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    initial_masks = load_script("initial_masks")
+    initial_masks.main([str(synth_root), "data.batch_size=2", f"paths.cache_dir={tmp_path}",
+                        "--seeds", "0", "1"])
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [row.split(" | ")[0] for row in rows] == ["0", "1"]
+    for row in rows:  # at the default initial temperature every mask starts undecided
+        assert all(0.25 < float(value) < 0.75 for value in row.split(" | ")[1:4])
