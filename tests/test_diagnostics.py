@@ -250,3 +250,42 @@ def test_initial_masks_main_prints_one_row_per_seed(
     assert [row.split(" | ")[0] for row in rows] == ["0", "1"]
     for row in rows:  # at the default initial temperature every mask starts undecided
         assert all(0.25 < float(value) < 0.75 for value in row.split(" | ")[1:4])
+
+
+def test_mask_override_forces_every_mask_and_puts_the_learned_biases_back() -> None:
+    from avvsr.models.audio_encoder import AudioEncoder
+    from avvsr.models.avvsr_net import AVVSRNet
+    from avvsr.models.backbones.basicvsr import BasicVSR
+    from avvsr.models.fusion import MSAVF
+
+    mask_override = load_script("mask_override")
+    torch.manual_seed(0)
+    encoder = AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2)
+    net = AVVSRNet(BasicVSR(num_feat=8, num_blocks=1, hr_channels=8), encoder, MSAVF).eval()
+    with torch.no_grad():  # the zero-initialised layers made non-zero, as training would
+        for name, parameter in net.named_parameters():
+            if "logit_bias" not in name and not parameter.any():
+                parameter.normal_(std=0.5)
+    source = torch.zeros(1, 2, 1, 32, 32)
+    source[..., :16, :] = 1
+    batch = {"lq": torch.rand(1, 2, 3, 8, 8), "gt": torch.rand(1, 2, 3, 32, 32),
+             "audio": torch.randn(1, 2, 16, 9), "mask": source, "distractor_mask": 1 - source}
+    biases = [m.logit_bias.clone() for m in net.fusion.fuse]
+    seen, outputs = [], []
+    original = mask_override.region_psnr
+
+    def record(model, batches):
+        out = model(batch["lq"], batch["audio"])
+        seen.append([m.detach().unique() for m in out.masks])
+        outputs.append(out.sr.detach())
+        return original(model, batches)
+
+    mask_override.region_psnr = record
+    scores = {name: mask_override.with_masks(net, logit, [batch])
+              for name, logit in mask_override.MASK_SETTINGS.items()}
+    assert [m.logit_bias for m in net.fusion.fuse] == biases
+    _, opened, closed = seen
+    assert all(torch.equal(m, torch.ones(1)) for m in opened)
+    assert all(torch.equal(m, torch.zeros(1)) for m in closed)
+    assert not torch.allclose(outputs[1], outputs[2])  # the forced masks change the output
+    assert set(scores["learned"]) == {"source", "distractors"}
