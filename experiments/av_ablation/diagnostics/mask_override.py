@@ -22,6 +22,7 @@ import torch
 from study_tools import Study
 
 from avvsr.checkpoint import load_lit_module
+from avvsr.lit_module import REGION_METRICS
 from avvsr.metrics import RegionPSNR
 from avvsr.models.fusion import AudioGuidedFiLM
 
@@ -31,7 +32,8 @@ MASK_SETTINGS = {"learned": None, "open": FORCED_LOGIT, "closed": -FORCED_LOGIT}
 
 def region_psnr(net: torch.nn.Module, batches: Sequence[dict]) -> dict[str, float]:
     """PSNR-Y (dB) inside the source and inside the distractors of ``net``'s outputs."""
-    regions = {"source": "mask", "distractors": "distractor_mask"}
+    regions = {name: REGION_METRICS[metric][0] for name, metric in
+               (("source", "psnr_y_inside"), ("distractors", "psnr_y_distractors"))}
     metrics = {name: RegionPSNR(region="inside", test_y_channel=True) for name in regions}
     with torch.no_grad():
         for batch in batches:
