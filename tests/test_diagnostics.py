@@ -226,18 +226,20 @@ def test_audio_class_probe_saves_an_encoder_that_init_weights_loads(
     assert any(key.startswith("backbone.") for key in kept)
 
 
-def test_mask_by_region_reads_each_region_at_the_mask_size() -> None:
+def test_mask_by_region_reads_each_region_at_the_label_size() -> None:
     initial_masks = load_script("initial_masks")
     source = torch.zeros(1, 1, 1, 8, 8)
     source[..., :4, :4] = 1
     distractor = torch.zeros_like(source)
     distractor[..., 4:, 4:] = 1
-    mask = torch.zeros(1, 1, 1, 4, 4)  # half the label size, as the LR mask of an HR label
-    mask[..., :2, :2] = 0.75
-    mask[..., 2:, 2:] = 0.25
-    shares = initial_masks.mask_by_region(mask, {"mask": source, "distractor_mask": distractor})
+    labels = {"mask": source, "distractor_mask": distractor}
+    mask = 0.75 * source + 0.25 * distractor
+    shares = initial_masks.mask_by_region(mask, labels)
     assert shares == {"source": 0.75, "distractors": 0.25, "background": 0.0,
                       "source_open_share": 1.0}
+    lr_mask = torch.full((1, 1, 1, 2, 2), 0.6)  # the LR mask of an HR label, upsampled
+    assert initial_masks.mask_by_region(lr_mask, labels) == pytest.approx(
+        {"source": 0.6, "distractors": 0.6, "background": 0.6, "source_open_share": 1.0})
 
 
 def test_initial_masks_main_prints_one_row_per_seed(

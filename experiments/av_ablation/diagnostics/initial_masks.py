@@ -2,9 +2,9 @@
 distractors and the background of the first validation batch.
 
 Each seed's model is built as ``avvsr-train`` builds it (the study's config, ``seed_everything``
-first), without a training step. The mask is read at its own size (the LR frame's); a region's
-pixels are those the area-resized label mask covers by more than half. Printed per seed: the
-mean mask over each region and the share of the source's pixels where it is above 0.5.
+first), without a training step. The mask is upsampled to the label maps' size as the mask
+metrics do (``avvsr.metrics.upsample_attention``). Printed per seed: the mean mask over each
+region and the share of the source's pixels where it is above 0.5.
 
 Usage::
 
@@ -21,32 +21,26 @@ from collections.abc import Sequence
 import hydra
 import lightning as L
 import torch
-import torch.nn.functional as F
 from study_tools import Study
 from torch import Tensor
 
 from avvsr.config import build_lit_module
-
-
-def region_pixels(label_mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """``label_mask`` (B, T, 1, H, W) in {0, 1} -> bool (B, T, 1, h, w): the pixels of a mask
-    of ``size`` (h, w) that the region covers by more than half."""
-    resized = F.interpolate(label_mask.flatten(0, 1).float(), size=size, mode="area")
-    return resized.unflatten(0, label_mask.shape[:2]) > 0.5
+from avvsr.metrics import upsample_attention
 
 
 def mask_by_region(mask: Tensor, batch: dict) -> dict[str, float]:
     """The mean of ``mask`` (B, T, 1, h, w) over the source, the distractors and the rest, and
-    the share of the source's pixels where it is above 0.5."""
-    size = tuple(mask.shape[-2:])
-    source = region_pixels(batch["mask"], size)
-    distractors = region_pixels(batch["distractor_mask"], size)
+    the share of the source's pixels where it is above 0.5, with the mask upsampled to the
+    label maps' (B, T, 1, H, W) size as the mask metrics do (``upsample_attention``)."""
+    scores = upsample_attention(mask, batch["mask"])
+    source = batch["mask"].flatten(1) > 0.5
+    distractors = batch["distractor_mask"].flatten(1) > 0.5
     background = ~(source | distractors)
     return {
-        "source": mask[source].mean().item(),
-        "distractors": mask[distractors].mean().item(),
-        "background": mask[background].mean().item(),
-        "source_open_share": (mask[source] > 0.5).float().mean().item(),
+        "source": scores[source].mean().item(),
+        "distractors": scores[distractors].mean().item(),
+        "background": scores[background].mean().item(),
+        "source_open_share": (scores[source] > 0.5).float().mean().item(),
     }
 
 
