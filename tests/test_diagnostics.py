@@ -291,3 +291,28 @@ def test_mask_override_forces_every_mask_and_puts_the_learned_biases_back() -> N
     assert all(torch.equal(m, torch.zeros(1)) for m in closed)
     assert not torch.allclose(outputs[1], outputs[2])  # the forced masks change the output
     assert set(scores["learned"]) == {"source", "distractors"}
+
+
+def test_mask_override_main_reads_an_avvsr_train_checkpoint(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """On a checkpoint as ``avvsr-train`` writes it, the masks as learned score what the run's
+    own test recorded, and forcing them open or closed changes the output."""
+    import json
+
+    from avvsr.train import train
+    from helpers.training import compose_train
+
+    train(compose_train(synth_root, tmp_path / "run",
+                        ["model/fusion=msavf", "trainer.max_steps=8", "model.lr=2e-3"]))
+    record = json.loads((tmp_path / "run" / "out" / "metrics.json").read_text())
+    mask_override = load_script("mask_override")
+    capsys.readouterr()  # what the training printed
+    results = mask_override.main([record["best_checkpoint"], "--data", str(synth_root),
+                                  f"paths.cache_dir={tmp_path / 'cache'}"])
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [row.split(" | ")[0] for row in rows] == list(mask_override.MASK_SETTINGS)
+    for name, metric in (("source", "psnr_y_inside"), ("distractors", "psnr_y_distractors")):
+        assert results["learned"][name] == pytest.approx(
+            record["metrics"][f"test/true/{metric}"], abs=1e-3)
+    assert results["open"] != results["closed"]

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the sweeps run in <runs-dir>/<study>/<profile>/<time stamp>",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     out_dir = args.out_dir or (
         ROOT / "experiments" / args.study / ("" if args.profile == "cpu" else args.profile)

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     parser.add_argument("--data", default=str(ROOT / "data" / "synth_av"))
     parser.add_argument("--save", default=None, help="write the encoder's weights here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the study's config")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     study = Study(args.data, args.overrides)

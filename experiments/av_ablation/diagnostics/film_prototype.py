@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", default=str(ROOT / "data" / "synth_av"))
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides of the study's config, e.g. data.batch_size=16")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     study = Study(args.data, args.overrides)

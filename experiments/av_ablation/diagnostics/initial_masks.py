@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", help="a synthetic set's root")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the study's config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     study = Study(args.data, ["model/fusion=msavf", *args.overrides])
     batch = next(iter(study.datamodule.val_dataloader()))
     print("seed | source | distractors | background | source pixels > 0.5")

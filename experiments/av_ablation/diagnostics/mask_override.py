@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("checkpoint", help="an avvsr-train checkpoint with MS-AVF")
     parser.add_argument("--data", required=True, help="the synthetic set it was trained on")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the study's config")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     torch.set_num_threads(1)
     net = load_lit_module(args.checkpoint).net.eval()
     batches = list(Study(args.data, args.overrides).datamodule.test_dataloader())
