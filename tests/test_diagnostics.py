@@ -293,19 +293,27 @@ def test_mask_override_forces_every_mask_and_puts_the_learned_biases_back() -> N
     assert set(scores["learned"]) == {"source", "distractors"}
 
 
+@pytest.fixture(scope="module")
+def msavf_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep folder holding one MS-AVF run made by ``avvsr-train`` (8 steps, validation after
+    each of its 4 epochs): ``<sweep>/0/{metrics.json, csv/metrics.csv, checkpoints/}``."""
+    from avvsr.train import train
+    from helpers.training import compose_train
+
+    sweep = tmp_path_factory.mktemp("sweep")
+    train(compose_train(synth_root, sweep, ["model/fusion=msavf", "trainer.max_steps=8",
+                                            "model.lr=2e-3", f"paths.output_dir={sweep / '0'}"]))
+    return sweep
+
+
 def test_mask_override_main_reads_an_avvsr_train_checkpoint(
-    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    msavf_run: Path, synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """On a checkpoint as ``avvsr-train`` writes it, the masks as learned score what the run's
     own test recorded, and forcing them open or closed changes the output."""
     import json
 
-    from avvsr.train import train
-    from helpers.training import compose_train
-
-    train(compose_train(synth_root, tmp_path / "run",
-                        ["model/fusion=msavf", "trainer.max_steps=8", "model.lr=2e-3"]))
-    record = json.loads((tmp_path / "run" / "out" / "metrics.json").read_text())
+    record = json.loads((msavf_run / "0" / "metrics.json").read_text())
     mask_override = load_script("mask_override")
     capsys.readouterr()  # what the training printed
     results = mask_override.main([record["best_checkpoint"], "--data", str(synth_root),
@@ -316,3 +324,26 @@ def test_mask_override_main_reads_an_avvsr_train_checkpoint(
         assert results["learned"][name] == pytest.approx(
             record["metrics"][f"test/true/{metric}"], abs=1e-3)
     assert results["open"] != results["closed"]
+
+
+def test_validation_curves_prints_every_validation_of_a_run(
+    msavf_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The curves read back what the run's CSV logger wrote: one value per validation, the
+    best one and the change since a step."""
+    import csv
+
+    validation_curves = load_script("validation_curves")
+    capsys.readouterr()
+    curves = validation_curves.main([str(msavf_run), "--since", "1"])
+    with (msavf_run / "0" / "csv" / "metrics.csv").open(newline="") as file:
+        logged = [row for row in csv.DictReader(file) if row["val/psnr_y_inside"]]
+    psnr = curves["val/psnr_y_inside"]["msavf-s3 | 0"]
+    assert psnr == {int(row["step"]): float(row["val/psnr_y_inside"]) for row in logged}
+    assert len(psnr) == 4 and len(curves["val/source_vs_distractor_auc"]["msavf-s3 | 0"]) == 4
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("msavf-s3 | 0"))
+    best = max(psnr, key=psnr.get)
+    assert row.endswith(f"{psnr[best]:.3f} ({best}) | {psnr[max(psnr)] - psnr[1]:+.3f}")
+    with pytest.raises(SystemExit, match="no finished run"):
+        validation_curves.main([str(msavf_run), "--fusion", "concat"])

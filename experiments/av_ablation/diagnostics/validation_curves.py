@@ -1,0 +1,73 @@
+"""The validation curves of a sweep's runs, from each run's ``csv/metrics.csv`` (written by the
+CSV logger every validation): per metric, one row per finished run (fusion, seed) with the value
+at every validation step, the best value and its step, and the change from ``--since`` to the
+last validation.
+
+Usage::
+
+    python experiments/av_ablation/diagnostics/validation_curves.py \\
+        logs/reproduce/av_ablation/cpu/<time stamp> --since 2399
+    python experiments/av_ablation/diagnostics/validation_curves.py <sweep dir> \\
+        --metrics val/psnr_y_inside --fusion msavf-s3 concat
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from avvsr.report import load_runs
+
+DEFAULT_METRICS = ("val/psnr_y_inside", "val/source_vs_distractor_auc")
+
+
+def read_curve(csv_path: Path, metric: str) -> dict[int, float]:
+    """``{step: value}`` of ``metric`` in a CSV logger's ``metrics.csv`` (rows without it are
+    other logging steps); empty when the run never logged it."""
+    with csv_path.open(newline="") as file:
+        return {int(row["step"]): float(row[metric]) for row in csv.DictReader(file)
+                if row.get(metric)}
+
+
+def curve_row(label: str, curve: dict[int, float], steps: Sequence[int],
+              since: int | None) -> str:
+    """``label | value at each of steps | best (step) | last - value at since``."""
+    values = [f"{curve[step]:.3f}" if step in curve else "-" for step in steps]
+    best_step = max(curve, key=curve.get)
+    cells = [label, *values, f"{curve[best_step]:.3f} ({best_step})"]
+    if since is not None:
+        last = curve[max(curve)]
+        cells.append(f"{last - curve[since]:+.3f}" if since in curve else "-")
+    return " | ".join(cells)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", help="a sweep's folder (every run under it, any depth)")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--fusion", nargs="+", help="only these fusion labels, e.g. msavf-s3")
+    parser.add_argument("--since", type=int, help="also print last value minus this step's")
+    args = parser.parse_intermixed_args(argv)
+    runs = [run for run in load_runs(args.sweep_dir)
+            if args.fusion is None or run.fusion in args.fusion]
+    if not runs:
+        raise SystemExit(f"{args.sweep_dir}: no finished run (metrics.json) of that fusion")
+    curves: dict[str, dict[str, dict[int, float]]] = {}
+    for metric in args.metrics:
+        by_run = {f"{run.fusion} | {run.seed}": read_curve(run.path / "csv" / "metrics.csv", metric)
+                  for run in runs}
+        by_run = {label: curve for label, curve in by_run.items() if curve}
+        curves[metric] = by_run
+        steps = sorted({step for curve in by_run.values() for step in curve})
+        since = [] if args.since is None else [f"last - {args.since}"]
+        print(f"\n{metric}")
+        print(" | ".join(["fusion | seed", *map(str, steps), "best (step)", *since]))
+        for label, curve in by_run.items():
+            print(curve_row(label, curve, steps, args.since))
+    return curves
+
+
+if __name__ == "__main__":
+    main()
