@@ -241,14 +241,14 @@ def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: 
 
 def test_reproduce_trains_on_the_synthetic_set_it_generates(tmp_path: Path) -> None:
     """``--data-root``: the study's synthetic set (made small by overrides) is generated there
-    and the runs read it."""
+    and the runs read it; options may come between the Hydra overrides."""
     synth_root, runs_dir = tmp_path / "elsewhere" / "synth", tmp_path / "runs"
     small = ["synthetic_set.num_train=2", "synthetic_set.num_val=1", "synthetic_set.num_test=1",
              "synthetic_set.num_frames=6"]
     command = [
         sys.executable, "-m", "avvsr.reproduce", "--profile", "quick",
-        f"--data-root={synth_root}", f"--out-dir={tmp_path / 'report'}", f"--runs-dir={runs_dir}",
         f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *small,
+        f"--data-root={synth_root}", f"--out-dir={tmp_path / 'report'}", f"--runs-dir={runs_dir}",
         "model/fusion=none", "seed=0", "trainer.max_steps=1", "model.warmup_steps=1",
     ]
     result = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=tmp_path)

@@ -32,13 +32,16 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def write_sweep(folder: Path) -> Path:
-    """No fusion and MS-AVF (msavf-s3), seeds 0-2, and a run that did not finish."""
-    values = {  # seed -> (none inside, msavf inside)
-        0: (30.0, 31.0),
-        1: (30.5, 32.0),
-        2: (31.0, 33.0),
+    """No fusion, tiled concat and MS-AVF (msavf-s3), seeds 0-2, and a run that did not
+    finish."""
+    values = {  # seed -> (none inside, concat inside, msavf inside)
+        0: (30.0, 31.0, 31.0),
+        1: (30.5, 31.0, 32.0),
+        2: (31.0, 31.0, 33.0),
     }
-    for seed, (plain, fused) in values.items():
+    for seed, (plain, concat, fused) in values.items():
+        write_run(folder / f"cat{seed}", "basicvsr_tiny", "concat", seed,
+                  **{"test/true/psnr_y_inside": concat})
         write_run(
             folder / f"n{seed}",
             "basicvsr_tiny",
@@ -79,7 +82,7 @@ def table_header(text: str) -> list[str]:
 def test_runs_are_grouped_into_rows_with_mean_std_and_paired_gain(
     sweep: Path, tmp_path: Path
 ) -> None:
-    assert len(load_runs(sweep)) == 6
+    assert len(load_runs(sweep)) == 9
     out = tmp_path / "report"
     path = write_report(sweep, out, title="t")
     text = path.read_text()
@@ -91,6 +94,12 @@ def test_runs_are_grouped_into_rows_with_mean_std_and_paired_gain(
     # paired gains 1.0, 1.5, 2.0 -> 1.50 ± 0.50; in the distractors 0, -0.1, -0.2
     assert cells["Δ PSNR-Y in source vs none"] == "1.50 ± 0.50"
     assert cells["Δ PSNR-Y in distractors vs none"] == "-0.10 ± 0.10"
+    # against concat 0, 1, 2; concat itself and no fusion have no such pair
+    assert cells["Δ PSNR-Y in source vs concat"] == "1.00 ± 1.00"
+    concat_row = next(line for line in text.splitlines() if "| concat |" in line)
+    concat_cells = dict(zip(table_header(text), cells_of(concat_row), strict=True))
+    assert concat_cells["Δ PSNR-Y in source vs none"] == "0.50 ± 0.50"
+    assert concat_cells["Δ PSNR-Y in source vs concat"] == "–"
     assert cells["PSNR-Y in distractors"] == "34.90 ± 0.10"
     assert cells["source-vs-distractor AUC"] == "0.910 ± 0.010"
     none_cells = dict(zip(table_header(text), cells_of(none_row), strict=True))
@@ -133,7 +142,7 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
         os.utime(path, (1000.0 + 60 * index, 1000.0 + 60 * index))
     commands, wall_min = sweep_record(sweep)
     assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu"]
-    assert wall_min == 5.0  # six runs, the last one 300 s after the sweep started
+    assert wall_min == 8.0  # nine runs, the last one 480 s after the sweep started
 
 
 FUSION_OPTIONS = ["none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown"]
@@ -178,7 +187,6 @@ def add_lvs_runs(sweep: Path, folder: str = "lvs") -> None:
 def test_the_lvs_runs_are_a_row_of_their_own_after_msavf(sweep: Path, tmp_path: Path) -> None:
     add_lvs_runs(sweep)
     write_run(sweep / "t0", "basicvsr_tiny", "msavf-s3-notopdown", 0)
-    write_run(sweep / "c0", "basicvsr_tiny", "concat", 0)
     write_run(sweep / "s4", "basicvsr_tiny", "msavf-s4", 0)
     text = write_report(sweep, tmp_path / "report", title="t").read_text()
     main = text.split("## Audio controls")[0]
@@ -213,7 +221,7 @@ def test_sweeps_run_into_one_folder_are_reported_together(tmp_path: Path) -> Non
     commands, wall_min = sweep_record(study)
     assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu",
                         "avvsr-train -m experiment=av_ablation sweep=cpu_lvs"]
-    assert wall_min == 6.0 + 3.0  # six runs a minute apart, then three
+    assert wall_min == 9.0 + 3.0  # nine runs a minute apart, then three
     text = write_report(study, tmp_path / "report", title="t").read_text()
     assert "| msavf-s3 |" in text and "| msavf-s3-lvs |" in text and "| none |" in text
 

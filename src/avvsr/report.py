@@ -30,10 +30,13 @@ MAIN_COLUMNS = [
     ("mask AUC", "test/true/mask_auc", 3),
     ("mask IoU@0.5", "test/true/mask_iou", 3),
 ]
-# (column title, metric key without the control): paired against the backbone without fusion.
+# (column title, metric key without the control, baseline fusion): paired (same seed) against
+# the same backbone with the baseline fusion, true audio; "concat" asks whether attention adds
+# to audio without it.
 PAIRED_COLUMNS = [
-    ("Δ PSNR-Y in source vs none", "psnr_y_inside"),
-    ("Δ PSNR-Y in distractors vs none", "psnr_y_distractors"),
+    ("Δ PSNR-Y in source vs none", "psnr_y_inside", "none"),
+    ("Δ PSNR-Y in distractors vs none", "psnr_y_distractors", "none"),
+    ("Δ PSNR-Y in source vs concat", "psnr_y_inside", "concat"),
 ]
 CONTROLS = ("true", "shuffled", "silent")
 # (column title, metric key without the control, decimals): each with every control.
@@ -143,7 +146,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], list[list[str]]]:
     header = ["backbone", "fusion", "seeds", "params", "ms/frame"] + [c[0] for c in MAIN_COLUMNS]
-    header += [title for title, _ in PAIRED_COLUMNS]
+    header += [title for title, _, _ in PAIRED_COLUMNS]
     rows = []
     for (backbone, fusion), runs in groups.items():
         params = cell(runs, "test/params")
@@ -155,11 +158,11 @@ def main_rows(groups: dict[tuple[str, str], list[Run]]) -> tuple[list[str], list
             cell(runs, "test/ms_per_frame").format(1),
         ]
         row += [cell(runs, key).format(decimals) for _, key, decimals in MAIN_COLUMNS]
-        baseline = groups.get((backbone, "none"))
-        for _, key in PAIRED_COLUMNS:
+        for _, key, baseline_fusion in PAIRED_COLUMNS:
+            baseline = groups.get((backbone, baseline_fusion))
             gain = (
                 paired_gain(runs, baseline, f"test/true/{key}")
-                if baseline and fusion != "none"
+                if baseline and fusion not in ("none", baseline_fusion)
                 else Cell([])
             )
             row.append(gain.format(2))
@@ -257,7 +260,8 @@ def write_report(
         "finest MS-AVF attention mask over object pixels only, sounding against silent "
         "objects (0.5 = no preference); mask AUC / IoU score it against the sound-source "
         "mask over the whole frame; "
-        "Δ = paired (same seed) difference to the same backbone without fusion; "
+        "Δ = paired (same seed) difference to the same backbone without fusion (vs none) "
+        "or with tiled concat, audio without attention (vs concat); "
         "ms/frame = CPU forward time per output frame during the test.",
         "",
         markdown_table(main_header, main),
