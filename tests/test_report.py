@@ -140,9 +140,8 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
     os.utime(sweep / "multirun.yaml", (1000.0, 1000.0))
     for index, path in enumerate(sorted(sweep.rglob("metrics.json"))):
         os.utime(path, (1000.0 + 60 * index, 1000.0 + 60 * index))
-    commands, wall_min = sweep_record(sweep)
-    assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu"]
-    assert wall_min == 8.0  # nine runs, the last one 480 s after the sweep started
+    # nine runs, the last one 480 s after the sweep started
+    assert sweep_record(sweep) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)]
 
 
 FUSION_OPTIONS = ["none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown"]
@@ -205,7 +204,7 @@ def test_sweeps_run_into_one_folder_are_reported_together(tmp_path: Path) -> Non
     the header lists both commands and counts each sweep's own time, not the pause between."""
     import os
 
-    from avvsr.reproduce import sweep_record
+    from avvsr.reproduce import main, sweep_record
 
     study = tmp_path / "study"
     write_sweep(study / "cpu")
@@ -218,12 +217,16 @@ def test_sweeps_run_into_one_folder_are_reported_together(tmp_path: Path) -> Non
         os.utime(study / name / "multirun.yaml", (start, start))
         for index, path in enumerate(sorted((study / name).rglob("metrics.json"))):
             os.utime(path, (start + 60 * (index + 1),) * 2)
-    commands, wall_min = sweep_record(study)
-    assert commands == ["avvsr-train -m experiment=av_ablation sweep=cpu",
-                        "avvsr-train -m experiment=av_ablation sweep=cpu_lvs"]
-    assert wall_min == 9.0 + 3.0  # nine runs a minute apart, then three
-    text = write_report(study, tmp_path / "report", title="t").read_text()
+    # nine runs a minute apart, then three
+    assert sweep_record(study) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 9.0),
+                                   ("avvsr-train -m experiment=av_ablation sweep=cpu_lvs", 3.0)]
+    main(["--report-only", str(study), f"--out-dir={tmp_path / 'report'}"])
+    text = (tmp_path / "report" / "results.md").read_text()
     assert "| msavf-s3 |" in text and "| msavf-s3-lvs |" in text and "| none |" in text
+    # the header gives each sweep's minutes after its command, and their sum
+    assert "    avvsr-train -m experiment=av_ablation sweep=cpu  # 9.0 min\n" in text
+    assert "    avvsr-train -m experiment=av_ablation sweep=cpu_lvs  # 3.0 min\n" in text
+    assert "12.0 min from the start of each of the 2 sweeps" in text
 
 
 def test_the_figure_draws_msavf_with_and_without_the_term_never_one_for_the_other(

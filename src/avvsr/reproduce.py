@@ -93,30 +93,29 @@ def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
     return shlex.join(["avvsr-train", "-m", *overrides])
 
 
-def sweep_record(sweep_dir: Path) -> tuple[list[str], float]:
-    """What ran under ``sweep_dir``, read from its files: the ``avvsr-train -m`` command of
-    each sweep (Hydra's ``multirun.yaml``, in the order they started) and the minutes they
-    took: for each sweep, from its start (its ``multirun.yaml``) to the last ``metrics.json``
-    of its runs (those under its folder and under no other sweep's), summed over the sweeps.
-    So sweeps run one after another into one folder (a profile's, or a row added later with
-    ``hydra.sweep.dir=<sweep_dir>/<name>``) count their own time, not the pause between them."""
+def sweep_record(sweep_dir: Path) -> list[tuple[str, float]]:
+    """What ran under ``sweep_dir``, read from its files: for each sweep, in the order they
+    started, its ``avvsr-train -m`` command (Hydra's ``multirun.yaml``) and the minutes it
+    took, from its start (its ``multirun.yaml``) to the last ``metrics.json`` of its runs (those
+    under its folder and under no other sweep's; 0 when none finished). So sweeps run one after
+    another into one folder (a profile's, or a row added later with
+    ``hydra.sweep.dir=<sweep_dir>/<name>``) each count their own time, not the pause between."""
     from omegaconf import OmegaConf
 
     manifests = sorted(Path(sweep_dir).rglob("multirun.yaml"), key=lambda p: p.stat().st_mtime)
-    commands = [
-        shlex.join(["avvsr-train", "-m", *OmegaConf.load(p).hydra.overrides.task])
-        for p in manifests
-    ]
     last_result: dict[Path, float] = {}  # sweep folder -> mtime of its last metrics.json
     sweep_folders = {p.parent for p in manifests}
     for result in Path(sweep_dir).rglob("metrics.json"):
         owner = next((f for f in result.parents if f in sweep_folders), None)
         if owner is not None:
             last_result[owner] = max(last_result.get(owner, 0.0), result.stat().st_mtime)
-    wall_s = sum(
-        last_result[p.parent] - p.stat().st_mtime for p in manifests if p.parent in last_result
-    )
-    return commands, wall_s / 60
+    return [
+        (
+            shlex.join(["avvsr-train", "-m", *OmegaConf.load(p).hydra.overrides.task]),
+            (last_result[p.parent] - p.stat().st_mtime) / 60 if p.parent in last_result else 0.0,
+        )
+        for p in manifests
+    ]
 
 
 FIGURE_LEGEND = (
@@ -233,8 +232,11 @@ def main(argv: list[str] | None = None) -> None:
         sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
         for sweep in PROFILES[args.profile]:
             run_sweep(args.study, sweep, sweep_dir / sweep, overrides)
-    commands, wall_min = sweep_record(sweep_dir)
-    command = "\n    ".join(commands)
+    sweeps = sweep_record(sweep_dir)
+    wall_min = sum(minutes for _, minutes in sweeps)
+    command = "\n    ".join(
+        f"{line}  # {minutes:.1f} min" if len(sweeps) > 1 else line for line, minutes in sweeps
+    )
     runs = load_runs(sweep_dir)
     figure = (
         "attention_masks.png" if attention_figure(runs, out_dir / "attention_masks.png") else None
@@ -247,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         else f"Produced by `{make}`, which ran"
     )
     timed = (
-        "from the start of the sweep to its last run's metrics" if len(commands) <= 1 else
-        f"from the start of each of the {len(commands)} sweeps to its last run's metrics, summed"
+        "from the start of the sweep to its last run's metrics" if len(sweeps) <= 1 else
+        f"from the start of each of the {len(sweeps)} sweeps to its last run's metrics (after "
+        "its command), summed"
     )
     preamble = f"""
 Study `{args.study}`, profile `{args.profile}`, {len(runs)} runs. {made_by}:
