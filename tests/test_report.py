@@ -220,8 +220,13 @@ def test_sweeps_run_into_one_folder_are_reported_together(tmp_path: Path) -> Non
     # nine runs a minute apart, then three
     assert sweep_record(study) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 9.0),
                                    ("avvsr-train -m experiment=av_ablation sweep=cpu_lvs", 3.0)]
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "attention_masks.png").write_bytes(b"a previous report's figure")
     main(["--report-only", str(study), f"--out-dir={tmp_path / 'report'}"])
     text = (tmp_path / "report" / "results.md").read_text()
+    # no run has a checkpoint, so no figure: the previous one does not stay beside these tables
+    assert not (tmp_path / "report" / "attention_masks.png").exists()
+    assert "attention_masks.png" not in text
     assert "| msavf-s3 |" in text and "| msavf-s3-lvs |" in text and "| none |" in text
     # the header gives each sweep's minutes after its command, and their sum
     assert "    avvsr-train -m experiment=av_ablation sweep=cpu  # 9.0 min\n" in text

@@ -238,9 +238,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{line}  # {minutes:.1f} min" if len(sweeps) > 1 else line for line, minutes in sweeps
     )
     runs = load_runs(sweep_dir)
-    figure = (
-        "attention_masks.png" if attention_figure(runs, out_dir / "attention_masks.png") else None
-    )
+    figure_path = out_dir / "attention_masks.png"
+    figure = "attention_masks.png" if attention_figure(runs, figure_path) else None
+    if figure is None:  # a previous report's figure would sit beside tables it does not show
+        figure_path.unlink(missing_ok=True)
     make = f"make reproduce-table{'' if args.profile == 'cpu' else f' PROFILE={args.profile}'}"
     made_by = (
         f"Table rebuilt from existing runs (`python -m avvsr.reproduce --report-only "
