@@ -347,3 +347,9 @@ def test_validation_curves_prints_every_validation_of_a_run(
     assert row.endswith(f"{psnr[best]:.3f} ({best}) | {psnr[max(psnr)] - psnr[1]:+.3f}")
     with pytest.raises(SystemExit, match="no finished run"):
         validation_curves.main([str(msavf_run), "--fusion", "concat"])
+    # a training metric, logged every few steps: the mean of its last 2 logged values
+    with (msavf_run / "0" / "csv" / "metrics.csv").open(newline="") as file:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(file) if row["train/loss"]]
+    validation_curves.main([str(msavf_run), "--metrics", "train/loss", "--last-mean", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"msavf-s3 | 0 | {(losses[-1] + losses[-2]) / 2:.3f}"

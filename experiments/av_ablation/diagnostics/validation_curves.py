@@ -1,7 +1,8 @@
 """The validation curves of a sweep's runs, from each run's ``csv/metrics.csv`` (written by the
 CSV logger every validation): per metric, one row per finished run (fusion, seed) with the value
 at every validation step, the best value and its step, and the change from ``--since`` to the
-last validation.
+last validation. With ``--last-mean N`` (for metrics logged every few steps, such as the
+training losses) only the mean of each run's last N logged values.
 
 Usage::
 
@@ -9,6 +10,8 @@ Usage::
         logs/reproduce/av_ablation/cpu/<time stamp> --since 2399
     python experiments/av_ablation/diagnostics/validation_curves.py <sweep dir> \\
         --metrics val/psnr_y_inside --fusion msavf-s3 concat
+    python experiments/av_ablation/diagnostics/validation_curves.py <sweep dir> \\
+        --metrics train/localisation_loss --fusion msavf-s3-lvs --last-mean 20
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, flo
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--fusion", nargs="+", help="only these fusion labels, e.g. msavf-s3")
     parser.add_argument("--since", type=int, help="also print last value minus this step's")
+    parser.add_argument("--last-mean", type=int, metavar="N",
+                        help="print only the mean of each run's last N logged values")
     args = parser.parse_intermixed_args(argv)
     runs = [run for run in load_runs(args.sweep_dir)
             if args.fusion is None or run.fusion in args.fusion]
@@ -60,9 +65,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, flo
                   for run in runs}
         by_run = {label: curve for label, curve in by_run.items() if curve}
         curves[metric] = by_run
+        print(f"\n{metric}")
+        if args.last_mean is not None:
+            print(f"fusion | seed | mean of the last {args.last_mean} logged values")
+            for label, curve in by_run.items():
+                tail = [curve[step] for step in sorted(curve)[-args.last_mean:]]
+                print(f"{label} | {sum(tail) / len(tail):.3f}")
+            continue
         steps = sorted({step for curve in by_run.values() for step in curve})
         since = [] if args.since is None else [f"last - {args.since}"]
-        print(f"\n{metric}")
         print(" | ".join(["fusion | seed", *map(str, steps), "best (step)", *since]))
         for label, curve in by_run.items():
             print(curve_row(label, curve, steps, args.since))
