@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -161,7 +162,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process(synth_root: Path, tmp_path
 
 
 def test_a_sweep_runs_the_grid_and_reports_a_table(synth_root: Path, tmp_path: Path) -> None:
-    from avvsr.report import load_runs, write_report
+    """The runs avvsr-train -m writes, reported as ``avvsr.reproduce --report-only`` does:
+    rows, the paired columns against no fusion and concat, the sweep's command and time."""
+    from avvsr.reproduce import main as reproduce
 
     sweep_dir = tmp_path / "sweep"
     command = train_command(
@@ -169,23 +172,30 @@ def test_a_sweep_runs_the_grid_and_reports_a_table(synth_root: Path, tmp_path: P
         tmp_path,
         "experiment=av_ablation",
         "trainer.max_steps=2",
-        "model/fusion=none,msavf",
+        "model/fusion=none,concat,msavf",
         "seed=0,1",
         f"hydra.sweep.dir={sweep_dir}",
     )
     command.insert(3, "-m")  # Hydra's flags go before the overrides
     result = subprocess.run(command, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "run 4/4" in result.stdout + result.stderr  # the sweep's progress line
+    assert "run 6/6" in result.stdout + result.stderr  # the sweep's progress line
     runs = load_runs(sweep_dir)
     assert sorted((r.fusion, r.seed) for r in runs) == [
-        ("msavf-s3", 0),
-        ("msavf-s3", 1),
-        ("none", 0),
-        ("none", 1),
+        ("concat", 0), ("concat", 1), ("msavf-s3", 0), ("msavf-s3", 1), ("none", 0), ("none", 1),
     ]
-    text = write_report(sweep_dir, tmp_path / "report", title="sweep").read_text()
-    assert "| basicvsr_tiny | none | 2 |" in text and "| basicvsr_tiny | msavf-s3 | 2 |" in text
+    reproduce(["--report-only", str(sweep_dir), f"--out-dir={tmp_path / 'report'}"])
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "| basicvsr_tiny | none | 2 |" in text and "| basicvsr_tiny | concat | 2 |" in text
+    assert "avvsr-train -m" in text and "min from the start of the sweep" in text
+    header = next(line for line in text.splitlines() if line.startswith("| backbone"))
+    fused = next(line for line in text.splitlines() if "| msavf-s3 |" in line)
+    cells = dict(zip(header.split("|"), fused.split("|"), strict=True))
+    inside = {(r.fusion, r.seed): r.metrics["test/true/psnr_y_inside"] for r in runs}
+    gains = [inside[("msavf-s3", seed)] - inside[("concat", seed)] for seed in (0, 1)]
+    assert cells[" Δ PSNR-Y in source vs concat "].strip() == (
+        f"{statistics.fmean(gains):.2f} ± {statistics.stdev(gains):.2f}"
+    )
 
 
 def test_the_paper_profile_reproduces_a_table_of_its_backbones_on_ave(tmp_path: Path) -> None:
