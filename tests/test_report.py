@@ -147,7 +147,7 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
 FUSION_OPTIONS = ["none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown"]
 
 
-@pytest.mark.parametrize("localisation", ["none", "lvs"])
+@pytest.mark.parametrize("localisation", ["none", "lvs", "sparse"])
 @pytest.mark.parametrize("fusion", FUSION_OPTIONS)
 def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     fusion: str, localisation: str
@@ -158,19 +158,36 @@ def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     label = fusion_label(model.fusion, model.localisation)
     variant = FusionVariant.from_label(label)
     assert variant.label == label
-    # The term needs attention masks (the LightningModule refuses it on none and concat).
-    assert variant.localisation == (localisation == "lvs" and fusion not in ("none", "concat"))
-    assert label.endswith("-lvs") == variant.localisation
+    # A term needs attention masks (the LightningModule refuses one on none and concat).
+    with_term = localisation != "none" and fusion not in ("none", "concat")
+    assert variant.localisation == (localisation if with_term else None)
+    assert label.endswith(f"-{localisation}") == with_term
 
 
-def test_the_lvs_variant_has_its_own_label() -> None:
+@pytest.mark.parametrize("term", ["lvs", "sparse"])
+def test_each_localisation_term_has_its_own_label(term: str) -> None:
     from avvsr.config import FusionVariant, compose, fusion_label
 
-    model = compose("train", ["model/fusion=msavf", "model/localisation=lvs"]).model
-    assert fusion_label(model.fusion, model.localisation) == "msavf-s3-lvs"
+    model = compose("train", ["model/fusion=msavf", f"model/localisation={term}"]).model
+    assert fusion_label(model.fusion, model.localisation) == f"msavf-s3-{term}"
     assert fusion_label(model.fusion) == "msavf-s3"
-    assert FusionVariant.from_label("msavf-s3-lvs") != FusionVariant.from_label("msavf-s3")
-    for wrong in ("msavf-s3-lvs-notopdown", "msavf-s3-lvs-lvs", "concat-lvs"):
+    assert FusionVariant.from_label(f"msavf-s3-{term}") != FusionVariant.from_label("msavf-s3")
+    assert FusionVariant.from_label("msavf-s3-lvs") != FusionVariant.from_label("msavf-s3-sparse")
+
+
+def test_a_term_without_a_label_of_its_own_is_named_by_its_class() -> None:
+    from avvsr.config import FusionVariant, fusion_label
+
+    label = fusion_label({"scales": 2}, {"_target_": "my_lab.losses.AreaPrior", "weight": 1})
+    assert label == "msavf-s2-areaprior"
+    assert FusionVariant.from_label(label).localisation == "areaprior"
+
+
+def test_malformed_fusion_labels_are_refused() -> None:
+    from avvsr.config import FusionVariant
+
+    for wrong in ("msavf", "msavf-s3-lvs-notopdown", "msavf-s3-lvs-lvs", "concat-lvs",
+                  "msavf-sx", "msavf-s3-", "msavf-s3-notopdown-notopdown"):
         with pytest.raises(ValueError, match="not a fusion label"):
             FusionVariant.from_label(wrong)
 

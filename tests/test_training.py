@@ -83,18 +83,22 @@ def test_a_wrong_config_value_fails_before_training(synth_root: Path, tmp_path: 
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+LOCALISATION_TERMS = ["lvs", "sparse"]
+
+
+@pytest.mark.parametrize("term", LOCALISATION_TERMS)
 def test_the_localisation_term_trains_logs_and_names_its_run(
-    synth_root: Path, tmp_path: Path
+    synth_root: Path, tmp_path: Path, term: str
 ) -> None:
     from avvsr.checkpoint import load_lit_module
     from avvsr.train import train
 
     train(compose_train(synth_root, tmp_path, [
-        "model/localisation=lvs", "trainer.max_steps=2", "test=false",
+        f"model/localisation={term}", "trainer.max_steps=2", "test=false",
     ]))
     record = read_metrics(tmp_path)
-    assert (record["fusion"], record["steps"]) == ("msavf-s3-lvs", 2)
-    assert record["run_name"] == "basicvsr_tiny-msavf-s3-lvs-seed0"
+    assert (record["fusion"], record["steps"]) == (f"msavf-s3-{term}", 2)
+    assert record["run_name"] == f"basicvsr_tiny-msavf-s3-{term}-seed0"
     assert np.isfinite(record["metrics"]["train/localisation_loss"])
     # A trained model loads without its training loss (and with the same weights).
     assert load_lit_module(record["best_checkpoint"]).model_config.get("localisation") is None
@@ -117,41 +121,48 @@ def logged_training_step(module, batch: dict) -> tuple[torch.Tensor, dict]:
     return module.training_step(batch, 0), logged
 
 
+@pytest.mark.parametrize("term_option", LOCALISATION_TERMS)
 def test_a_training_step_adds_the_weighted_term_only_when_it_is_on(
-    synth_root: Path, tmp_path: Path
+    synth_root: Path, tmp_path: Path, term_option: str
 ) -> None:
     from avvsr.config import build_lit_module
 
     batch = one_training_batch(synth_root, tmp_path)
     models = {}
-    for option in ("none", "lvs"):
+    for option in ("none", term_option):
         torch.manual_seed(1)  # the same weights: the term adds none
         models[option] = build_lit_module(
             compose_train(synth_root, tmp_path, [f"model/localisation={option}"]).model
         )
     assert compose_train(synth_root, tmp_path).model.localisation is None  # off by default
     off, logged_off = logged_training_step(models["none"], batch)
-    on, logged_on = logged_training_step(models["lvs"], batch)
+    on, logged_on = logged_training_step(models[term_option], batch)
     # Off: the reconstruction loss of the same forward pass (same audio dropout) and nothing else.
     torch.manual_seed(0)
     dropped = torch.rand(batch["audio"].shape[0]) < models["none"].audio_dropout
     audio = torch.where(dropped[:, None, None, None],
                         torch.full_like(batch["audio"], SILENCE_LOG_MEL), batch["audio"])
-    sr = models["none"](batch["lq"], audio).sr
-    assert torch.equal(off, charbonnier_loss(sr, batch["gt"], models["none"].loss_eps))
+    out = models["none"](batch["lq"], audio)
+    assert torch.equal(off, charbonnier_loss(out.sr, batch["gt"], models["none"].loss_eps))
     assert set(logged_off) == {"train/loss"}
     term = logged_on["train/localisation_loss"]
     assert term > 0
-    assert on.item() == pytest.approx(off.item() + models["lvs"].localisation.weight * term.item(),
-                                      rel=1e-6)
+    weight = models[term_option].localisation.weight
+    assert on.item() == pytest.approx(off.item() + weight * term.item(), rel=1e-6)
+    if term_option == "sparse":  # the mean of the same pass's masks, every scale alike
+        means = [mask.mean().item() for mask in out.masks]
+        assert len(means) == 3 and term.item() == pytest.approx(np.mean(means), rel=1e-5)
 
 
-def test_the_localisation_term_needs_attention_masks(synth_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("term", LOCALISATION_TERMS)
+def test_the_localisation_term_needs_attention_masks(
+    synth_root: Path, tmp_path: Path, term: str
+) -> None:
     from avvsr.config import build_lit_module
 
     for fusion in ("none", "concat"):
         cfg = compose_train(synth_root, tmp_path, [f"model/fusion={fusion}",
-                                                   "model/localisation=lvs"])
+                                                   f"model/localisation={term}"])
         with pytest.raises(ValueError, match="attention"):
             build_lit_module(cfg.model)
 

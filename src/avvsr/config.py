@@ -89,17 +89,33 @@ def _is_node(value: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------- labels
+# The label of each localisation term (``model/localisation`` option) in run names and tables;
+# a term not listed is labelled by its class name, lower case.
+LOCALISATION_LABELS = {
+    "avvsr.models.localisation_loss.LVSLocalisationLoss": "lvs",
+    "avvsr.models.localisation_loss.MaskSparsityPrior": "sparse",
+}
+
+
+def localisation_label(localisation_config: Mapping | None) -> str | None:
+    """The short name of a localisation term's config (``lvs``, ``sparse``), None without."""
+    if localisation_config is None:
+        return None
+    target = str(localisation_config.get("_target_", ""))
+    return LOCALISATION_LABELS.get(target, target.rsplit(".", 1)[-1].lower() or "localisation")
+
+
 @dataclass(frozen=True)
 class FusionVariant:
     """What a fusion config is, as data: ``scales`` 0 without fusion; ``attention`` False for
     tiled concatenation; ``top_down`` whether coarse scales feed the fine ones;
-    ``localisation`` whether training adds the self-supervised localisation term
-    (``model.localisation``, LVS-style) on the attention."""
+    ``localisation`` the label of the self-supervised localisation term that training adds on
+    the attention (``model.localisation``: ``lvs``, ``sparse``), None without."""
 
     scales: int
     attention: bool
     top_down: bool
-    localisation: bool = False
+    localisation: str | None = None
 
     @classmethod
     def of(
@@ -111,13 +127,13 @@ class FusionVariant:
             int(fusion_config.get("scales", 3)),
             bool(fusion_config.get("attention", True)),
             bool(fusion_config.get("top_down", True)),
-            localisation_config is not None,
+            localisation_label(localisation_config),
         )
 
     @property
     def label(self) -> str:
-        """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, ``msavf-s3-lvs`` or
-        ``msavf-s3-notopdown-lvs``."""
+        """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, and either MS-AVF label
+        followed by its localisation term's, e.g. ``msavf-s3-lvs``, ``msavf-s3-notopdown-sparse``."""
         if self.scales == 0:
             return "none"
         if not self.attention:
@@ -125,7 +141,7 @@ class FusionVariant:
         return (
             f"msavf-s{self.scales}"
             + ("" if self.top_down else "-notopdown")
-            + ("-lvs" if self.localisation else "")
+            + (f"-{self.localisation}" if self.localisation else "")
         )
 
     @classmethod
@@ -135,17 +151,22 @@ class FusionVariant:
             return cls(0, False, False)
         if label == "concat":
             return cls(3, False, True)
-        name, scales, *rest = label.split("-")
-        known = ([], ["notopdown"], ["lvs"], ["notopdown", "lvs"])
-        if name != "msavf" or not scales.startswith("s") or rest not in known:
+        name, scales, *rest = label.split("-") if "-" in label else (label, "")
+        top_down = rest[:1] != ["notopdown"]
+        terms = rest if top_down else rest[1:]
+        well_formed = (
+            name == "msavf" and scales[:1] == "s" and scales[1:].isdigit() and len(terms) <= 1
+            and all(term.isalnum() and term != "notopdown" for term in terms)
+        )
+        if not well_formed:
             raise ValueError(f"not a fusion label: {label!r}")
-        return cls(int(scales[1:]), True, "notopdown" not in rest, "lvs" in rest)
+        return cls(int(scales[1:]), True, top_down, terms[0] if terms else None)
 
     @property
-    def rank(self) -> tuple[bool, int, bool, bool]:
+    def rank(self) -> tuple[bool, int, bool, str]:
         """Sort key of result rows: none, concat, then MS-AVF by scales; at each number of
-        scales top-down before not, and each without the localisation term before with it."""
-        return (self.attention, self.scales, not self.top_down, self.localisation)
+        scales top-down before not, and each without a localisation term before with one."""
+        return (self.attention, self.scales, not self.top_down, self.localisation or "")
 
 
 def fusion_label(fusion_config: Mapping | None, localisation_config: Mapping | None = None) -> str:

@@ -6,8 +6,9 @@ decay per step, a separate learning rate for the optical-flow network (frozen fo
 ``flow_freeze_steps`` steps, as the BasicVSR recipe does), and audio dropout: a share of the
 training clips get silent audio so that, on silent or audio-less video, a fusion model falls
 back to the visual-only result. Optionally (``localisation``) a self-supervised localisation
-term on the finest attention mask's embeddings (:mod:`avvsr.models.localisation_loss`; no
-ground-truth masks), logged as ``train/localisation_loss``.
+term on the attention masks or their embeddings (:mod:`avvsr.models.localisation_loss`: the
+LVS-style contrast or the mask sparsity prior; no ground-truth masks), logged as
+``train/localisation_loss``.
 
 Evaluation: whole clips; PSNR/SSIM on RGB and Y; PSNR inside/outside the sound-source mask and
 inside the silent distractors, the attention masks' agreement with the source and their
@@ -39,7 +40,7 @@ from avvsr.metrics import (
 )
 from avvsr.models.avvsr_net import AVVSRNet, AVVSROutput, FusionFactory
 from avvsr.models.backbones.base import VSRBackbone
-from avvsr.models.localisation_loss import LVSLocalisationLoss
+from avvsr.models.localisation_loss import LocalisationTerm
 
 AUDIO_CONTROLS = ("true", "shuffled", "silent")
 # Region PSNR-Y metrics: name -> (batch key of the mask, region of it that is scored).
@@ -95,9 +96,10 @@ class AVVSRLitModule(LightningModule):
         init_weights: optional local weights file to start from, loaded strictly
             (:func:`avvsr.checkpoint.load_weights`; a backbone-only file fills the backbone).
         init_weights_partial: load only what fits of ``init_weights`` and list the rest.
-        localisation: optional self-supervised localisation loss on the finest scale's
-            attention embeddings; training adds ``localisation.weight`` times it. Needs a
-            fusion with attention masks. None (the default): the reconstruction loss alone.
+        localisation: optional self-supervised localisation term on the attention
+            (:class:`~avvsr.models.localisation_loss.LocalisationTerm`); training adds
+            ``localisation.weight`` times it. Needs a fusion with attention masks. None (the
+            default): the reconstruction loss alone.
         model_config: the plain config this module was built from
             (:func:`avvsr.config.build_lit_module` passes it); stored in every checkpoint so
             that the file alone rebuilds the model.
@@ -122,7 +124,7 @@ class AVVSRLitModule(LightningModule):
         audio_features: AudioFeatureSettings | None = None,
         init_weights: str | None = None,
         init_weights_partial: bool = False,
-        localisation: LVSLocalisationLoss | None = None,
+        localisation: LocalisationTerm | None = None,
         model_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -201,13 +203,13 @@ class AVVSRLitModule(LightningModule):
             audio = torch.where(
                 dropped[:, None, None, None], torch.full_like(audio, SILENCE_LOG_MEL), audio
             )
-        out = self(batch["lq"], audio, return_embeddings=self.localisation is not None)
+        embeddings = self.localisation is not None and self.localisation.needs_embeddings
+        out = self(batch["lq"], audio, return_embeddings=embeddings)
         loss = charbonnier_loss(out.sr, batch["gt"], self.loss_eps)
         if self.localisation is not None:
-            finest = out.embeddings[0]
             # Only clips that hear their own sound have a source to find.
             anchors = batch["has_audio"].to(dropped.device) & ~dropped
-            localisation = self.localisation(finest.keys, finest.query, anchors)
+            localisation = self.localisation.of_output(out, anchors)
             self.log("train/localisation_loss", localisation, batch_size=audio.shape[0])
             loss = loss + self.localisation.weight * localisation
         self.log("train/loss", loss, prog_bar=True, batch_size=audio.shape[0])

@@ -127,19 +127,19 @@ FIGURE_LEGEND = (
 def figure_runs(runs: list[Run]) -> list[Run]:
     """The runs the attention figure draws: for each backbone, the MS-AVF run with the most
     scales (top-down before not, then the lowest seed) that has a checkpoint, once among the
-    runs trained without the localisation term and once among those trained with it (where
-    there are such runs); by backbone, without the term first."""
+    runs trained without a localisation term and once among those trained with each term
+    (where there are such runs); by backbone, without a term first."""
     from avvsr.config import FusionVariant
 
     def preference(run: Run) -> tuple[int, bool, int]:
         variant = FusionVariant.from_label(run.fusion)
         return (-variant.scales, not variant.top_down, run.seed)
 
-    chosen: dict[tuple[str, bool], Run] = {}  # (backbone, localisation term) -> run
+    chosen: dict[tuple[str, str], Run] = {}  # (backbone, localisation term) -> run
     for run in sorted(runs, key=preference):
         variant = FusionVariant.from_label(run.fusion)
         if variant.attention and run.best_checkpoint:
-            chosen.setdefault((run.backbone, variant.localisation), run)
+            chosen.setdefault((run.backbone, variant.localisation or ""), run)
     return [run for _, run in sorted(chosen.items())]
 
 

@@ -1,6 +1,18 @@
-"""A self-supervised localisation term for MS-AVF's attention (no ground-truth masks).
+"""Self-supervised localisation terms for MS-AVF's attention (no ground-truth masks).
 
-The idea of LVS (Chen et al., "Localizing Visual Sounds the Hard Way", CVPR 2021), applied
+Each term is a :class:`LocalisationTerm`: the LightningModule adds ``weight * term.of_output(
+output, anchors)`` to the reconstruction loss, where ``output`` is the
+:class:`~avvsr.models.avvsr_net.AVVSROutput` of the training batch (with the attention
+embeddings when the term's ``needs_embeddings``) and ``anchors`` (B,) marks the clips that hear
+their own sound (not dropped to silence nor missing).
+
+:class:`MaskSparsityPrior` asks every mask to stay closed where the reconstruction does not
+need it open: the mean of the masks. The reconstruction loss opens a mask only where the
+audio's modulation helps, on the sound source; where it is of no use (the background, a silent
+object that the layers after the fusion learn to leave alone) nothing holds the mask open but
+the prior closes it, so the mask comes to mark where the audio helps.
+
+:class:`LVSLocalisationLoss`: the idea of LVS (Chen et al., "Localizing Visual Sounds the Hard Way", CVPR 2021), applied
 to the space MS-AVF's finest mask is computed in (:class:`avvsr.models.fusion.AttentionEmbeddings`):
 the cosine similarity of a frame's audio query with every spatial key of a frame is a map;
 a clip's own audio should match *part* of its own frame strongly and the rest weakly, and
@@ -32,12 +44,53 @@ are no negatives, and one frame per other clip keeps the cost at ``B * B * T * h
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avvsr.models.avvsr_net import AVVSROutput
 
-class LVSLocalisationLoss(nn.Module):
+
+class LocalisationTerm(nn.Module):
+    """A training term on the attention of an :class:`AVVSROutput`; no parameters, so a model
+    trained with it saves and loads the same weights as without.
+
+    ``weight``: its weight in the training loss (> 0). ``needs_embeddings``: whether
+    :meth:`of_output` reads ``output.embeddings`` (the model must be asked for them).
+    """
+
+    needs_embeddings: ClassVar[bool] = False
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        if weight <= 0:
+            raise ValueError(f"weight must be > 0 (leave the term out to turn it off): {weight}")
+        self.weight = weight
+
+    def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
+        """The term (a scalar) on a training batch's ``output``; ``anchors`` (B,) bool."""
+        raise NotImplementedError
+
+
+class MaskSparsityPrior(LocalisationTerm):
+    """The mean of every attention mask, over the scales, the batch and the pixels.
+
+    Every clip counts (a clip with silent audio has nothing for its masks to open on).
+    ``forward(masks: list of (B, T, 1, h_s, w_s) in [0, 1]) -> scalar`` in [0, 1].
+    """
+
+    def forward(self, masks: list[Tensor]) -> Tensor:
+        if not masks:
+            raise ValueError("the mask sparsity prior needs a fusion with attention masks")
+        return torch.stack([mask.float().mean() for mask in masks]).mean()
+
+    def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
+        return self(output.masks)
+
+
+class LVSLocalisationLoss(LocalisationTerm):
     """LVS-style contrastive localisation loss over one scale's attention embeddings.
 
     Args:
@@ -51,8 +104,9 @@ class LVSLocalisationLoss(nn.Module):
 
     ``forward(keys (B, T, E, h, w), query (B, T, E), anchors (B,) bool) -> scalar``: keys and
     query unit length along E; the mean loss over the anchor clips' frames, 0 without anchors.
-    No parameters: a model trained with it saves and loads the same weights as without.
     """
+
+    needs_embeddings: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -62,9 +116,7 @@ class LVSLocalisationLoss(nn.Module):
         region_temperature: float = 0.03,
         contrast_temperature: float = 0.07,
     ) -> None:
-        super().__init__()
-        if weight <= 0:
-            raise ValueError(f"weight must be > 0 (leave the term out to turn it off): {weight}")
+        super().__init__(weight)
         if negative_threshold > positive_threshold:
             raise ValueError(
                 f"negative_threshold {negative_threshold} is above positive_threshold "
@@ -72,7 +124,6 @@ class LVSLocalisationLoss(nn.Module):
             )
         if region_temperature <= 0 or contrast_temperature <= 0:
             raise ValueError("temperatures must be > 0")
-        self.weight = weight
         self.positive_threshold = positive_threshold
         self.negative_threshold = negative_threshold
         self.region_temperature = region_temperature
@@ -100,6 +151,10 @@ class LVSLocalisationLoss(nn.Module):
         # host sync every training step): 0 without anchors.
         weights = anchors.to(loss.dtype)[:, None]
         return (loss * weights).sum() / (weights.sum() * frames).clamp(min=1)
+
+    def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
+        finest = output.embeddings[0]
+        return self(finest.keys, finest.query, anchors)
 
     def _region_mean(
         self, maps: Tensor, above: float | None = None, below: float | None = None
