@@ -133,7 +133,7 @@ class FusionVariant:
     @property
     def label(self) -> str:
         """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, and either MS-AVF label
-        followed by its localisation term's, e.g. ``msavf-s3-lvs``, ``msavf-s3-notopdown-sparse``."""
+        followed by its localisation term's: ``msavf-s3-lvs``, ``msavf-s3-notopdown-sparse``."""
         if self.scales == 0:
             return "none"
         if not self.attention:

@@ -12,8 +12,9 @@ audio's modulation helps, on the sound source; where it is of no use (the backgr
 object that the layers after the fusion learn to leave alone) nothing holds the mask open but
 the prior closes it, so the mask comes to mark where the audio helps.
 
-:class:`LVSLocalisationLoss`: the idea of LVS (Chen et al., "Localizing Visual Sounds the Hard Way", CVPR 2021), applied
-to the space MS-AVF's finest mask is computed in (:class:`avvsr.models.fusion.AttentionEmbeddings`):
+:class:`LVSLocalisationLoss`: the idea of LVS (Chen et al., "Localizing Visual Sounds the
+Hard Way", CVPR 2021), applied to the space MS-AVF's finest mask is computed in
+(:class:`avvsr.models.fusion.AttentionEmbeddings`):
 the cosine similarity of a frame's audio query with every spatial key of a frame is a map;
 a clip's own audio should match *part* of its own frame strongly and the rest weakly, and
 other clips' audio should match nothing in it as strongly. The mask is
