@@ -254,11 +254,13 @@ def test_initial_masks_main_prints_one_row_per_seed(
         assert all(0.25 < float(value) < 0.75 for value in row.split(" | ")[1:4])
 
 
-def test_mask_override_forces_every_mask_and_puts_the_learned_biases_back() -> None:
+def test_mask_override_sets_every_mask_as_each_setting_says_and_puts_the_model_back() -> None:
+    import torch.nn.functional as F
+
     from avvsr.models.audio_encoder import AudioEncoder
     from avvsr.models.avvsr_net import AVVSRNet
     from avvsr.models.backbones.basicvsr import BasicVSR
-    from avvsr.models.fusion import MSAVF
+    from avvsr.models.fusion import MSAVF, AudioGuidedFiLM
 
     mask_override = load_script("mask_override")
     torch.manual_seed(0)
@@ -268,29 +270,39 @@ def test_mask_override_forces_every_mask_and_puts_the_learned_biases_back() -> N
         for name, parameter in net.named_parameters():
             if "logit_bias" not in name and not parameter.any():
                 parameter.normal_(std=0.5)
-    source = torch.zeros(1, 2, 1, 32, 32)
-    source[..., :16, :] = 1
-    batch = {"lq": torch.rand(1, 2, 3, 8, 8), "gt": torch.rand(1, 2, 3, 32, 32),
-             "audio": torch.randn(1, 2, 16, 9), "mask": source, "distractor_mask": 1 - source}
-    biases = [m.logit_bias.clone() for m in net.fusion.fuse]
-    seen, outputs = [], []
-    original = mask_override.region_psnr
-
-    def record(model, batches):
-        out = model(batch["lq"], batch["audio"])
-        seen.append([m.detach().unique() for m in out.masks])
-        outputs.append(out.sr.detach())
-        return original(model, batches)
-
-    mask_override.region_psnr = record
-    scores = {name: mask_override.with_masks(net, logit, [batch])
-              for name, logit in mask_override.MASK_SETTINGS.items()}
-    assert [m.logit_bias for m in net.fusion.fuse] == biases
-    _, opened, closed = seen
-    assert all(torch.equal(m, torch.ones(1)) for m in opened)
-    assert all(torch.equal(m, torch.zeros(1)) for m in closed)
-    assert not torch.allclose(outputs[1], outputs[2])  # the forced masks change the output
-    assert set(scores["learned"]) == {"source", "distractors"}
+    source = torch.zeros(1, 3, 1, 32, 32)
+    source[..., :16, :16] = 1
+    distractor = torch.zeros_like(source)
+    distractor[:, 1:, :, 16:, 16:] = 1  # not in the first frame: each frame gets its own maps
+    batch = {"lq": torch.rand(1, 3, 3, 8, 8), "gt": torch.rand(1, 3, 3, 32, 32),
+             "audio": torch.randn(1, 3, 16, 9), "mask": source, "distractor_mask": distractor}
+    methods = (MSAVF.forward, AudioGuidedFiLM.forward)
+    with torch.no_grad():
+        learned = net(batch["lq"], batch["audio"])
+        outputs = {}
+        for name, setting in mask_override.MASK_SETTINGS.items():
+            if setting is None:
+                continue
+            with mask_override.masks_set(net, setting, batch):
+                outputs[name] = net(batch["lq"], batch["audio"])
+    assert (MSAVF.forward, AudioGuidedFiLM.forward) == methods
+    assert all(torch.equal(m, torch.ones_like(m)) for m in outputs["open"].masks)
+    assert all(torch.equal(m, torch.zeros_like(m)) for m in outputs["closed"].masks)
+    assert not torch.allclose(outputs["open"].sr, outputs["closed"].sr)
+    for scale, (mask, before) in enumerate(zip(outputs["distractors closed"].masks,
+                                               learned.masks, strict=True)):
+        size = mask.shape[-2:]
+        on_distractor = F.interpolate(distractor[0], size=size, mode="area")[None] > 0.5
+        on_source = F.interpolate(source[0], size=size, mode="area")[None] > 0.5
+        background = ~(on_distractor | on_source)
+        assert torch.equal(mask[~on_distractor], before[~on_distractor]), scale
+        for t in (1, 2):  # the distractor frames: their background's mean
+            level = before[0, t][background[0, t]].mean()
+            torch.testing.assert_close(mask[0, t][on_distractor[0, t]],
+                                       level.expand(int(on_distractor[0, t].sum())))
+    assert on_distractor[0, 1:].any() and not on_distractor[0, 0].any()
+    scores = mask_override.region_psnr(net, [batch])
+    assert set(scores) == {"source", "distractors"}
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,15 @@
-"""Does a trained MS-AVF need its attention masks? PSNR-Y inside the sound source and inside the
-distractors on the test split, with true audio, with the masks as learned, every mask open
-(1 everywhere) and every mask closed (0 everywhere: the audio's FiLM is off, the fusion's
-visual path stays).
+"""Does a trained MS-AVF need its attention masks, and would it gain from masks that tell the
+source from the distractors? PSNR-Y inside the sound source and inside the distractors on the
+test split, with true audio, with every mask as learned, open (1 everywhere), closed (0
+everywhere: the audio's FiLM is off, the fusion's visual path stays), and as learned but closed
+on the distractors (there, each mask takes its frame's mean over the background, so that the
+silent objects get no more of the audio than the empty background does; the distractor maps are
+the test set's labels, used here only to probe a trained model).
 
-A mask is forced by setting its logit bias to +-1e4 (``sigmoid(temperature * cosine + bias)``
-with ``|cosine| <= 1``), so nothing else of the model changes. If the learned masks score as
-the open ones, the model does not rely on them to keep the audio off the distractors.
+Each setting replaces the masks inside each scale's FiLM (``AudioGuidedFiLM.modulate``), so
+nothing else of the model changes. If the learned masks score as the open ones, the model does
+not rely on them to keep the audio off the distractors; if closing them on the distractors
+gains nothing, the reconstruction has no use for masks that tell the objects apart.
 
 Usage::
 
@@ -16,50 +20,95 @@ Usage::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from study_tools import Study
+from torch import Tensor
 
 from avvsr.checkpoint import load_lit_module
 from avvsr.lit_module import REGION_METRICS
 from avvsr.metrics import RegionPSNR
-from avvsr.models.fusion import AudioGuidedFiLM
+from avvsr.models.fusion import MSAVF, AudioGuidedFiLM
 
-FORCED_LOGIT = 1e4
-MASK_SETTINGS = {"learned": None, "open": FORCED_LOGIT, "closed": -FORCED_LOGIT}
+# (learned mask (N, 1, h, w), distractors (N, 1, h, w) bool, background (N, 1, h, w) bool)
+# -> the mask the FiLM uses instead.
+MaskSetting = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def region_psnr(net: torch.nn.Module, batches: Sequence[dict]) -> dict[str, float]:
-    """PSNR-Y (dB) inside the source and inside the distractors of ``net``'s outputs."""
+def background_level_on_distractors(
+    mask: Tensor, distractors: Tensor, background: Tensor
+) -> Tensor:
+    """``mask`` with its distractor pixels set to its frame's mean over the background."""
+    pixels = background.sum((1, 2, 3), keepdim=True).clamp(min=1)
+    level = (mask * background).sum((1, 2, 3), keepdim=True) / pixels
+    return torch.where(distractors, level.expand_as(mask), mask)
+
+
+MASK_SETTINGS: dict[str, MaskSetting | None] = {
+    "learned": None,
+    "open": lambda mask, *_: torch.ones_like(mask),
+    "closed": lambda mask, *_: torch.zeros_like(mask),
+    "distractors closed": background_level_on_distractors,
+}
+
+
+@contextmanager
+def masks_set(net: torch.nn.Module, setting: MaskSetting, batch: dict) -> Iterator[None]:
+    """Within the block, every scale's FiLM of ``net`` uses ``setting`` of its learned mask on
+    ``batch`` (whose label maps give the distractors and the background). The fusion is called
+    once per group of frames, in frame order, so each call takes the label maps of the next
+    frames. The classes' methods are put back afterwards."""
+    frame = 0
+    regions: dict[str, Tensor] = {}
+    fusion_forward, film_forward = MSAVF.forward, AudioGuidedFiLM.forward
+
+    def fusion(self, feat: Tensor, audio: Tensor, **kwargs):
+        nonlocal frame
+        clips = batch["lq"].shape[0]
+        frames = slice(frame, frame + feat.shape[0] // clips)
+        frame = frames.stop
+        for name in ("mask", "distractor_mask"):
+            regions[name] = batch[name][:, frames].flatten(0, 1).float()
+        return fusion_forward(self, feat, audio, **kwargs)
+
+    def film(self, visual: Tensor, audio: Tensor):
+        _, learned, space = film_forward(self, visual, audio)
+        size = learned.shape[-2:]
+        source, distractors = (F.interpolate(regions[name], size=size, mode="area") > 0.5
+                               for name in ("mask", "distractor_mask"))
+        mask = setting(learned, distractors, ~(source | distractors))
+        return self.modulate(visual, audio, mask), mask, space
+
+    MSAVF.forward, AudioGuidedFiLM.forward = fusion, film
+    try:
+        yield
+    finally:
+        MSAVF.forward, AudioGuidedFiLM.forward = fusion_forward, film_forward
+
+
+def region_psnr(
+    net: torch.nn.Module, batches: Sequence[dict], setting: MaskSetting | None = None
+) -> dict[str, float]:
+    """PSNR-Y (dB) inside the source and inside the distractors of ``net``'s outputs, with
+    its masks replaced by ``setting`` (None: as learned)."""
+    if not any(isinstance(m, AudioGuidedFiLM) for m in net.modules()):
+        raise SystemExit("this diagnostic takes a model whose fusion has attention masks")
     regions = {name: REGION_METRICS[metric][0] for name, metric in
                (("source", "psnr_y_inside"), ("distractors", "psnr_y_distractors"))}
     metrics = {name: RegionPSNR(region="inside", test_y_channel=True) for name in regions}
     with torch.no_grad():
         for batch in batches:
-            sr = net(batch["lq"], batch["audio"]).sr.clamp(0, 1)
+            if setting is None:
+                sr = net(batch["lq"], batch["audio"]).sr
+            else:
+                with masks_set(net, setting, batch):
+                    sr = net(batch["lq"], batch["audio"]).sr
             for name, key in regions.items():
-                metrics[name].update(sr, batch["gt"], batch[key])
+                metrics[name].update(sr.clamp(0, 1), batch["gt"], batch[key])
     return {name: metric.compute().item() for name, metric in metrics.items()}
-
-
-def with_masks(net: torch.nn.Module, logit: float | None, batches: Sequence[dict]) -> dict:
-    """:func:`region_psnr` with every attention mask forced by ``logit`` (None: as learned);
-    the biases are put back afterwards."""
-    attentions = [m for m in net.modules() if isinstance(m, AudioGuidedFiLM)]
-    if not attentions:
-        raise SystemExit("this diagnostic takes a model whose fusion has attention masks")
-    learned = [attention.logit_bias.detach().clone() for attention in attentions]
-    try:
-        if logit is not None:
-            with torch.no_grad():
-                for attention in attentions:
-                    attention.logit_bias.fill_(logit)
-        return region_psnr(net, batches)
-    finally:
-        with torch.no_grad():
-            for attention, bias in zip(attentions, learned, strict=True):
-                attention.logit_bias.copy_(bias)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
@@ -71,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     torch.set_num_threads(1)
     net = load_lit_module(args.checkpoint).net.eval()
     batches = list(Study(args.data, args.overrides).datamodule.test_dataloader())
-    results = {name: with_masks(net, logit, batches) for name, logit in MASK_SETTINGS.items()}
+    results = {name: region_psnr(net, batches, setting) for name, setting in MASK_SETTINGS.items()}
     print("masks | PSNR-Y in source | PSNR-Y in distractors")
     for name, scores in results.items():
         print(f"{name} | {scores['source']:.2f} | {scores['distractors']:.2f}")
