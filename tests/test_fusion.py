@@ -102,6 +102,35 @@ def test_masks_start_undecided_whatever_the_seed() -> None:
             assert frame_means.min() > 0.25 and frame_means.max() < 0.75, (seed, frame_means)
 
 
+def test_scalar_rate_speeds_up_the_temperature_and_bias_but_starts_the_same() -> None:
+    """The same masks at initialisation whatever the rate; one Adam step moves the effective
+    log-temperature and bias (rate x stored value) about rate times as far."""
+    feat, audio = torch.randn(2, 8, 6, 6), torch.randn(2, 6)
+    steps = {}
+    for rate in (1.0, 10.0):
+        torch.manual_seed(0)
+        fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2, initial_temperature=2.0,
+                       scalar_rate=rate)
+        randomise_output_projection(fusion)
+        masks = fusion(feat, audio)[1]
+        if rate == 1.0:
+            reference = masks
+        for mask, expected in zip(masks, reference, strict=True):
+            torch.testing.assert_close(mask, expected)
+        attention = fusion.fuse[0]
+        before = (rate * attention.log_temperature.item(), rate * attention.logit_bias.item())
+        optimiser = torch.optim.Adam(fusion.parameters(), lr=1e-3)
+        fusion(feat, audio)[0].square().mean().backward()
+        optimiser.step()
+        after = (rate * attention.log_temperature.item(), rate * attention.logit_bias.item())
+        steps[rate] = [abs(a - b) for a, b in zip(after, before, strict=True)]
+    assert before[0] == pytest.approx(math.log(2.0))
+    for slow, fast in zip(steps[1.0], steps[10.0], strict=True):
+        assert fast == pytest.approx(10 * slow, rel=1e-3)
+    with pytest.raises(ValueError, match="scalar_rate"):
+        MSAVF(visual_channels=8, audio_dim=6, scalar_rate=0)
+
+
 @pytest.mark.parametrize("attention", [True, False])
 def test_top_down_option_changes_the_output_only_with_several_scales(attention: bool) -> None:
     feat, audio = torch.randn(2, 8, 9, 7), torch.randn(2, 6)
