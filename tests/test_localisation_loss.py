@@ -126,38 +126,3 @@ def test_the_concat_baseline_has_no_embeddings() -> None:
     fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2, attention=False)
     assert fusion(torch.randn(2, 8, 5, 5), torch.randn(2, 6), return_embeddings=True)[2] == []
 
-
-def test_the_sparsity_prior_is_the_mean_of_every_scale_alike() -> None:
-    from avvsr.models.localisation_loss import MaskSparsityPrior
-
-    fine = torch.zeros(2, 3, 1, 8, 8)
-    fine[..., :4, :] = 1.0  # half open
-    coarse = torch.ones(2, 3, 1, 2, 2)  # all open: weighs as much as the finer mask
-    prior = MaskSparsityPrior(weight=0.5)
-    assert prior([fine, coarse]).item() == pytest.approx(0.75)
-    assert prior([torch.zeros(1, 1, 1, 3, 3)]).item() == 0.0
-    assert list(prior.parameters()) == [] and prior.weight == 0.5
-
-
-def test_the_sparsity_prior_closes_every_mask_of_msavf() -> None:
-    """Its gradient lowers every scale's logit bias (closes every mask) and reaches the visual
-    and audio projections the masks are computed from."""
-    from avvsr.models.localisation_loss import MaskSparsityPrior
-
-    torch.manual_seed(0)
-    fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2)
-    _, masks = fusion(torch.randn(3, 8, 9, 9), torch.randn(3, 6))
-    MaskSparsityPrior(weight=1.0)([mask.unflatten(0, (3, 1)) for mask in masks]).backward()
-    for attention in fusion.fuse:
-        assert attention.logit_bias.grad > 0
-        assert attention.visual_proj.weight.grad.abs().sum() > 0
-        assert attention.audio_proj.weight.grad.abs().sum() > 0
-
-
-def test_the_sparsity_prior_refuses_what_it_cannot_weigh() -> None:
-    from avvsr.models.localisation_loss import MaskSparsityPrior
-
-    with pytest.raises(ValueError, match="weight must be > 0"):
-        MaskSparsityPrior(weight=0)
-    with pytest.raises(ValueError, match="attention masks"):
-        MaskSparsityPrior(weight=0.1)([])

@@ -147,7 +147,7 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
 FUSION_OPTIONS = ["none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown"]
 
 
-@pytest.mark.parametrize("localisation", ["none", "lvs", "sparse"])
+@pytest.mark.parametrize("localisation", ["none", "lvs"])
 @pytest.mark.parametrize("fusion", FUSION_OPTIONS)
 def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     fusion: str, localisation: str
@@ -164,7 +164,7 @@ def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     assert label.endswith(f"-{localisation}") == with_term
 
 
-@pytest.mark.parametrize("term", ["lvs", "sparse"])
+@pytest.mark.parametrize("term", ["lvs"])
 def test_each_localisation_term_has_its_own_label(term: str) -> None:
     from avvsr.config import FusionVariant, compose, fusion_label
 
@@ -172,7 +172,6 @@ def test_each_localisation_term_has_its_own_label(term: str) -> None:
     assert fusion_label(model.fusion, model.localisation) == f"msavf-s3-{term}"
     assert fusion_label(model.fusion) == "msavf-s3"
     assert FusionVariant.from_label(f"msavf-s3-{term}") != FusionVariant.from_label("msavf-s3")
-    assert FusionVariant.from_label("msavf-s3-lvs") != FusionVariant.from_label("msavf-s3-sparse")
 
 
 def test_a_term_without_a_label_of_its_own_is_named_by_its_class() -> None:

@@ -83,7 +83,7 @@ def test_a_wrong_config_value_fails_before_training(synth_root: Path, tmp_path: 
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-LOCALISATION_TERMS = ["lvs", "sparse"]
+LOCALISATION_TERMS = ["lvs"]  # every model/localisation option
 
 
 @pytest.mark.parametrize("term", LOCALISATION_TERMS)
@@ -149,9 +149,6 @@ def test_a_training_step_adds_the_weighted_term_only_when_it_is_on(
     assert term > 0
     weight = models[term_option].localisation.weight
     assert on.item() == pytest.approx(off.item() + weight * term.item(), rel=1e-6)
-    if term_option == "sparse":  # the mean of the same pass's masks, every scale alike
-        means = [mask.mean().item() for mask in out.masks]
-        assert len(means) == 3 and term.item() == pytest.approx(np.mean(means), rel=1e-5)
 
 
 @pytest.mark.parametrize("term", LOCALISATION_TERMS)

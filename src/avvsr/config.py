@@ -93,12 +93,11 @@ def _is_node(value: Any) -> bool:
 # a term not listed is labelled by its class name, lower case.
 LOCALISATION_LABELS = {
     "avvsr.models.localisation_loss.LVSLocalisationLoss": "lvs",
-    "avvsr.models.localisation_loss.MaskSparsityPrior": "sparse",
 }
 
 
 def localisation_label(localisation_config: Mapping | None) -> str | None:
-    """The short name of a localisation term's config (``lvs``, ``sparse``), None without."""
+    """The short name of a localisation term's config (e.g. ``lvs``), None without."""
     if localisation_config is None:
         return None
     target = str(localisation_config.get("_target_", ""))
@@ -110,7 +109,7 @@ class FusionVariant:
     """What a fusion config is, as data: ``scales`` 0 without fusion; ``attention`` False for
     tiled concatenation; ``top_down`` whether coarse scales feed the fine ones;
     ``localisation`` the label of the self-supervised localisation term that training adds on
-    the attention (``model.localisation``: ``lvs``, ``sparse``), None without."""
+    the attention (``model.localisation``, e.g. ``lvs``), None without."""
 
     scales: int
     attention: bool
@@ -133,7 +132,7 @@ class FusionVariant:
     @property
     def label(self) -> str:
         """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, and either MS-AVF label
-        followed by its localisation term's: ``msavf-s3-lvs``, ``msavf-s3-notopdown-sparse``."""
+        followed by its localisation term's: ``msavf-s3-lvs``, ``msavf-s3-notopdown-lvs``."""
         if self.scales == 0:
             return "none"
         if not self.attention:

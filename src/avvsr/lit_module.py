@@ -6,9 +6,8 @@ decay per step, a separate learning rate for the optical-flow network (frozen fo
 ``flow_freeze_steps`` steps, as the BasicVSR recipe does), and audio dropout: a share of the
 training clips get silent audio so that, on silent or audio-less video, a fusion model falls
 back to the visual-only result. Optionally (``localisation``) a self-supervised localisation
-term on the attention masks or their embeddings (:mod:`avvsr.models.localisation_loss`: the
-LVS-style contrast or the mask sparsity prior; no ground-truth masks), logged as
-``train/localisation_loss``.
+term on the attention masks or their embeddings (:mod:`avvsr.models.localisation_loss`, e.g.
+the LVS-style contrast; no ground-truth masks), logged as ``train/localisation_loss``.
 
 Evaluation: whole clips; PSNR/SSIM on RGB and Y; PSNR inside/outside the sound-source mask and
 inside the silent distractors, the attention masks' agreement with the source and their

@@ -6,12 +6,6 @@ output, anchors)`` to the reconstruction loss, where ``output`` is the
 embeddings when the term's ``needs_embeddings``) and ``anchors`` (B,) marks the clips that hear
 their own sound (not dropped to silence nor missing).
 
-:class:`MaskSparsityPrior` asks every mask to stay closed where the reconstruction does not
-need it open: the mean of the masks. The reconstruction loss opens a mask only where the
-audio's modulation helps, on the sound source; where it is of no use (the background, a silent
-object that the layers after the fusion learn to leave alone) nothing holds the mask open but
-the prior closes it, so the mask comes to mark where the audio helps.
-
 :class:`LVSLocalisationLoss`: the idea of LVS (Chen et al., "Localizing Visual Sounds the
 Hard Way", CVPR 2021), applied to the space MS-AVF's finest mask is computed in
 (:class:`avvsr.models.fusion.AttentionEmbeddings`):
@@ -73,22 +67,6 @@ class LocalisationTerm(nn.Module):
     def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
         """The term (a scalar) on a training batch's ``output``; ``anchors`` (B,) bool."""
         raise NotImplementedError
-
-
-class MaskSparsityPrior(LocalisationTerm):
-    """The mean of every attention mask, over the scales, the batch and the pixels.
-
-    Every clip counts (a clip with silent audio has nothing for its masks to open on).
-    ``forward(masks: list of (B, T, 1, h_s, w_s) in [0, 1]) -> scalar`` in [0, 1].
-    """
-
-    def forward(self, masks: list[Tensor]) -> Tensor:
-        if not masks:
-            raise ValueError("the mask sparsity prior needs a fusion with attention masks")
-        return torch.stack([mask.float().mean() for mask in masks]).mean()
-
-    def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
-        return self(output.masks)
 
 
 class LVSLocalisationLoss(LocalisationTerm):
