@@ -143,8 +143,6 @@ class AVVSRLitModule(LightningModule):
                 "with attention (model/fusion=msavf, msavf_s2, msavf_single or "
                 "msavf_no_topdown), not model/fusion=none or concat"
             )
-        if localisation is not None:
-            localisation.build(self.net)
         self.localisation = localisation
         self.optimizer_factory = optimizer
         self.lr = lr
@@ -210,7 +208,7 @@ class AVVSRLitModule(LightningModule):
         if self.localisation is not None:
             # Only clips that hear their own sound have a source to find.
             anchors = batch["has_audio"].to(dropped.device) & ~dropped
-            localisation = self.localisation.of_output(out, anchors, batch)
+            localisation = self.localisation.of_output(out, anchors)
             self.log("train/localisation_loss", localisation, batch_size=audio.shape[0])
             loss = loss + self.localisation.weight * localisation
         self.log("train/loss", loss, prog_bar=True, batch_size=audio.shape[0])
@@ -294,10 +292,9 @@ class AVVSRLitModule(LightningModule):
             raise RuntimeError("this model was built without an optimizer (a loaded model "
                                "file): train from a config, e.g. model.init_weights=FILE")
         flow = {id(p) for p in self.net.backbone.flow_parameters()}
-        terms = [] if self.localisation is None else list(self.localisation.parameters())
         groups = [
             {
-                "params": [p for p in self.net.parameters() if id(p) not in flow] + terms,
+                "params": [p for p in self.net.parameters() if id(p) not in flow],
                 "lr": self.lr,
                 "name": "main",
             }

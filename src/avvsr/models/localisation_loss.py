@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avvsr.models.avvsr_net import AVVSRNet, AVVSROutput
+from avvsr.models.avvsr_net import AVVSROutput
 
 
 class LocalisationTerm(nn.Module):
@@ -64,11 +64,8 @@ class LocalisationTerm(nn.Module):
             raise ValueError(f"weight must be > 0 (leave the term out to turn it off): {weight}")
         self.weight = weight
 
-    def build(self, net: AVVSRNet) -> None:
-        """Make the term's parameters for ``net`` (called once, before training); none here."""
-
-    def of_output(self, output: AVVSROutput, anchors: Tensor, batch: dict) -> Tensor:
-        """The term (a scalar) on the ``output`` of a training ``batch``; ``anchors`` (B,)."""
+    def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
+        """The term (a scalar) on a training batch's ``output``; ``anchors`` (B,) bool."""
         raise NotImplementedError
 
 
@@ -134,7 +131,7 @@ class LVSLocalisationLoss(LocalisationTerm):
         weights = anchors.to(loss.dtype)[:, None]
         return (loss * weights).sum() / (weights.sum() * frames).clamp(min=1)
 
-    def of_output(self, output: AVVSROutput, anchors: Tensor, batch: dict) -> Tensor:
+    def of_output(self, output: AVVSROutput, anchors: Tensor) -> Tensor:
         finest = output.embeddings[0]
         return self(finest.keys, finest.query, anchors)
 
@@ -147,39 +144,3 @@ class LVSLocalisationLoss(LocalisationTerm):
         signed = (pseudo_label - above) if above is not None else (below - pseudo_label)
         weights = F.softmax(F.logsigmoid(signed / self.region_temperature), dim=-1)
         return (weights * maps).sum(-1)
-
-
-class AudioDetailTerm(LocalisationTerm):
-    """The detail the audio explains, drawn where the finest mask is open (pilot).
-
-    A linear head maps a frame's audio query to one ``scale x scale`` RGB pattern; gated by the
-    finest mask and pixel-shuffled, it should reproduce ``gt - bicubic(lq)`` (MSE over the
-    anchor clips' frames). The head sees no pixel, so where it draws is the mask's.
-    """
-
-    needs_embeddings: ClassVar[bool] = True
-
-    def __init__(self, weight: float = 1.0) -> None:
-        super().__init__(weight)
-        self.head: nn.Linear | None = None
-        self.scale = 0
-
-    def build(self, net: AVVSRNet) -> None:
-        self.scale = net.scale
-        self.head = nn.Linear(net.fusion.fuse[0].audio_proj.out_features, 3 * self.scale**2)
-
-    def forward(self, mask: Tensor, query: Tensor, lq: Tensor, gt: Tensor,
-                anchors: Tensor) -> Tensor:
-        frames = lq.flatten(0, 1)
-        upsampled = F.interpolate(frames, scale_factor=self.scale, mode="bicubic",
-                                  align_corners=False)
-        target = gt.flatten(0, 1) - upsampled
-        pattern = self.head(query.flatten(0, 1).to(self.head.weight.dtype))
-        drawn = F.pixel_shuffle(mask.flatten(0, 1) * pattern[:, :, None, None], self.scale)
-        error = (drawn - target).square().mean(dim=(1, 2, 3)).unflatten(0, lq.shape[:2])
-        weights = anchors.to(error.dtype)[:, None]
-        return (error * weights).sum() / (weights.sum() * lq.shape[1]).clamp(min=1)
-
-    def of_output(self, output: AVVSROutput, anchors: Tensor, batch: dict) -> Tensor:
-        return self(output.masks[0], output.embeddings[0].query, batch["lq"], batch["gt"],
-                    anchors)
