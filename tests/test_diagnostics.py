@@ -260,7 +260,7 @@ def test_mask_override_sets_every_mask_as_each_setting_says_and_puts_the_model_b
     from avvsr.models.audio_encoder import AudioEncoder
     from avvsr.models.avvsr_net import AVVSRNet
     from avvsr.models.backbones.basicvsr import BasicVSR
-    from avvsr.models.fusion import MSAVF, AudioGuidedFiLM
+    from avvsr.models.fusion import MSAVF
 
     mask_override = load_script("mask_override")
     torch.manual_seed(0)
@@ -276,7 +276,6 @@ def test_mask_override_sets_every_mask_as_each_setting_says_and_puts_the_model_b
     distractor[:, 1:, :, 16:, 16:] = 1  # not in the first frame: each frame gets its own maps
     batch = {"lq": torch.rand(1, 3, 3, 8, 8), "gt": torch.rand(1, 3, 3, 32, 32),
              "audio": torch.randn(1, 3, 16, 9), "mask": source, "distractor_mask": distractor}
-    methods = (MSAVF.forward, AudioGuidedFiLM.forward)
     with torch.no_grad():
         learned = net(batch["lq"], batch["audio"])
         outputs = {}
@@ -285,7 +284,9 @@ def test_mask_override_sets_every_mask_as_each_setting_says_and_puts_the_model_b
                 continue
             with mask_override.masks_set(net, setting, batch):
                 outputs[name] = net(batch["lq"], batch["audio"])
-    assert (MSAVF.forward, AudioGuidedFiLM.forward) == methods
+    hooked = [m for m in net.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked == []  # every hook removed
+    torch.testing.assert_close(net(batch["lq"], batch["audio"]).sr, learned.sr)
     assert all(torch.equal(m, torch.ones_like(m)) for m in outputs["open"].masks)
     assert all(torch.equal(m, torch.zeros_like(m)) for m in outputs["closed"].masks)
     assert not torch.allclose(outputs["open"].sr, outputs["closed"].sr)
@@ -336,6 +337,30 @@ def test_mask_override_main_reads_an_avvsr_train_checkpoint(
         assert results["learned"][name] == pytest.approx(
             record["metrics"][f"test/true/{metric}"], abs=1e-3)
     assert results["open"] != results["closed"]
+
+
+def test_mask_scalars_reads_each_scale_of_an_avvsr_train_checkpoint(
+    msavf_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Per scale, the temperature and bias the checkpoint's masks are computed with, and a
+    range that holds every mask the loaded model computes."""
+    import json
+
+    from avvsr.checkpoint import load_lit_module
+
+    checkpoint = json.loads((msavf_run / "0" / "metrics.json").read_text())["best_checkpoint"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    mask_scalars = load_script("mask_scalars")
+    capsys.readouterr()
+    rows = mask_scalars.main([checkpoint])[checkpoint]
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + len(rows) == 4
+    net = load_lit_module(checkpoint).net
+    masks = net(torch.rand(1, 2, 3, 8, 8), torch.randn(1, 2, 16, 9)).masks
+    for scale, (row, mask) in enumerate(zip(rows, masks, strict=True)):
+        prefix = f"net.fusion.fuse.{scale}."
+        assert row["temperature"] == pytest.approx(state[prefix + "log_temperature"].exp().item())
+        assert row["bias"] == pytest.approx(state[prefix + "logit_bias"].item())
+        assert row["lowest"] <= mask.min().item() <= mask.max().item() <= row["highest"]
 
 
 def test_validation_curves_prints_every_validation_of_a_run(

@@ -6,10 +6,11 @@ on the distractors (there, each mask takes its frame's mean over the background,
 silent objects get no more of the audio than the empty background does; the distractor maps are
 the test set's labels, used here only to probe a trained model).
 
-Each setting replaces the masks inside each scale's FiLM (``AudioGuidedFiLM.modulate``), so
-nothing else of the model changes. If the learned masks score as the open ones, the model does
-not rely on them to keep the audio off the distractors; if closing them on the distractors
-gains nothing, the reconstruction has no use for masks that tell the objects apart.
+Each setting replaces the masks inside each scale's FiLM (a forward hook that redoes
+``AudioGuidedFiLM.modulate`` with the new mask), so nothing else of the model changes. If the
+learned masks score as the open ones, the model does not rely on them to keep the audio off
+the distractors; if closing them on the distractors gains nothing, the reconstruction has no
+use for masks that tell the objects apart.
 
 Usage::
 
@@ -60,33 +61,36 @@ def masks_set(net: torch.nn.Module, setting: MaskSetting, batch: dict) -> Iterat
     """Within the block, every scale's FiLM of ``net`` uses ``setting`` of its learned mask on
     ``batch`` (whose label maps give the distractors and the background). The fusion is called
     once per group of frames, in frame order, so each call takes the label maps of the next
-    frames. The classes' methods are put back afterwards."""
+    frames. Forward hooks on ``net``'s own modules, removed afterwards."""
     frame = 0
     regions: dict[str, Tensor] = {}
-    fusion_forward, film_forward = MSAVF.forward, AudioGuidedFiLM.forward
 
-    def fusion(self, feat: Tensor, audio: Tensor, **kwargs):
+    def next_frames(fusion: torch.nn.Module, inputs: tuple) -> None:
         nonlocal frame
-        clips = batch["lq"].shape[0]
-        frames = slice(frame, frame + feat.shape[0] // clips)
+        frames = slice(frame, frame + inputs[0].shape[0] // batch["lq"].shape[0])
         frame = frames.stop
         for name in ("mask", "distractor_mask"):
             regions[name] = batch[name][:, frames].flatten(0, 1).float()
-        return fusion_forward(self, feat, audio, **kwargs)
 
-    def film(self, visual: Tensor, audio: Tensor):
-        _, learned, space = film_forward(self, visual, audio)
-        size = learned.shape[-2:]
-        source, distractors = (F.interpolate(regions[name], size=size, mode="area") > 0.5
-                               for name in ("mask", "distractor_mask"))
+    def replace_mask(film: AudioGuidedFiLM, inputs: tuple, output: tuple) -> tuple:
+        visual, audio = inputs
+        _, learned, space = output
+        source, distractors = (
+            F.interpolate(regions[name], size=learned.shape[-2:], mode="area") > 0.5
+            for name in ("mask", "distractor_mask")
+        )
         mask = setting(learned, distractors, ~(source | distractors))
-        return self.modulate(visual, audio, mask), mask, space
+        return film.modulate(visual, audio, mask), mask, space
 
-    MSAVF.forward, AudioGuidedFiLM.forward = fusion, film
+    fusions = [m for m in net.modules() if isinstance(m, MSAVF)]
+    films = [m for m in net.modules() if isinstance(m, AudioGuidedFiLM)]
+    handles = [m.register_forward_pre_hook(next_frames) for m in fusions]
+    handles += [m.register_forward_hook(replace_mask) for m in films]
     try:
         yield
     finally:
-        MSAVF.forward, AudioGuidedFiLM.forward = fusion_forward, film_forward
+        for handle in handles:
+            handle.remove()
 
 
 def region_psnr(

@@ -105,10 +105,19 @@ class AudioGuidedFiLM(nn.Module):
         keys = F.normalize(self.visual_proj(visual).to(precision), dim=1)
         query = F.normalize(self.audio_proj(audio).to(precision), dim=1)
         cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
-        temperature = (self.scalar_rate * self.log_temperature).exp()
-        logits = temperature * cosine + self.scalar_rate * self.logit_bias
+        logits = self.temperature * cosine + self.bias
         mask = torch.sigmoid(logits).to(visual.dtype)
         return self.modulate(visual, audio, mask), mask, AttentionEmbeddings(keys, query)
+
+    @property
+    def temperature(self) -> Tensor:
+        """The multiplier of the cosine inside the mask's sigmoid (a 0-d tensor)."""
+        return (self.scalar_rate * self.log_temperature).exp()
+
+    @property
+    def bias(self) -> Tensor:
+        """The mask's logit bias (a 0-d tensor)."""
+        return self.scalar_rate * self.logit_bias
 
     def modulate(self, visual: Tensor, audio: Tensor, mask: Tensor) -> Tensor:
         """The audio's FiLM of ``visual`` (N, K, h, w) gated per pixel by ``mask``
