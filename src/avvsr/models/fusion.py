@@ -166,8 +166,8 @@ class MSAVF(nn.Module):
         scalar_rate: each mask's log-temperature and logit bias are stored divided by this, so
             that they move this many times faster under Adam, which moves every weight by
             about the learning rate per step whatever the scale of its gradient. At 1, in
-            2,000 steps at lr 5e-4 the log-temperatures of the study's runs moved by 0.02-0.09
-            (temperature 1.02-1.09: masks confined to about 0.25-0.75).
+            2,000 steps at lr 5e-4 the study's temperatures ended at 1.02-1.09 (masks confined
+            to about 0.25-0.75; experiments/av_ablation/diagnostics/mask_scalars.py).
     """
 
     def __init__(
