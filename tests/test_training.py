@@ -104,6 +104,26 @@ def test_the_localisation_term_trains_logs_and_names_its_run(
     assert load_lit_module(record["best_checkpoint"]).model_config.get("localisation") is None
 
 
+def test_a_model_trained_with_a_scalar_rate_reloads_with_it(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """The rate is part of the stored model: a checkpoint written by ``avvsr-train`` with
+    ``model.fusion.scalar_rate=10`` reloads with the same rate, so with the same masks."""
+    from avvsr.checkpoint import load_lit_module
+    from avvsr.train import train
+
+    train(compose_train(synth_root, tmp_path, [
+        "model.fusion.scalar_rate=10", "trainer.max_steps=2", "test=false",
+    ]))
+    checkpoint = read_metrics(tmp_path)["best_checkpoint"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    fusion = load_lit_module(checkpoint).net.fusion
+    for scale, attention in enumerate(fusion.fuse):
+        assert attention.scalar_rate == 10
+        stored = state[f"net.fusion.fuse.{scale}.log_temperature"]
+        assert attention.temperature.item() == pytest.approx((10 * stored).exp().item())
+
+
 def one_training_batch(synth_root: Path, tmp_path: Path) -> dict:
     import hydra
 
