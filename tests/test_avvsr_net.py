@@ -41,6 +41,7 @@ FUSIONS = {
     "none": None,
     **{f"msavf-s{s}": msavf(scales=s) for s in (1, 2, 3, 4)},
     "msavf-notopdown": msavf(top_down=False),
+    "msavf-sync": msavf(synchrony_window=3),
     "concat": msavf(attention=False),
 }
 

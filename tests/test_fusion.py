@@ -200,6 +200,7 @@ EXPECTED_OPTIONS = {
     "msavf_single": {"scales": 1, "top_down": True, "attention": True},
     "msavf_s2": {"scales": 2, "top_down": True, "attention": True},
     "msavf_no_topdown": {"scales": 3, "top_down": False, "attention": True},
+    "msavf_sync": {"scales": 3, "top_down": True, "attention": True},
     "concat": {"scales": 3, "top_down": True, "attention": False},
 }
 

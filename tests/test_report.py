@@ -144,7 +144,9 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
     assert sweep_record(sweep) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)]
 
 
-FUSION_OPTIONS = ["none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown"]
+FUSION_OPTIONS = [
+    "none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown", "msavf_sync",
+]
 
 
 @pytest.mark.parametrize("localisation", ["none", "lvs"])

@@ -124,6 +124,27 @@ def test_a_model_trained_with_a_scalar_rate_reloads_with_it(
         assert attention.temperature.item() == pytest.approx((10 * stored).exp().item())
 
 
+def test_a_model_whose_masks_see_the_synchrony_trains_and_reloads_with_it(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """``model/fusion=msavf_sync``: avvsr-train names the run after it, and its checkpoint
+    reloads with the synchrony map and each scale's stored weight."""
+    from avvsr.checkpoint import load_lit_module
+    from avvsr.train import train
+
+    train(compose_train(synth_root, tmp_path, [
+        "model/fusion=msavf_sync", "trainer.max_steps=2", "test=false",
+    ]))
+    record = read_metrics(tmp_path)
+    assert record["fusion"] == "msavf-s3-sync"
+    state = torch.load(record["best_checkpoint"], map_location="cpu", weights_only=True)
+    fusion = load_lit_module(record["best_checkpoint"]).net.fusion
+    assert fusion.synchrony.window == 9
+    for scale, attention in enumerate(fusion.fuse):
+        stored = state["state_dict"][f"net.fusion.fuse.{scale}.stored_synchrony_weight"]
+        assert attention.synchrony_weight.item() == pytest.approx(stored.item())
+
+
 def one_training_batch(synth_root: Path, tmp_path: Path) -> dict:
     import hydra
 

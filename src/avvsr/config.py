@@ -107,7 +107,8 @@ def localisation_label(localisation_config: Mapping | None) -> str | None:
 @dataclass(frozen=True)
 class FusionVariant:
     """What a fusion config is, as data: ``scales`` 0 without fusion; ``attention`` False for
-    tiled concatenation; ``top_down`` whether coarse scales feed the fine ones;
+    tiled concatenation; ``top_down`` whether coarse scales feed the fine ones; ``synchrony``
+    whether the masks also see the audio-visual synchrony (``synchrony_window``);
     ``localisation`` the label of the self-supervised localisation term that training adds on
     the attention (``model.localisation``, e.g. ``lvs``), None without."""
 
@@ -115,6 +116,7 @@ class FusionVariant:
     attention: bool
     top_down: bool
     localisation: str | None = None
+    synchrony: bool = False
 
     @classmethod
     def of(
@@ -127,12 +129,14 @@ class FusionVariant:
             bool(fusion_config.get("attention", True)),
             bool(fusion_config.get("top_down", True)),
             localisation_label(localisation_config),
+            fusion_config.get("synchrony_window") is not None,
         )
 
     @property
     def label(self) -> str:
-        """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, and either MS-AVF label
-        followed by its localisation term's: ``msavf-s3-lvs``, ``msavf-s3-notopdown-lvs``."""
+        """``none``, ``concat``, ``msavf-s3``, ``msavf-s3-notopdown``, then ``-sync`` when the
+        masks see the synchrony, then the localisation term's label: ``msavf-s3-lvs``,
+        ``msavf-s3-notopdown-sync-lvs``."""
         if self.scales == 0:
             return "none"
         if not self.attention:
@@ -140,6 +144,7 @@ class FusionVariant:
         return (
             f"msavf-s{self.scales}"
             + ("" if self.top_down else "-notopdown")
+            + ("-sync" if self.synchrony else "")
             + (f"-{self.localisation}" if self.localisation else "")
         )
 
@@ -153,19 +158,25 @@ class FusionVariant:
         name, scales, *rest = label.split("-") if "-" in label else (label, "")
         top_down = rest[:1] != ["notopdown"]
         terms = rest if top_down else rest[1:]
+        synchrony = terms[:1] == ["sync"]
+        terms = terms[1:] if synchrony else terms
         well_formed = (
             name == "msavf" and scales[:1] == "s" and scales[1:].isdigit() and len(terms) <= 1
-            and all(term.isalnum() and term != "notopdown" for term in terms)
+            and all(term.isalnum() and term not in ("notopdown", "sync") for term in terms)
         )
         if not well_formed:
             raise ValueError(f"not a fusion label: {label!r}")
-        return cls(int(scales[1:]), True, top_down, terms[0] if terms else None)
+        return cls(int(scales[1:]), True, top_down, terms[0] if terms else None, synchrony)
 
     @property
-    def rank(self) -> tuple[bool, int, bool, str]:
+    def rank(self) -> tuple[bool, int, bool, bool, str]:
         """Sort key of result rows: none, concat, then MS-AVF by scales; at each number of
-        scales top-down before not, and each without a localisation term before with one."""
-        return (self.attention, self.scales, not self.top_down, self.localisation or "")
+        scales top-down before not, each without synchrony before with, and each without a
+        localisation term before with one."""
+        return (
+            self.attention, self.scales, not self.top_down, self.synchrony,
+            self.localisation or "",
+        )
 
 
 def fusion_label(fusion_config: Mapping | None, localisation_config: Mapping | None = None) -> str:

@@ -45,7 +45,10 @@ class AVVSRNet(nn.Module):
             ``embed_dim`` attribute. Ignored (not built into the model) when ``fusion`` is None.
         fusion: factory of the fusion module, called with ``visual_channels`` and
             ``audio_dim``; the module maps ``(feat (N, C, h, w), audio (N, D))`` to
-            ``(fused, masks)``. None gives the plain backbone.
+            ``(fused, masks)``. One whose ``synchrony`` attribute is a module (MS-AVF with
+            ``synchrony_window``) also gets ``synchrony=`` that module's map of the clip's
+            LR frames and log-mel, ``(N, 1, h, w)`` for its N frames. None gives the plain
+            backbone.
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class AVVSRNet(nn.Module):
                 "this model fuses audio: pass log-mel `audio` (B, T, n_mels, n_frames)"
             )
         embedding = self.audio_encoder(audio)  # (B, T, D)
+        synchrony_map = getattr(self.fusion, "synchrony", None)
+        synchrony = None if synchrony_map is None else synchrony_map(lq, audio)  # (B, T, 1, h, w)
         # Per hook call (group of frames), per scale: masks, and keys and queries if asked for.
         group_masks: list[list[Tensor]] = []
         group_keys: list[list[Tensor]] = []
@@ -101,14 +106,15 @@ class AVVSRNet(nn.Module):
                 return x.unflatten(0, (batch, -1))
 
             frame_feat, audio_feat = feat.flatten(0, 1), embedding[:, frames].flatten(0, 1)
+            extra = {} if synchrony is None else {"synchrony": synchrony[:, frames].flatten(0, 1)}
             if return_embeddings:
                 fused, scale_masks, spaces = self.fusion(
-                    frame_feat, audio_feat, return_embeddings=True
+                    frame_feat, audio_feat, return_embeddings=True, **extra
                 )
                 group_keys.append([per_clip(space.keys) for space in spaces])
                 group_queries.append([per_clip(space.query) for space in spaces])
             else:  # the plain fusion contract: (fused, masks)
-                fused, scale_masks = self.fusion(frame_feat, audio_feat)
+                fused, scale_masks = self.fusion(frame_feat, audio_feat, **extra)
             group_masks.append([per_clip(m) for m in scale_masks])
             return per_clip(fused)
 

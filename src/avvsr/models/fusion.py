@@ -19,7 +19,11 @@ How it works, per frame:
    scale (as in LVS and the audio-visual inpainting net). The temperature starts at 1, so every
    mask starts undecided (in ``sigmoid([-1, 1])``, about 0.27-0.73) whatever the random
    initialisation: a mask that starts closed on the objects gates the audio out there, and so
-   the gradient that would teach it to open (see ``initial_temperature``).
+   the gradient that would teach it to open (see ``initial_temperature``). With
+   ``synchrony_window`` each logit also adds, times a learned weight per scale, the
+   audio-visual synchrony (:mod:`avvsr.models.synchrony`: each LR pixel's correlation with the
+   loudness over the frames around it), area-averaged to the scale: the one input of the masks
+   that relates a frame to its neighbours.
 3. *Fusion under the mask*: a FiLM/SFT-like modulation from the audio, gated per pixel by the
    mask: ``v * (1 + mask * gamma(audio)) + mask * beta(audio)``.
 4. *Top-down*: from the coarsest scale, each fused level is upsampled (bilinear, to the exact
@@ -43,6 +47,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from avvsr.models.synchrony import AudioVisualSynchrony
 
 MAX_SCALES = 4
 
@@ -84,6 +90,7 @@ class AudioGuidedFiLM(nn.Module):
         embed_dim: int,
         initial_temperature: float,
         scalar_rate: float = 1.0,
+        initial_synchrony_weight: float | None = None,
     ) -> None:
         super().__init__()
         if scalar_rate <= 0:
@@ -96,9 +103,26 @@ class AudioGuidedFiLM(nn.Module):
             torch.tensor(math.log(initial_temperature) / scalar_rate)
         )
         self.logit_bias = nn.Parameter(torch.zeros(()))
+        # The weight of the audio-visual synchrony in the mask's logit (None: not used).
+        self.stored_synchrony_weight = (
+            None
+            if initial_synchrony_weight is None
+            else nn.Parameter(torch.tensor(initial_synchrony_weight / scalar_rate))
+        )
         self.film = nn.Linear(audio_dim, 2 * channels)
 
-    def forward(self, visual: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, AttentionEmbeddings]:
+    def forward(
+        self, visual: Tensor, audio: Tensor, *, synchrony: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, AttentionEmbeddings]:
+        """``synchrony`` (N, 1, h', w'), the LR frames' :mod:`~avvsr.models.synchrony`, is
+        required when the module was built with a synchrony weight and refused otherwise; it
+        is area-averaged to this scale's size and added to the logits times that weight."""
+        if (synchrony is None) != (self.stored_synchrony_weight is None):
+            raise ValueError(
+                "this attention adds the audio-visual synchrony to its masks: pass `synchrony`"
+                if synchrony is None
+                else "this attention was built without a synchrony weight: `synchrony` unused"
+            )
         # The similarity is computed in float32 at least: normalising float16 vectors underflows
         # (and a float64 model stays float64, so its output does not depend on the batch).
         precision = torch.promote_types(visual.dtype, torch.float32)
@@ -106,6 +130,9 @@ class AudioGuidedFiLM(nn.Module):
         query = F.normalize(self.audio_proj(audio).to(precision), dim=1)
         cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
         logits = self.temperature * cosine + self.bias
+        if synchrony is not None:
+            at_scale = F.adaptive_avg_pool2d(synchrony.to(precision), visual.shape[-2:])
+            logits = logits + self.synchrony_weight * at_scale
         mask = torch.sigmoid(logits).to(visual.dtype)
         return self.modulate(visual, audio, mask), mask, AttentionEmbeddings(keys, query)
 
@@ -118,6 +145,14 @@ class AudioGuidedFiLM(nn.Module):
     def bias(self) -> Tensor:
         """The mask's logit bias (a 0-d tensor)."""
         return self.scalar_rate * self.logit_bias
+
+    @property
+    def synchrony_weight(self) -> Tensor | None:
+        """The multiplier of the synchrony inside the mask's sigmoid (a 0-d tensor; None when
+        the synchrony is not used)."""
+        if self.stored_synchrony_weight is None:
+            return None
+        return self.scalar_rate * self.stored_synchrony_weight
 
     def modulate(self, visual: Tensor, audio: Tensor, mask: Tensor) -> Tensor:
         """The audio's FiLM of ``visual`` (N, K, h, w) gated per pixel by ``mask``
@@ -168,6 +203,14 @@ class MSAVF(nn.Module):
             about the learning rate per step whatever the scale of its gradient. At 1, in
             2,000 steps at lr 5e-4 the study's temperatures ended at 1.02-1.09 (masks confined
             to about 0.25-0.75; experiments/av_ablation/diagnostics/mask_scalars.py).
+        synchrony_window: frames of the :class:`~avvsr.models.synchrony.AudioVisualSynchrony`
+            (the LR luma's correlation with the loudness around each frame) that every mask adds
+            to its logit, times a learned weight per scale; ``None``: masks from the per-frame
+            similarity alone (the paper's design). Needs ``attention``. The caller computes the
+            map with ``self.synchrony`` and passes it to :meth:`forward` (AVVSRNet does).
+        initial_synchrony_weight: that weight's initial value (stored divided by
+            ``scalar_rate``, like the temperature): at 2 a pixel in full step with the sound
+            starts with its mask's logit 2 higher than one out of step.
     """
 
     def __init__(
@@ -181,10 +224,18 @@ class MSAVF(nn.Module):
         attention: bool = True,
         initial_temperature: float = 1.0,
         scalar_rate: float = 1.0,
+        synchrony_window: int | None = None,
+        initial_synchrony_weight: float = 2.0,
     ) -> None:
         super().__init__()
         if not 1 <= scales <= MAX_SCALES:
             raise ValueError(f"scales must be in 1..{MAX_SCALES}, got {scales}")
+        if synchrony_window is not None and not attention:
+            raise ValueError("synchrony_window needs attention: the concat baseline has no masks")
+        self.synchrony = (
+            None if synchrony_window is None else AudioVisualSynchrony(synchrony_window)
+        )
+        synchrony_weight = None if synchrony_window is None else initial_synchrony_weight
         self.scales = scales
         self.top_down = top_down
         self.attention = attention
@@ -198,7 +249,8 @@ class MSAVF(nn.Module):
         )
         self.fuse = nn.ModuleList(
             AudioGuidedFiLM(
-                hidden_channels, audio_dim, embed_dim, initial_temperature, scalar_rate
+                hidden_channels, audio_dim, embed_dim, initial_temperature, scalar_rate,
+                synchrony_weight,
             )
             if attention
             else TiledConcatFusion(hidden_channels, audio_dim, embed_dim)
@@ -213,10 +265,17 @@ class MSAVF(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(
-        self, feat: Tensor, audio: Tensor, *, return_embeddings: bool = False
+        self,
+        feat: Tensor,
+        audio: Tensor,
+        *,
+        synchrony: Tensor | None = None,
+        return_embeddings: bool = False,
     ) -> tuple[Tensor, list[Tensor]] | tuple[Tensor, list[Tensor], list[AttentionEmbeddings]]:
         """``feat`` (N, C, h, w), ``audio`` (N, D) -> (fused (N, C, h, w), masks), and with
         ``return_embeddings`` also the :class:`AttentionEmbeddings` of each mask.
+        ``synchrony`` (N, 1, h, w): ``self.synchrony``'s map of these frames, required when
+        the module has one (``synchrony_window``), refused otherwise.
 
         ``masks``: per scale, finest first, ``(N, 1, h_s, w_s)`` in [0, 1] with
         ``h_0 = h`` and ``h_s = ceil(h_{s-1} / 2)``; empty when ``attention=False`` (and so
@@ -226,8 +285,11 @@ class MSAVF(nn.Module):
         for down in self.downsample:
             pyramid.append(down(pyramid[-1]))
         fused, masks, spaces = [], [], []
+        if synchrony is not None and self.synchrony is None:
+            raise ValueError("this fusion was built without synchrony_window: `synchrony` unused")
+        extra = {} if self.synchrony is None else {"synchrony": synchrony}
         for level, fuse in zip(pyramid, self.fuse, strict=True):
-            level_fused, mask, space = fuse(level, audio)
+            level_fused, mask, space = fuse(level, audio, **extra)
             fused.append(level_fused)
             if mask is not None:
                 masks.append(mask)
