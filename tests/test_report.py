@@ -205,11 +205,13 @@ def test_the_lvs_runs_are_a_row_of_their_own_after_msavf(sweep: Path, tmp_path: 
     add_lvs_runs(sweep)
     write_run(sweep / "t0", "basicvsr_tiny", "msavf-s3-notopdown", 0)
     write_run(sweep / "s4", "basicvsr_tiny", "msavf-s4", 0)
+    write_run(sweep / "y0", "basicvsr_tiny", "msavf-s3-sync", 0)
     text = write_report(sweep, tmp_path / "report", title="t").read_text()
     main = text.split("## Audio controls")[0]
     rows = [cells_of(line) for line in main.splitlines() if line.startswith("| basicvsr_tiny")]
     assert [row[1] for row in rows] == [
-        "none", "concat", "msavf-s3", "msavf-s3-lvs", "msavf-s3-notopdown", "msavf-s4"
+        "none", "concat", "msavf-s3", "msavf-s3-lvs", "msavf-s3-sync", "msavf-s3-notopdown",
+        "msavf-s4",
     ]
     cells = dict(zip(table_header(text), rows[3], strict=True))
     assert cells["seeds"] == "3" and cells["PSNR-Y in source"] == "32.50 ± 1.00"
@@ -267,3 +269,10 @@ def test_the_figure_draws_msavf_with_and_without_the_term_never_one_for_the_othe
                                                                 ("msavf-s3-lvs", 0)]
     plain = [r for r in runs if r.fusion != "msavf-s3-lvs"]
     assert [(r.fusion, r.seed) for r in figure_runs(plain)] == [("msavf-s3", 0)]
+    # Masks that see the synchrony get rows of their own, after the plain masks'.
+    write_run(sweep / "y1", "basicvsr_tiny", "msavf-s3-sync", 1)
+    with_synchrony = load_runs(sweep)
+    for run in with_synchrony:
+        run.best_checkpoint = f"{run.path}/best.ckpt"
+    assert [(r.fusion, r.seed) for r in figure_runs(with_synchrony)] == [
+        ("msavf-s3", 0), ("msavf-s3-lvs", 0), ("msavf-s3-sync", 1)]

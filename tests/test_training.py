@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -250,7 +251,7 @@ def test_offline_wandb_run_holds_metrics_and_images(synth_root: Path, tmp_path: 
 
 
 def test_the_report_figure_draws_each_msavf_run_with_its_masks(
-    synth_root: Path, tmp_path: Path
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     from omegaconf import OmegaConf
     from PIL import Image
@@ -270,6 +271,15 @@ def test_the_report_figure_draws_each_msavf_run_with_its_masks(
     assert not attention_figure(load_runs(tmp_path / "none"), figure)
     assert not figure.exists()
     assert attention_figure(load_runs(tmp_path), figure, clips=2)
+    # A checkpoint the loader refuses is left out with a warning naming it; nothing is drawn
+    # from it, and the report goes on.
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    refused = [dataclasses.replace(run, best_checkpoint=str(junk))
+               for run in load_runs(tmp_path / "msavf")]
+    assert not attention_figure(refused, tmp_path / "refused.png")
+    warning = capsys.readouterr().err
+    assert "leaves out" in warning and "junk.ckpt" in warning
     # One row per test clip, 96x96 frames enlarged x3: LR | HR | output and the masks of
     # MS-AVF's 3 scales with true audio | the same with shuffled audio; titles above.
     pixels = np.asarray(Image.open(figure).convert("RGB"))

@@ -126,33 +126,36 @@ FIGURE_LEGEND = (
 
 def figure_runs(runs: list[Run]) -> list[Run]:
     """The runs the attention figure draws: for each backbone, the MS-AVF run with the most
-    scales (top-down before not, then the lowest seed) that has a checkpoint, once among the
-    runs trained without a localisation term and once among those trained with each term
-    (where there are such runs); by backbone, without a term first."""
+    scales (top-down before not, then the lowest seed) that has a checkpoint, once for each
+    kind of mask (without and with the synchrony) and localisation term (none, each term)
+    among the runs; by backbone, then plain masks before synchrony, each without a term
+    first."""
     from avvsr.config import FusionVariant
 
     def preference(run: Run) -> tuple[int, bool, int]:
         variant = FusionVariant.from_label(run.fusion)
         return (-variant.scales, not variant.top_down, run.seed)
 
-    chosen: dict[tuple[str, str], Run] = {}  # (backbone, localisation term) -> run
+    chosen: dict[tuple[str, bool, str], Run] = {}  # (backbone, synchrony, term) -> run
     for run in sorted(runs, key=preference):
         variant = FusionVariant.from_label(run.fusion)
         if variant.attention and run.best_checkpoint:
-            chosen.setdefault((run.backbone, variant.localisation or ""), run)
+            chosen.setdefault((run.backbone, variant.synchrony, variant.localisation or ""), run)
     return [run for _, run in sorted(chosen.items())]
 
 
 def attention_figure(runs: list[Run], out_png: Path, clips: int = 2, zoom: int = 3) -> bool:
     """Draw, for the first test clips of each of :func:`figure_runs`, LR | HR | output and
     masks with true audio | output and masks with shuffled audio, each panel ``zoom`` times
-    enlarged, with column titles and the source and distractor outlines. Returns False when
-    no run has attention masks."""
+    enlarged, with column titles and the source and distractor outlines. A run whose
+    checkpoint the loader refuses is left out with a warning naming it (the tables do not need
+    it). Returns False when no run with attention masks could be drawn."""
     import hydra
     import torch
     from omegaconf import OmegaConf
 
     from avvsr.checkpoint import load_lit_module
+    from avvsr.errors import WeightsError
     from avvsr.visualization import Prediction, attention_grid, attention_row, save_rgb_png
 
     rows, labels = [], []
@@ -165,7 +168,12 @@ def attention_figure(runs: list[Run], out_png: Path, clips: int = 2, zoom: int =
         datamodule = hydra.utils.instantiate(config.data)
         datamodule.setup("test")
         batch = next(iter(datamodule.test_dataloader()))
-        model = load_lit_module(run.best_checkpoint).eval()
+        try:
+            model = load_lit_module(run.best_checkpoint).eval()
+        except WeightsError as error:
+            print(f"warning: the attention figure leaves out {display_path(run.path)}: {error}",
+                  file=sys.stderr, flush=True)
+            continue
         with torch.no_grad():
             outputs = {audio: model(batch["lq"], batch[key])
                        for audio, key in (("true", "audio"), ("shuffled", "audio_shuffled"))}
