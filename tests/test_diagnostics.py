@@ -361,6 +361,7 @@ def test_mask_scalars_reads_each_scale_of_an_avvsr_train_checkpoint(
         assert row["temperature"] == pytest.approx(state[prefix + "log_temperature"].exp().item())
         assert row["bias"] == pytest.approx(state[prefix + "logit_bias"].item())
         assert row["lowest"] <= mask.min().item() <= mask.max().item() <= row["highest"]
+        assert row["synchrony_weight"] is None  # plain MS-AVF: its masks do not see it
 
 
 def test_validation_curves_prints_every_validation_of_a_run(
@@ -390,3 +391,17 @@ def test_validation_curves_prints_every_validation_of_a_run(
     validation_curves.main([str(msavf_run), "--metrics", "train/loss", "--last-mean", "2"])
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"msavf-s3 | 0 | {(losses[-1] + losses[-2]) / 2:.3f}"
+
+
+def test_synchrony_auc_prefers_the_source_with_its_own_audio_only(
+    synthetic_sets, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    synchrony_auc = load_script("synchrony_auc")
+    # Full-length clips (16 frames), two test clips so that each takes the other's audio.
+    root = synthetic_sets(synthetic.SynthConfig(num_train=1, num_val=1, num_test=2))
+    results = synchrony_auc.main(["--data", str(root), "--windows", "3,7",
+                                  f"paths.cache_dir={tmp_path}"])
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [row.split(" | ")[0] for row in rows] == ["3", "7"]
+    for scores in results.values():  # the pulse follows the sounding object's loudness
+        assert scores["true"] > 0.6 and scores["true"] > scores["shuffled"] + 0.1
