@@ -54,6 +54,16 @@ def test_the_map_is_the_windowed_correlation_of_luma_and_loudness(window: int) -
         np.testing.assert_allclose(got[clip, :, 0].numpy(), expected, atol=2e-5)
 
 
+def test_the_map_is_float32_under_bfloat16_autocast() -> None:
+    generator = torch.Generator().manual_seed(4)
+    lq, loudness = torch.rand(1, 8, 3, 4, 4, generator=generator), torch.randn(1, 8)
+    synchrony = AudioVisualSynchrony(5)
+    expected = synchrony(lq, log_mel_of(loudness))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = synchrony(lq, log_mel_of(loudness))
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-6)
+
+
 def test_pixels_in_step_with_the_sound_score_high_and_others_zero() -> None:
     frames = 16
     envelope = torch.rand(1, frames, generator=torch.Generator().manual_seed(1))

@@ -64,15 +64,18 @@ class AudioVisualSynchrony(nn.Module):
                 f"same B and T, got {tuple(lq.shape)} and {tuple(log_mel.shape)}"
             )
         precision = torch.promote_types(lq.dtype, torch.float32)
-        weights = torch.tensor(BT601_LUMA_WEIGHTS, dtype=precision, device=lq.device)
-        luma = torch.einsum("btchw,c->bthw", lq.to(precision), weights)  # grey levels
-        bins = log_mel.flatten(2).to(precision)
-        loudness = torch.logsumexp(bins, dim=2) - math.log(bins.shape[2])  # (B, T)
-        # Centred on the clip's means (the correlation does not change), so that the windowed
-        # second moments below do not cancel in float32.
-        luma = luma - luma.mean(dim=1, keepdim=True)
-        loudness = loudness - loudness.mean(dim=1, keepdim=True)
-        return self.correlation(luma, loudness[:, :, None, None]).unsqueeze(2)
+        # In float32 at least under autocast too: a bfloat16 luma keeps 8 bits, about a grey
+        # level at mid-grey, the size of the changes the correlation follows.
+        with torch.autocast(device_type=lq.device.type, enabled=False):
+            weights = torch.tensor(BT601_LUMA_WEIGHTS, dtype=precision, device=lq.device)
+            luma = torch.einsum("btchw,c->bthw", lq.to(precision), weights)  # grey levels
+            bins = log_mel.flatten(2).to(precision)
+            loudness = torch.logsumexp(bins, dim=2) - math.log(bins.shape[2])  # (B, T)
+            # Centred on the clip's means (the correlation does not change), so that the
+            # windowed second moments below do not cancel in float32.
+            luma = luma - luma.mean(dim=1, keepdim=True)
+            loudness = loudness - loudness.mean(dim=1, keepdim=True)
+            return self.correlation(luma, loudness[:, :, None, None]).unsqueeze(2)
 
     def correlation(self, luma: Tensor, loudness: Tensor) -> Tensor:
         """Windowed Pearson correlation of ``luma`` (B, T, h, w) with ``loudness``
