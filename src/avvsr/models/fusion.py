@@ -125,14 +125,16 @@ class AudioGuidedFiLM(nn.Module):
             )
         # The similarity is computed in float32 at least: normalising float16 vectors underflows
         # (and a float64 model stays float64, so its output does not depend on the batch).
+        # Under autocast too (which would run the einsum in the lower precision).
         precision = torch.promote_types(visual.dtype, torch.float32)
         keys = F.normalize(self.visual_proj(visual).to(precision), dim=1)
         query = F.normalize(self.audio_proj(audio).to(precision), dim=1)
-        cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
-        logits = self.temperature * cosine + self.bias
-        if synchrony is not None:
-            at_scale = F.adaptive_avg_pool2d(synchrony.to(precision), visual.shape[-2:])
-            logits = logits + self.synchrony_weight * at_scale
+        with torch.autocast(device_type=visual.device.type, enabled=False):
+            cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
+            logits = self.temperature * cosine + self.bias
+            if synchrony is not None:
+                at_scale = F.adaptive_avg_pool2d(synchrony.to(precision), visual.shape[-2:])
+                logits = logits + self.synchrony_weight * at_scale
         mask = torch.sigmoid(logits).to(visual.dtype)
         return self.modulate(visual, audio, mask), mask, AttentionEmbeddings(keys, query)
 
