@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from study_tools import Study
+from study_tools import single_threaded_test_batches
 from torch import Tensor
 
 from avvsr.checkpoint import load_lit_module
@@ -121,9 +121,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--data", required=True, help="the synthetic set it was trained on")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the study's config")
     args = parser.parse_intermixed_args(argv)
-    torch.set_num_threads(1)
+    batches = single_threaded_test_batches(args.data, args.overrides)
     net = load_lit_module(args.checkpoint).net.eval()
-    batches = list(Study(args.data, args.overrides).datamodule.test_dataloader())
     results = {name: region_psnr(net, batches, setting) for name, setting in MASK_SETTINGS.items()}
     print("masks | PSNR-Y in source | PSNR-Y in distractors")
     for name, scores in results.items():

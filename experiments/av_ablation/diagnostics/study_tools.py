@@ -69,6 +69,13 @@ class FiLMPrototype(nn.Module):
         return self.head(x, lq)
 
 
+def single_threaded_test_batches(data: str, overrides: Sequence[str] = ()) -> list[dict]:
+    """Every test batch of the study's set at ``data``, after limiting torch to one thread
+    (a diagnostic beside a training run)."""
+    torch.set_num_threads(1)
+    return list(Study(data, overrides).datamodule.test_dataloader())
+
+
 class Study:
     """The study's config composed for the set at ``data`` (plus Hydra ``overrides``), its
     DataModule set up for fitting and testing, and the set's sounding class of every clip."""

@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import torch
-from study_tools import Study
+from study_tools import single_threaded_test_batches
 
 from avvsr.metrics import SourceDistractorAUC
 from avvsr.models.synchrony import AudioVisualSynchrony
@@ -42,16 +41,15 @@ def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, float]]:
                         default=[3, 5, 9, 15], help="frames per window, comma-separated")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the study's config")
     args = parser.parse_intermixed_args(argv)
-    torch.set_num_threads(1)
-    batches = list(Study(args.data, args.overrides).datamodule.test_dataloader())
+    batches = single_threaded_test_batches(args.data, args.overrides)
     results = {
         window: {audio: synchrony_auc(batches, window, audio == "shuffled")
                  for audio in ("true", "shuffled")}
         for window in args.windows
     }
-    print("window (frames) | AUC true | AUC shuffled")
-    for window, scores in results.items():
-        print(f"{window} | {scores['true']:.3f} | {scores['shuffled']:.3f}")
+    rows = (f"{window} | {scores['true']:.3f} | {scores['shuffled']:.3f}"
+            for window, scores in results.items())
+    print("\n".join(["window (frames) | AUC true | AUC shuffled", *rows]))
     return results
 
 
