@@ -110,7 +110,7 @@ def test_each_mask_adds_the_weighted_synchrony_at_its_scale_to_its_logit() -> No
     assert fusion.fuse[0].synchrony_weight.item() == pytest.approx(4.0)
 
 
-def test_the_synchrony_weight_learns_and_follows_the_scalar_rate() -> None:
+def test_the_synchrony_weight_gets_gradients_and_follows_the_scalar_rate() -> None:
     fusion = fusion_with_synchrony(weight=2.0, scalar_rate=10.0)
     attention = fusion.fuse[0]
     assert attention.stored_synchrony_weight.item() == pytest.approx(0.2)

@@ -128,9 +128,13 @@ def test_a_model_trained_with_a_scalar_rate_reloads_with_it(
 def test_a_model_whose_masks_see_the_synchrony_trains_and_reloads_with_it(
     synth_root: Path, tmp_path: Path
 ) -> None:
-    """``model/fusion=msavf_sync``: avvsr-train names the run after it, and its checkpoint
-    reloads with the synchrony map and each scale's stored weight."""
+    """``model/fusion=msavf_sync``: avvsr-train names the run after it, its checkpoint
+    reloads with the synchrony map and each scale's stored weight, and avvsr-export and
+    avvsr-upscale take it to a video file (in overlapping windows of frames)."""
     from avvsr.checkpoint import load_lit_module
+    from avvsr.cli import export as export_cli
+    from avvsr.cli import upscale as upscale_cli
+    from avvsr.data.io import probe_video, read_frames
     from avvsr.train import train
 
     train(compose_train(synth_root, tmp_path, [
@@ -144,6 +148,13 @@ def test_a_model_whose_masks_see_the_synchrony_trains_and_reloads_with_it(
     for scale, attention in enumerate(fusion.fuse):
         stored = state["state_dict"][f"net.fusion.fuse.{scale}.stored_synchrony_weight"]
         assert attention.synchrony_weight.item() == pytest.approx(stored.item())
+    exported = tmp_path / "sync.safetensors"
+    assert export_cli.main([record["best_checkpoint"], str(exported)]) == 0
+    video, upscaled = synth_root / "test" / "0000.mp4", tmp_path / "upscaled.mp4"
+    assert upscale_cli.main([str(video), str(upscaled), "--ckpt", str(exported), "--chunk", "6",
+                             "--overlap", "2", "--quiet"]) == 0
+    frames, source = read_frames(upscaled), probe_video(video)
+    assert frames.shape[0] == source.num_frames and frames.shape[1] == 4 * source.height
 
 
 def one_training_batch(synth_root: Path, tmp_path: Path) -> dict:
