@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from avvsr.report import load_runs, write_report
+from avvsr.run_record import RunRecord
 
 
 def write_run(folder: Path, backbone: str, fusion: str, seed: int, **metrics: float) -> None:
-    folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(
-        json.dumps(
-            {
-                "backbone": backbone,
-                "fusion": fusion,
-                "seed": seed,
-                "metrics": metrics,
-                "wall_time_s": 1.0,
-                "best_checkpoint": "",
-            }
-        )
-    )
+    """A finished run's record as avvsr-train writes it (:class:`RunRecord`)."""
+    RunRecord(
+        experiment="av_ablation", run_name=f"{backbone}-{fusion}-seed{seed}", backbone=backbone,
+        fusion=fusion, seed=seed, steps=2, best_checkpoint="", wall_time_s=1.0, metrics=metrics,
+    ).write(folder)
 
 
 @pytest.fixture
@@ -149,7 +141,7 @@ FUSION_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("localisation", ["none", "lvs"])
+@pytest.mark.parametrize("localisation", ["none", "lvs", "syncteach"])
 @pytest.mark.parametrize("fusion", FUSION_OPTIONS)
 def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     fusion: str, localisation: str
@@ -166,7 +158,7 @@ def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     assert label.endswith(f"-{localisation}") == with_term
 
 
-@pytest.mark.parametrize("term", ["lvs"])
+@pytest.mark.parametrize("term", ["lvs", "syncteach"])
 def test_each_localisation_term_has_its_own_label(term: str) -> None:
     from avvsr.config import FusionVariant, compose, fusion_label
 

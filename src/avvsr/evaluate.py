@@ -17,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from avvsr.atomic import write_json
 from avvsr.config import CONFIG_DIR, apply_threads, instantiate_list, scalar_metrics
+from avvsr.run_record import RECORD_NAME
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -39,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = scalar_metrics(trainer.callback_metrics)
     if trainer.is_global_zero:
         write_json(
-            Path(cfg.paths.output_dir) / "metrics.json",
+            Path(cfg.paths.output_dir) / RECORD_NAME,  # not a RunRecord: see avvsr.run_record
             {"checkpoint": str(cfg.ckpt_path), "metrics": metrics},
         )
     return metrics

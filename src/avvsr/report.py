@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from avvsr.atomic import write_text
+from avvsr.run_record import RECORD_NAME, NotATrainingRunError, RunRecord
 
 # (column title, metric key, decimals): the main table, with true audio.
 MAIN_COLUMNS = [
@@ -50,7 +51,8 @@ CONTROL_COLUMNS = [
 
 @dataclass
 class Run:
-    """One run's ``metrics.json``."""
+    """One training run: its :class:`~avvsr.run_record.RunRecord`'s fields the report uses,
+    and its folder."""
 
     backbone: str
     fusion: str
@@ -62,19 +64,26 @@ class Run:
 
 
 def load_runs(sweep_dir: str | Path) -> list[Run]:
-    """Every run under ``sweep_dir`` (any depth) that finished and wrote ``metrics.json``."""
+    """Every training run under ``sweep_dir`` (any depth) that finished and wrote its record
+    (``metrics.json``). An ``avvsr-eval`` result there is left out with a warning; a record
+    that cannot be read stops the report (:class:`~avvsr.run_record.RunRecordError` naming
+    it)."""
     runs = []
-    for path in sorted(Path(sweep_dir).rglob("metrics.json")):
-        record = json.loads(path.read_text())
+    for path in sorted(Path(sweep_dir).rglob(RECORD_NAME)):
+        try:
+            record = RunRecord.read(path)
+        except NotATrainingRunError as error:
+            print(f"warning: left out of the study: {error}", file=sys.stderr)
+            continue
         runs.append(
             Run(
-                backbone=record["backbone"],
-                fusion=record["fusion"],
-                seed=record["seed"],
-                metrics=record["metrics"],
+                backbone=record.backbone,
+                fusion=record.fusion,
+                seed=record.seed,
+                metrics=record.metrics,
                 path=path.parent,
-                wall_time_s=record.get("wall_time_s", 0.0),
-                best_checkpoint=record.get("best_checkpoint", ""),
+                wall_time_s=record.wall_time_s,
+                best_checkpoint=record.best_checkpoint,
             )
         )
     return runs

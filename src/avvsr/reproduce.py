@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from avvsr.report import Run, load_runs, write_report
+from avvsr.run_record import RECORD_NAME
 
 ROOT = Path.cwd()
 # The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
@@ -105,7 +106,7 @@ def sweep_record(sweep_dir: Path) -> list[tuple[str, float]]:
     manifests = sorted(Path(sweep_dir).rglob("multirun.yaml"), key=lambda p: p.stat().st_mtime)
     last_result: dict[Path, float] = {}  # sweep folder -> mtime of its last metrics.json
     sweep_folders = {p.parent for p in manifests}
-    for result in Path(sweep_dir).rglob("metrics.json"):
+    for result in Path(sweep_dir).rglob(RECORD_NAME):
         owner = next((f for f in result.parents if f in sweep_folders), None)
         if owner is not None:
             last_result[owner] = max(last_result.get(owner, 0.0), result.stat().st_mtime)

@@ -1,7 +1,8 @@
 """``avvsr-train``: compose the config with Hydra, fit, test the best checkpoint, record metrics.
 
-Each run writes ``metrics.json`` (final validation and test metrics, what was run, wall time)
-into its output folder; :mod:`avvsr.report` builds the results table from those files.
+Each run writes its :class:`~avvsr.run_record.RunRecord` (``metrics.json``: final validation
+and test metrics, what was run, wall time) into its output folder; :mod:`avvsr.report` builds
+the results table from those files.
 Resume an interrupted run by starting it again in its own folder::
 
     avvsr-train <same overrides> hydra.run.dir=<that run's folder> ckpt_path=last
@@ -12,12 +13,10 @@ An entry point: library code does not import it (shared helpers live in :mod:`av
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from avvsr.atomic import write_json
 from avvsr.config import (
     CONFIG_DIR,
     apply_threads,
@@ -27,6 +26,7 @@ from avvsr.config import (
     instantiate_list,
     scalar_metrics,
 )
+from avvsr.run_record import RunRecord
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -65,20 +65,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
     if trainer.is_global_zero:
-        write_json(
-            Path(cfg.paths.output_dir) / "metrics.json",
-            {
-                "experiment": cfg.experiment_name,
-                "run_name": cfg.run_name,
-                "backbone": backbone_label(cfg),
-                "fusion": fusion,
-                "seed": int(cfg.seed),
-                "steps": int(trainer.global_step),
-                "best_checkpoint": best,
-                "wall_time_s": time.time() - started,
-                "metrics": metrics,
-            },
-        )
+        RunRecord(
+            experiment=cfg.experiment_name,
+            run_name=cfg.run_name,
+            backbone=backbone_label(cfg),
+            fusion=fusion,
+            seed=int(cfg.seed),
+            steps=int(trainer.global_step),
+            best_checkpoint=best,
+            wall_time_s=time.time() - started,
+            metrics=metrics,
+        ).write(cfg.paths.output_dir)
     return metrics
 
 
