@@ -1,5 +1,6 @@
-"""The LVS-style localisation loss: what it rewards on hand-built maps, which clips it learns
-from, where its gradients go, and that asking MS-AVF for its embeddings changes nothing."""
+"""The localisation terms (the LVS-style contrast, the synchrony teacher): what they reward on
+hand-built maps, which clips and frames they learn from, where their gradients go, and that
+asking MS-AVF for its embeddings changes nothing."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from avvsr.models.audio_encoder import AudioEncoder
+from avvsr.models.avvsr_net import AVVSRNet
+from avvsr.models.backbones.basicvsr import BasicVSR
 from avvsr.models.fusion import MSAVF
-from avvsr.models.localisation_loss import LVSLocalisationLoss
+from avvsr.models.localisation_loss import LVSLocalisationLoss, SynchronyTeacherLoss
+from avvsr.models.synchrony import AudioVisualSynchrony
 
 SIZE = 4  # h = w of the hand-built maps
 
@@ -126,3 +130,102 @@ def test_the_concat_baseline_has_no_embeddings() -> None:
     fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2, attention=False)
     assert fusion(torch.randn(2, 8, 5, 5), torch.randn(2, 6), return_embeddings=True)[2] == []
 
+
+
+def synchrony_of_the_regions(frames: int = 2) -> torch.Tensor:
+    """A synchrony map ``(2, T, 1, 4, 4)`` of the frames of
+    :func:`two_clips_with_their_own_regions`: each clip's region in step with its sound (0.9),
+    the rest out of step (0)."""
+    synchrony = torch.zeros(2, frames, 1, SIZE, SIZE)
+    synchrony[0, :, :, :2, :2] = 0.9
+    synchrony[1, :, :, 2:, 2:] = 0.9
+    return synchrony
+
+
+def test_the_teacher_rewards_audio_that_matches_what_moves_with_it() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    teacher = SynchronyTeacherLoss()
+    # Own region: cosine 1, logit 10, the rest cosine 0: softplus(-10) + softplus(0) ~ log 2.
+    matched = teacher(keys, query, synchrony_of_the_regions(), ALL)
+    assert matched.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-3)
+    # The other clip's audio: cosine 0 everywhere, 2 log 2.
+    swapped = teacher(keys, query.flip(0), synchrony_of_the_regions(), ALL)
+    assert swapped.item() == pytest.approx(2 * matched.item(), abs=1e-3)
+    # The rest of each frame turned away from its audio (cosine -1): almost no cost; the
+    # region turned away and the rest towards it: softplus(10) twice.
+    own = query[:, :, :, None, None].expand_as(keys)
+    background = keys[:, :, 2:3] > 0  # (2, T, 1, 4, 4)
+    away = torch.where(background, -own, own)
+    assert teacher(away, query, synchrony_of_the_regions(), ALL) < 1e-3
+    assert teacher(-away, query, synchrony_of_the_regions(), ALL) > 19
+
+
+def test_the_teacher_learns_only_from_frames_it_can_mark_of_clips_hearing_their_sound() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    teacher = SynchronyTeacherLoss()
+    synchrony = synchrony_of_the_regions()
+    wrong = query.flip(0)  # every clip's audio matches the other's region: a cost where taught
+    both = teacher(keys, wrong, synchrony, ALL)
+    assert teacher(keys, wrong, synchrony, torch.tensor([True, False])) == pytest.approx(both)
+    assert teacher(keys, wrong, synchrony, torch.tensor([False, False])) == 0
+    # A frame whose loudness did not change (no pixel marked sounding) teaches nothing, nor
+    # one where every pixel is marked: the mean is over the other frames only.
+    unmarked = synchrony.clone()
+    unmarked[:, 1] = 0.0
+    assert teacher(keys, wrong, unmarked, ALL) == pytest.approx(both)
+    unmarked[:, 1] = 0.9
+    assert teacher(keys, wrong, unmarked, ALL) == pytest.approx(both)
+    assert teacher(keys, wrong, torch.zeros_like(synchrony), ALL) == 0
+
+
+def test_the_teacher_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    teacher = SynchronyTeacherLoss()
+    # At twice the keys' size, area-averaged down to them: the same marks.
+    finer = synchrony_of_the_regions().repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert teacher(keys, query, finer, ALL) == pytest.approx(
+        teacher(keys, query, synchrony_of_the_regions(), ALL).item()
+    )
+
+
+@pytest.mark.parametrize("options", [
+    {"weight": 0}, {"positive_threshold": 0.2, "negative_threshold": 0.2},
+    {"logit_temperature": 0}, {"window": 4},
+])
+def test_teacher_settings_that_turn_it_off_or_make_no_sense_are_refused(options: dict) -> None:
+    with pytest.raises(ValueError):
+        SynchronyTeacherLoss(**options)
+
+
+def test_the_teacher_refuses_a_synchrony_of_other_frames() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    with pytest.raises(ValueError, match="synchrony"):
+        SynchronyTeacherLoss()(keys, query, synchrony_of_the_regions(frames=3), ALL)
+
+
+def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_masks_scalars() -> None:
+    """On a real network's output: the term is the mean over the scales of the map computed
+    from the batch's frames and audio, and its gradient reaches each scale's projections (and
+    the backbone), not the masks' temperature and bias nor the synchrony weight."""
+    torch.manual_seed(0)
+    net = AVVSRNet(
+        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
+        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
+        lambda **channels: MSAVF(**channels, scales=2, synchrony_window=3),
+    )
+    lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
+    output = net(lq, log_mel, return_embeddings=True)
+    teacher = SynchronyTeacherLoss(window=3, positive_threshold=0.1, negative_threshold=0.0)
+    term = teacher.of_output(output, ALL, lq, log_mel)
+    synchrony = AudioVisualSynchrony(3)(lq, log_mel)
+    per_scale = [teacher(s.keys, s.query, synchrony, ALL) for s in output.embeddings]
+    assert term.item() == pytest.approx(torch.stack(per_scale).mean().item())
+    assert all(p > 0 for p in per_scale)
+    term.backward()
+    for attention in net.fusion.fuse:
+        assert attention.visual_proj.weight.grad.abs().sum() > 0
+        assert attention.audio_proj.weight.grad.abs().sum() > 0
+        for scalar in (attention.log_temperature, attention.logit_bias,
+                       attention.stored_synchrony_weight):
+            assert scalar.grad is None or scalar.grad.abs().sum() == 0
+    assert net.fusion.stem[0].weight.grad.abs().sum() > 0

@@ -13,11 +13,13 @@ import torch
 
 from avvsr.data.audio_features import SILENCE_LOG_MEL
 from avvsr.lit_module import charbonnier_loss
+from avvsr.run_record import RECORD_NAME, RunRecord
 from helpers.training import compose_train
 
 
 def read_metrics(workdir: Path) -> dict:
-    return json.loads((workdir / "out" / "metrics.json").read_text())
+    """The run record avvsr-train wrote in ``workdir/out``, read as the report reads it."""
+    return vars(RunRecord.read(workdir / "out" / RECORD_NAME))
 
 
 @pytest.mark.parametrize("backbone", ["basicvsr_tiny", "basicvsrpp_tiny", "edvr_tiny"])
@@ -50,8 +52,13 @@ def test_a_plain_backbone_is_tested_with_true_audio_only(synth_root: Path, tmp_p
     assert "test/true/mask_auc" not in record["metrics"]
 
 
-def test_a_checkpoint_evaluates_with_the_audio_controls(synth_root: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_evaluates_with_the_audio_controls(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """avvsr-eval of an avvsr-train checkpoint measures what the training's test did; its
+    result, beside the run in a study's folder, is left out of the study with a warning."""
     from avvsr.evaluate import evaluate
+    from avvsr.report import load_runs
     from avvsr.train import train
 
     train(compose_train(synth_root, tmp_path / "train"))
@@ -65,8 +72,13 @@ def test_a_checkpoint_evaluates_with_the_audio_controls(synth_root: Path, tmp_pa
         assert torch.get_num_threads() == 1  # as avvsr-train, for evaluations side by side
     finally:
         torch.set_num_threads(threads)
-    metrics = read_metrics(tmp_path / "eval")["metrics"]
+    metrics = json.loads((tmp_path / "eval" / "out" / RECORD_NAME).read_text())["metrics"]
     trained = read_metrics(tmp_path / "train")["metrics"]
+    capsys.readouterr()
+    assert [run.path for run in load_runs(tmp_path)] == [tmp_path / "train" / "out"]
+    assert f"{tmp_path / 'eval' / 'out' / RECORD_NAME}: an avvsr-eval result" in (
+        capsys.readouterr().err
+    )
     for control in ("true", "shuffled", "silent"):
         assert metrics[f"test/{control}/psnr_y"] == pytest.approx(
             trained[f"test/{control}/psnr_y"], abs=1e-6
@@ -84,7 +96,7 @@ def test_a_wrong_config_value_fails_before_training(synth_root: Path, tmp_path: 
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-LOCALISATION_TERMS = ["lvs"]  # every model/localisation option
+LOCALISATION_TERMS = ["lvs", "syncteach"]  # every model/localisation option
 
 
 @pytest.mark.parametrize("term", LOCALISATION_TERMS)

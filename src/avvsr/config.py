@@ -93,6 +93,7 @@ def _is_node(value: Any) -> bool:
 # a term not listed is labelled by its class name, lower case.
 LOCALISATION_LABELS = {
     "avvsr.models.localisation_loss.LVSLocalisationLoss": "lvs",
+    "avvsr.models.localisation_loss.SynchronyTeacherLoss": "syncteach",
 }
 
 

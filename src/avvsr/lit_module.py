@@ -208,7 +208,7 @@ class AVVSRLitModule(LightningModule):
         if self.localisation is not None:
             # Only clips that hear their own sound have a source to find.
             anchors = batch["has_audio"].to(dropped.device) & ~dropped
-            localisation = self.localisation.of_output(out, anchors)
+            localisation = self.localisation.of_output(out, anchors, batch["lq"], audio)
             self.log("train/localisation_loss", localisation, batch_size=audio.shape[0])
             loss = loss + self.localisation.weight * localisation
         self.log("train/loss", loss, prog_bar=True, batch_size=audio.shape[0])
