@@ -142,22 +142,25 @@ def synchrony_of_the_regions(frames: int = 2) -> torch.Tensor:
     return synchrony
 
 
+ACTIVE = torch.full((2, 2, 1, SIZE, SIZE), 10.0)  # every pixel's luma varies (grey levels)
+
+
 def test_the_teacher_rewards_audio_that_matches_what_moves_with_it() -> None:
     keys, query = two_clips_with_their_own_regions()
     teacher = SynchronyTeacherLoss()
     # Own region: cosine 1, logit 10, the rest cosine 0: softplus(-10) + softplus(0) ~ log 2.
-    matched = teacher(keys, query, synchrony_of_the_regions(), ALL)
+    matched = teacher(keys, query, synchrony_of_the_regions(), ACTIVE, ALL)
     assert matched.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-3)
     # The other clip's audio: cosine 0 everywhere, 2 log 2.
-    swapped = teacher(keys, query.flip(0), synchrony_of_the_regions(), ALL)
+    swapped = teacher(keys, query.flip(0), synchrony_of_the_regions(), ACTIVE, ALL)
     assert swapped.item() == pytest.approx(2 * matched.item(), abs=1e-3)
     # The rest of each frame turned away from its audio (cosine -1): almost no cost; the
     # region turned away and the rest towards it: softplus(10) twice.
     own = query[:, :, :, None, None].expand_as(keys)
     background = keys[:, :, 2:3] > 0  # (2, T, 1, 4, 4)
     away = torch.where(background, -own, own)
-    assert teacher(away, query, synchrony_of_the_regions(), ALL) < 1e-3
-    assert teacher(-away, query, synchrony_of_the_regions(), ALL) > 19
+    assert teacher(away, query, synchrony_of_the_regions(), ACTIVE, ALL) < 1e-3
+    assert teacher(-away, query, synchrony_of_the_regions(), ACTIVE, ALL) > 19
 
 
 def test_the_teacher_learns_only_from_frames_it_can_mark_of_clips_hearing_their_sound() -> None:
@@ -165,17 +168,37 @@ def test_the_teacher_learns_only_from_frames_it_can_mark_of_clips_hearing_their_
     teacher = SynchronyTeacherLoss()
     synchrony = synchrony_of_the_regions()
     wrong = query.flip(0)  # every clip's audio matches the other's region: a cost where taught
-    both = teacher(keys, wrong, synchrony, ALL)
-    assert teacher(keys, wrong, synchrony, torch.tensor([True, False])) == pytest.approx(both)
-    assert teacher(keys, wrong, synchrony, torch.tensor([False, False])) == 0
+    both = teacher(keys, wrong, synchrony, ACTIVE, ALL)
+    first_only = teacher(keys, wrong, synchrony, ACTIVE, torch.tensor([True, False]))
+    assert first_only == pytest.approx(both)
+    assert teacher(keys, wrong, synchrony, ACTIVE, torch.tensor([False, False])) == 0
     # A frame whose loudness did not change (no pixel marked sounding) teaches nothing, nor
     # one where every pixel is marked: the mean is over the other frames only.
     unmarked = synchrony.clone()
     unmarked[:, 1] = 0.0
-    assert teacher(keys, wrong, unmarked, ALL) == pytest.approx(both)
+    assert teacher(keys, wrong, unmarked, ACTIVE, ALL) == pytest.approx(both)
     unmarked[:, 1] = 0.9
-    assert teacher(keys, wrong, unmarked, ALL) == pytest.approx(both)
-    assert teacher(keys, wrong, torch.zeros_like(synchrony), ALL) == 0
+    assert teacher(keys, wrong, unmarked, ACTIVE, ALL) == pytest.approx(both)
+    assert teacher(keys, wrong, torch.zeros_like(synchrony), ACTIVE, ALL) == 0
+
+
+def test_a_still_pixel_out_of_step_is_no_negative_of_the_teacher() -> None:
+    """Only what varies without following the sound is taught as silent: with the background
+    still, audio that matches the whole frame costs as little as audio that matches its
+    region; with the background varying, it costs its softplus(10) more."""
+    keys, query = two_clips_with_their_own_regions()
+    teacher = SynchronyTeacherLoss()
+    everywhere = query[:, :, :, None, None].expand_as(keys)
+    still_background = ACTIVE * synchrony_of_the_regions().gt(0)
+    regions = teacher(keys, query, synchrony_of_the_regions(), still_background, ALL)
+    # Without a negative in a frame the frame teaches nothing: a still frame but for the
+    # sounding region is no lesson.
+    assert regions == 0
+    half_active = still_background.clone()
+    half_active[..., 2:, :2] = 10.0  # one quarter of each frame varies out of step
+    matched = teacher(keys, query, synchrony_of_the_regions(), half_active, ALL)
+    whole = teacher(everywhere, query, synchrony_of_the_regions(), half_active, ALL)
+    assert matched < 1e-3 + torch.log(torch.tensor(2.0)) and whole > matched + 9
 
 
 def test_the_teacher_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> None:
@@ -183,14 +206,15 @@ def test_the_teacher_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> No
     teacher = SynchronyTeacherLoss()
     # At twice the keys' size, area-averaged down to them: the same marks.
     finer = synchrony_of_the_regions().repeat_interleave(2, -1).repeat_interleave(2, -2)
-    assert teacher(keys, query, finer, ALL) == pytest.approx(
-        teacher(keys, query, synchrony_of_the_regions(), ALL).item()
+    finer_active = ACTIVE.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert teacher(keys, query, finer, finer_active, ALL) == pytest.approx(
+        teacher(keys, query, synchrony_of_the_regions(), ACTIVE, ALL).item()
     )
 
 
 @pytest.mark.parametrize("options", [
     {"weight": 0}, {"positive_threshold": 0.2, "negative_threshold": 0.2},
-    {"logit_temperature": 0}, {"window": 4},
+    {"logit_temperature": 0}, {"window": 4}, {"active_luma_grey": -1},
 ])
 def test_teacher_settings_that_turn_it_off_or_make_no_sense_are_refused(options: dict) -> None:
     with pytest.raises(ValueError):
@@ -200,7 +224,7 @@ def test_teacher_settings_that_turn_it_off_or_make_no_sense_are_refused(options:
 def test_the_teacher_refuses_a_synchrony_of_other_frames() -> None:
     keys, query = two_clips_with_their_own_regions()
     with pytest.raises(ValueError, match="synchrony"):
-        SynchronyTeacherLoss()(keys, query, synchrony_of_the_regions(frames=3), ALL)
+        SynchronyTeacherLoss()(keys, query, synchrony_of_the_regions(frames=3), ACTIVE, ALL)
 
 
 def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_masks_scalars() -> None:
@@ -217,8 +241,8 @@ def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_mask
     output = net(lq, log_mel, return_embeddings=True)
     teacher = SynchronyTeacherLoss(window=3, positive_threshold=0.1, negative_threshold=0.0)
     term = teacher.of_output(output, ALL, lq, log_mel)
-    synchrony = AudioVisualSynchrony(3)(lq, log_mel)
-    per_scale = [teacher(s.keys, s.query, synchrony, ALL) for s in output.embeddings]
+    synchrony, luma_std = AudioVisualSynchrony(3).statistics(lq, log_mel)
+    per_scale = [teacher(s.keys, s.query, synchrony, luma_std, ALL) for s in output.embeddings]
     assert term.item() == pytest.approx(torch.stack(per_scale).mean().item())
     assert all(p > 0 for p in per_scale)
     term.backward()

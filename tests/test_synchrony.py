@@ -25,18 +25,19 @@ def log_mel_of(loudness: torch.Tensor) -> torch.Tensor:
 
 def reference_synchrony(
     lq: np.ndarray, loudness: np.ndarray, window: int, luma_floor: float, loudness_floor: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """The definition, frame by frame in float64: ``lq`` (T, 3, h, w), ``loudness`` (T,) ->
-    (T, h, w)."""
+    the synchrony and the luma's standard deviation over each window, (T, h, w) each."""
     luma = np.einsum("tchw,c->thw", lq.astype(np.float64), np.array(BT601_LUMA_WEIGHTS))
     half, frames = window // 2, len(loudness)
-    out = np.empty_like(luma)
+    out, spread = np.empty_like(luma), np.empty_like(luma)
     for t in range(frames):
         around = slice(max(0, t - half), min(frames, t + half + 1))
         x, y = luma[around], loudness[around]
         covariance = ((x - x.mean(0)) * (y - y.mean())[:, None, None]).mean(0)
         out[t] = covariance / np.sqrt((x.var(0) + luma_floor**2) * (y.var() + loudness_floor**2))
-    return out
+        spread[t] = x.std(0)
+    return out, spread
 
 
 @pytest.mark.parametrize("window", [3, 5, 9, 41])  # 41: longer than the clip
@@ -47,11 +48,15 @@ def test_the_map_is_the_windowed_correlation_of_luma_and_loudness(window: int) -
     synchrony = AudioVisualSynchrony(window, luma_floor_grey=2.0, loudness_floor=0.1)
     got = synchrony(lq, log_mel_of(loudness))
     assert got.shape == (2, 11, 1, 4, 5) and got.dtype == torch.float32
+    same, luma_std = synchrony.statistics(lq, log_mel_of(loudness))
+    assert torch.equal(same, got) and luma_std.shape == got.shape
     for clip in range(2):
-        expected = reference_synchrony(
+        expected, expected_std = reference_synchrony(
             lq[clip].numpy(), loudness[clip].numpy(), window, 2.0, 0.1
         )
         np.testing.assert_allclose(got[clip, :, 0].numpy(), expected, atol=2e-5)
+        np.testing.assert_allclose(luma_std[clip, :, 0].numpy(), expected_std, rtol=1e-4,
+                                   atol=1e-3)
 
 
 def test_the_map_is_float32_under_bfloat16_autocast() -> None:

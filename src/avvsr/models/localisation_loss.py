@@ -45,14 +45,21 @@ two random envelopes correlate by chance over a short window), but its errors do
 what an object looks like, so over many clips the attention can learn from it which
 appearance goes with which sound, a cue that is in every single frame. Per scale, the cosine
 map of each frame's own audio (the mask's ordering) is scored as a logistic classifier of
-the pixels the synchrony marks, area-averaged to the scale as the fusion does::
+the pixels the synchrony marks (in step with the sound: sounding; varying but not in step:
+silent), area-averaged to the scale as the fusion does::
 
     z = cosine / logit_temperature
     loss = (mean over sync >= positive_threshold of softplus(-z)
-            + mean over sync <= negative_threshold of softplus(z))
+            + mean over (sync <= negative_threshold and luma std >= active_luma_grey)
+              of softplus(z))
 
 per frame of an anchor clip that has pixels on both sides (a frame whose loudness does not
-change marks none), averaged over those frames and the scales. The synchrony carries no
+change marks none), averaged over those frames and the scales. The silent side holds only
+pixels whose luma varies over the window (a moving or pulsing thing that is not in step with the
+sound, the hard negatives), not the still background: with every still pixel a negative the
+term is met by telling objects from background, which the reconstruction already teaches
+(on ``synth_lattice`` the still background made 94% of the negatives and the masks' AUC fell
+from 0.69 to 0.59; ``experiments/av_ablation/NOTES.md``). The synchrony carries no
 gradient; nor do the masks' temperature and bias, so the term teaches the audio-visual space
 only, and with ``model/fusion=msavf_sync`` it does not reward the synchrony weight for copying
 its own input.
@@ -186,10 +193,14 @@ class SynchronyTeacherLoss(LocalisationTerm):
         negative_threshold: synchrony at or below which a pixel is taken as silent
             (``< positive_threshold``).
         logit_temperature: the cosine is divided by it to give the classifier's logit.
+        active_luma_grey: a silent pixel's luma must vary by at least this standard deviation
+            over the window, grey levels (0: every pixel out of step is a negative).
 
-    ``forward(keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), anchors
-    (B,) bool) -> scalar``: one scale; keys and query unit length along E; 0 where no frame of
-    an anchor clip has pixels on both sides.
+    ``forward(keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), luma_std
+    (B, T, 1, h', w'), anchors (B,) bool) -> scalar``: one scale; keys and query unit length
+    along E; the synchrony and luma standard deviation of
+    :meth:`~avvsr.models.synchrony.AudioVisualSynchrony.statistics`; 0 where no frame of an
+    anchor clip has pixels on both sides.
     """
 
     needs_embeddings: ClassVar[bool] = True
@@ -201,6 +212,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
         positive_threshold: float = 0.5,
         negative_threshold: float = 0.2,
         logit_temperature: float = 0.1,
+        active_luma_grey: float = 2.0,
     ) -> None:
         super().__init__(weight)
         if not negative_threshold < positive_threshold:
@@ -210,28 +222,36 @@ class SynchronyTeacherLoss(LocalisationTerm):
             )
         if logit_temperature <= 0:
             raise ValueError(f"logit_temperature must be > 0, got {logit_temperature}")
+        if active_luma_grey < 0:
+            raise ValueError(f"active_luma_grey must be >= 0, got {active_luma_grey}")
         self.synchrony = AudioVisualSynchrony(window)
         self.positive_threshold = positive_threshold
         self.negative_threshold = negative_threshold
         self.logit_temperature = logit_temperature
+        self.active_luma_grey = active_luma_grey
 
-    def forward(self, keys: Tensor, query: Tensor, synchrony: Tensor, anchors: Tensor) -> Tensor:
+    def forward(
+        self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
+    ) -> Tensor:
         batch, frames = query.shape[:2]
         if (keys.shape[:3] != query.shape or synchrony.shape[:3] != (batch, frames, 1)
-                or anchors.shape != (batch,)):
+                or luma_std.shape != synchrony.shape or anchors.shape != (batch,)):
             raise ValueError(
-                f"keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), anchors "
-                f"(B,): got {tuple(keys.shape)}, {tuple(query.shape)}, "
-                f"{tuple(synchrony.shape)}, {tuple(anchors.shape)}"
+                f"keys (B, T, E, h, w), query (B, T, E), synchrony and luma_std (B, T, 1, h', "
+                f"w'), anchors (B,): got {tuple(keys.shape)}, {tuple(query.shape)}, "
+                f"{tuple(synchrony.shape)}, {tuple(luma_std.shape)}, {tuple(anchors.shape)}"
             )
         with torch.autocast(device_type=keys.device.type, enabled=False):
             cosine = torch.einsum("btehw,bte->bthw", keys.float(), query.float()).flatten(2)
-            teacher = F.adaptive_avg_pool2d(
-                synchrony.detach().float().flatten(0, 1), keys.shape[-2:]
-            ).view(batch, frames, -1)  # (B, T, h * w), as the fusion sees it at this scale
+            teacher, activity = (  # (B, T, h * w), as the fusion sees them at this scale
+                F.adaptive_avg_pool2d(x.detach().float().flatten(0, 1), keys.shape[-2:])
+                .view(batch, frames, -1)
+                for x in (synchrony, luma_std)
+            )
             logits = cosine / self.logit_temperature
             positive = (teacher >= self.positive_threshold).float()
-            negative = (teacher <= self.negative_threshold).float()
+            negative = ((teacher <= self.negative_threshold)
+                        & (activity >= self.active_luma_grey)).float()
             positive_cost = (F.softplus(-logits) * positive).sum(-1) / positive.sum(-1).clamp(1)
             negative_cost = (F.softplus(logits) * negative).sum(-1) / negative.sum(-1).clamp(1)
             # Frames with a marked pixel on both sides, of clips that hear their own sound:
@@ -242,6 +262,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
     def of_output(
         self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
     ) -> Tensor:
-        synchrony = self.synchrony(lq, log_mel)
-        terms = [self(space.keys, space.query, synchrony, anchors) for space in output.embeddings]
+        synchrony, luma_std = self.synchrony.statistics(lq, log_mel)
+        terms = [self(space.keys, space.query, synchrony, luma_std, anchors)
+                 for space in output.embeddings]
         return torch.stack(terms).mean()

@@ -58,6 +58,13 @@ class AudioVisualSynchrony(nn.Module):
     def forward(self, lq: Tensor, log_mel: Tensor) -> Tensor:
         """``lq`` (B, T, 3, h, w) in [0, 1], ``log_mel`` (B, T, n_mels, n_frames) ->
         ``(B, T, 1, h, w)`` in [-1, 1], float32 at least."""
+        return self.statistics(lq, log_mel)[0]
+
+    def statistics(self, lq: Tensor, log_mel: Tensor) -> tuple[Tensor, Tensor]:
+        """The synchrony (as :meth:`forward`) and, over the same windows, the standard
+        deviation of each pixel's luma in grey levels (unfloored): both ``(B, T, 1, h, w)``.
+        A pixel whose luma varies but not in step with the sound is what a silent moving or
+        pulsing object looks like."""
         if lq.ndim != 5 or log_mel.ndim != 4 or lq.shape[:2] != log_mel.shape[:2]:
             raise ValueError(
                 f"expected frames (B, T, 3, h, w) and log-mel (B, T, n_mels, n_frames) of the "
@@ -75,11 +82,13 @@ class AudioVisualSynchrony(nn.Module):
             # windowed second moments below do not cancel in float32.
             luma = luma - luma.mean(dim=1, keepdim=True)
             loudness = loudness - loudness.mean(dim=1, keepdim=True)
-            return self.correlation(luma, loudness[:, :, None, None]).unsqueeze(2)
+            correlation, luma_var = self.correlation(luma, loudness[:, :, None, None])
+            return correlation.unsqueeze(2), luma_var.sqrt().unsqueeze(2)
 
-    def correlation(self, luma: Tensor, loudness: Tensor) -> Tensor:
+    def correlation(self, luma: Tensor, loudness: Tensor) -> tuple[Tensor, Tensor]:
         """Windowed Pearson correlation of ``luma`` (B, T, h, w) with ``loudness``
-        (B, T, 1, 1), both floored: ``(B, T, h, w)``."""
+        (B, T, 1, 1), both floored, and the luma's windowed variance (unfloored):
+        ``(B, T, h, w)`` each."""
 
         half = self.window // 2
 
@@ -99,4 +108,4 @@ class AudioVisualSynchrony(nn.Module):
         scale = torch.sqrt(
             (luma_var + self.luma_floor_grey**2) * (loudness_var + self.loudness_floor**2)
         )
-        return covariance / scale
+        return covariance / scale, luma_var
