@@ -405,3 +405,19 @@ def test_synchrony_auc_prefers_the_source_with_its_own_audio_only(
     assert [row.split(" | ")[0] for row in rows] == ["3", "7"]
     for scores in results.values():  # the pulse follows the sounding object's loudness
         assert scores["true"] > 0.6 and scores["true"] > scores["shuffled"] + 0.1
+
+
+def test_teacher_marks_leave_the_still_background_out_of_the_silent_side(
+    synthetic_sets, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    teacher_marks = load_script("teacher_marks")
+    root = synthetic_sets(synthetic.SynthConfig(num_train=4, num_val=1, num_test=1))
+    results = teacher_marks.main(["--data", str(root), "--batches", "4",
+                                  f"paths.cache_dir={tmp_path}", "data.num_workers=0"])
+    assert "share of the silent marks" in capsys.readouterr().out
+    for shares in results.values():
+        assert sum(shares[region][2] for region in teacher_marks.REGIONS) == pytest.approx(1)
+        assert all(0 <= share <= 1 for region in shares.values() for share in region)
+    # Counting still pixels out of step as silent adds the background's, and only it much.
+    assert (results["still pixels too"]["background"][1]
+            > results["as configured"]["background"][1] + 0.2)

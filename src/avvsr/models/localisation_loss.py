@@ -58,11 +58,12 @@ change marks none), averaged over those frames and the scales. The silent side h
 pixels whose luma varies over the window (a moving or pulsing thing that is not in step with the
 sound, the hard negatives), not the still background: with every still pixel a negative the
 term is met by telling objects from background, which the reconstruction already teaches
-(on ``synth_lattice`` the still background made 94% of the negatives and the masks' AUC fell
-from 0.69 to 0.59; ``experiments/av_ablation/NOTES.md``). The synchrony carries no
-gradient; nor do the masks' temperature and bias, so the term teaches the audio-visual space
-only, and with ``model/fusion=msavf_sync`` it does not reward the synchrony weight for copying
-its own input.
+(on ``synth_lattice``'s training crops the still background made 73% of the negatives,
+``experiments/av_ablation/diagnostics/teacher_marks.py``, and in a pilot the masks'
+source-vs-distractor AUC was 0.63, plain MS-AVF's 0.69; ``experiments/av_ablation/NOTES.md``).
+The synchrony carries no gradient; nor do the masks' temperature and bias, so the term
+teaches the audio-visual space only, and with ``model/fusion=msavf_sync`` it does not reward
+the synchrony weight for copying its own input.
 """
 
 from __future__ import annotations
