@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from avvsr.report import load_runs, write_report
+from avvsr.report import Run, load_runs, write_report
 from avvsr.run_record import RunRecord
 
 
@@ -16,6 +17,11 @@ def write_run(folder: Path, backbone: str, fusion: str, seed: int, **metrics: fl
         experiment="av_ablation", run_name=f"{backbone}-{fusion}-seed{seed}", backbone=backbone,
         fusion=fusion, seed=seed, steps=2, best_checkpoint="", wall_time_s=1.0, metrics=metrics,
     ).write(folder)
+
+
+def with_checkpoint(run: Run) -> Run:
+    """``run`` as if its training had kept a best checkpoint."""
+    return dataclasses.replace(run, best_checkpoint=f"{run.path}/best.ckpt")
 
 
 @pytest.fixture
@@ -254,17 +260,13 @@ def test_the_figure_draws_msavf_with_and_without_the_term_never_one_for_the_othe
     for run in load_runs(sweep):  # no checkpoint, no figure
         assert figure_runs([run]) == []
     add_lvs_runs(sweep)
-    runs = load_runs(sweep)
-    for run in runs:
-        run.best_checkpoint = f"{run.path}/best.ckpt"
+    runs = [with_checkpoint(run) for run in load_runs(sweep)]
     assert [(r.fusion, r.seed) for r in figure_runs(runs)] == [("msavf-s3", 0),
                                                                 ("msavf-s3-lvs", 0)]
     plain = [r for r in runs if r.fusion != "msavf-s3-lvs"]
     assert [(r.fusion, r.seed) for r in figure_runs(plain)] == [("msavf-s3", 0)]
     # Masks that see the synchrony get rows of their own, after the plain masks'.
     write_run(sweep / "y1", "basicvsr_tiny", "msavf-s3-sync", 1)
-    with_synchrony = load_runs(sweep)
-    for run in with_synchrony:
-        run.best_checkpoint = f"{run.path}/best.ckpt"
+    with_synchrony = [with_checkpoint(run) for run in load_runs(sweep)]
     assert [(r.fusion, r.seed) for r in figure_runs(with_synchrony)] == [
         ("msavf-s3", 0), ("msavf-s3-lvs", 0), ("msavf-s3-sync", 1)]

@@ -10,14 +10,11 @@ An entry point: library code does not import it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from avvsr.atomic import write_json
 from avvsr.config import CONFIG_DIR, apply_threads, instantiate_list, scalar_metrics
-from avvsr.run_record import RECORD_NAME
+from avvsr.run_record import write_evaluation_record
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -39,10 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(trainer.callback_metrics)
     if trainer.is_global_zero:
-        write_json(
-            Path(cfg.paths.output_dir) / RECORD_NAME,  # not a RunRecord: see avvsr.run_record
-            {"checkpoint": str(cfg.ckpt_path), "metrics": metrics},
-        )
+        write_evaluation_record(cfg.paths.output_dir, cfg.ckpt_path, metrics)
     return metrics
 
 

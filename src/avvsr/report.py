@@ -49,18 +49,11 @@ CONTROL_COLUMNS = [
 ]
 
 
-@dataclass
-class Run:
-    """One training run: its :class:`~avvsr.run_record.RunRecord`'s fields the report uses,
-    and its folder."""
+@dataclass(frozen=True)
+class Run(RunRecord):
+    """One training run: its :class:`~avvsr.run_record.RunRecord` and its folder."""
 
-    backbone: str
-    fusion: str
-    seed: int
-    metrics: dict[str, float]
     path: Path
-    wall_time_s: float
-    best_checkpoint: str
 
 
 def load_runs(sweep_dir: str | Path) -> list[Run]:
@@ -75,17 +68,7 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
         except NotATrainingRunError as error:
             print(f"warning: left out of the study: {error}", file=sys.stderr)
             continue
-        runs.append(
-            Run(
-                backbone=record.backbone,
-                fusion=record.fusion,
-                seed=record.seed,
-                metrics=record.metrics,
-                path=path.parent,
-                wall_time_s=record.wall_time_s,
-                best_checkpoint=record.best_checkpoint,
-            )
-        )
+        runs.append(Run(**vars(record), path=path.parent))
     return runs
 
 

@@ -9,8 +9,9 @@ format, written by ``avvsr-train`` and read by the study's report, figure and di
 ``fusion`` is a :class:`~avvsr.config.FusionVariant` label; ``metrics`` the run's final
 validation and test scalars (``val/...``, ``test/<control>/<metric>``); ``wall_time_s`` seconds
 from the start of the run to its record. ``avvsr-eval`` writes a file of the same name in its
-own output folder, of another kind (``{"checkpoint", "metrics"}``): :meth:`RunRecord.read`
-names it as such (:class:`NotATrainingRunError`), so that a study's reader can leave it out.
+own output folder, of another kind (:func:`write_evaluation_record`: ``{"checkpoint",
+"metrics"}``): :meth:`RunRecord.read` names it as such (:class:`NotATrainingRunError`), so
+that a study's reader can leave it out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 from avvsr.atomic import write_json
 from avvsr.errors import PathError
@@ -72,25 +73,31 @@ class RunRecord:
         if missing:
             raise RunRecordError(path, f"run record without {', '.join(missing)}")
         values = {f.name: payload[f.name] for f in fields(cls)}
-        problems = [name for name, kind in _EXPECTED.items() if not _is(values[name], kind)]
-        if not isinstance(values["metrics"], dict) or not all(
-            isinstance(k, str) and _is(v, float) for k, v in values["metrics"].items()
-        ):
-            problems.append("metrics")
+        problems = [name for name, kind in get_type_hints(cls).items()
+                    if not _is(values[name], kind)]
         if problems:
             raise RunRecordError(path, f"run record with malformed {', '.join(problems)}")
         return cls(**values)
 
 
-_EXPECTED: dict[str, type] = {
-    "experiment": str, "run_name": str, "backbone": str, "fusion": str, "seed": int,
-    "steps": int, "best_checkpoint": str, "wall_time_s": float,
-}
+def write_evaluation_record(
+    output_dir: str | Path, checkpoint: str | Path, metrics: dict[str, float]
+) -> Path:
+    """Write ``avvsr-eval``'s result, ``output_dir/metrics.json`` ``{"checkpoint",
+    "metrics"}`` (atomically), and return its path."""
+    path = Path(output_dir) / RECORD_NAME
+    write_json(path, {"checkpoint": str(checkpoint), "metrics": metrics})
+    return path
 
 
-def _is(value: Any, kind: type) -> bool:
-    """JSON's view of ``kind``: an int is a float too (as are the NaN and infinities Python's
-    json writes); a bool is neither."""
+def _is(value: Any, kind: Any) -> bool:
+    """Whether a JSON ``value`` is of the field type ``kind``: an int is a float too (as are
+    the NaN and infinities Python's json writes), a bool neither; a ``dict[str, float]`` holds
+    such floats under string keys."""
+    if get_origin(kind) is dict:
+        return isinstance(value, dict) and all(
+            isinstance(key, str) and _is(item, float) for key, item in value.items()
+        )
     if isinstance(value, bool):
         return False
     return isinstance(value, int | float) if kind is float else isinstance(value, kind)
