@@ -253,3 +253,15 @@ def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_mask
                        attention.stored_synchrony_weight):
             assert scalar.grad is None or scalar.grad.abs().sum() == 0
     assert net.fusion.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_the_teacher_keeps_a_float64_models_precision_and_runs_in_float32_under_bf16() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    teacher = SynchronyTeacherLoss()
+    synchrony = synchrony_of_the_regions()
+    exact = teacher(keys.double(), query.double(), synchrony.double(), ACTIVE.double(), ALL)
+    assert exact.dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = teacher(keys.bfloat16(), query.bfloat16(), synchrony, ACTIVE, ALL)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(exact.item(), abs=1e-3)

@@ -242,10 +242,13 @@ class SynchronyTeacherLoss(LocalisationTerm):
                 f"w'), anchors (B,): got {tuple(keys.shape)}, {tuple(query.shape)}, "
                 f"{tuple(synchrony.shape)}, {tuple(luma_std.shape)}, {tuple(anchors.shape)}"
             )
+        precision = torch.promote_types(keys.dtype, torch.float32)  # as the fusion's cosine
         with torch.autocast(device_type=keys.device.type, enabled=False):
-            cosine = torch.einsum("btehw,bte->bthw", keys.float(), query.float()).flatten(2)
+            cosine = torch.einsum(
+                "btehw,bte->bthw", keys.to(precision), query.to(precision)
+            ).flatten(2)
             teacher, activity = (  # (B, T, h * w), as the fusion sees them at this scale
-                F.adaptive_avg_pool2d(x.detach().float().flatten(0, 1), keys.shape[-2:])
+                F.adaptive_avg_pool2d(x.detach().to(precision).flatten(0, 1), keys.shape[-2:])
                 .view(batch, frames, -1)
                 for x in (synchrony, luma_std)
             )
