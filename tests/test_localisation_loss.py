@@ -255,6 +255,50 @@ def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_mask
     assert net.fusion.stem[0].weight.grad.abs().sum() > 0
 
 
+def test_a_projections_only_teacher_trains_the_two_projections_and_nothing_they_project() -> None:
+    """With ``projections_only`` the term has the same value (the projection embeddings equal
+    the mask's), and its gradient reaches each scale's visual and audio projections only: not
+    the fusion's pyramid, the backbone nor the audio encoder, which the reconstruction draws
+    with; the network's output is unchanged by asking for them."""
+    torch.manual_seed(0)
+    net = AVVSRNet(
+        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
+        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
+        lambda **channels: MSAVF(**channels, scales=2),
+    )
+    lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
+    settings = {"window": 3, "positive_threshold": 0.1, "negative_threshold": 0.0}
+    whole = SynchronyTeacherLoss(**settings)
+    isolated = SynchronyTeacherLoss(**settings, projections_only=True)
+    assert isolated.needs_projection_embeddings and not whole.needs_projection_embeddings
+    plain = net(lq, log_mel, return_embeddings=True)
+    output = net(lq, log_mel, return_embeddings=True, projection_embeddings=True)
+    assert torch.equal(output.sr, plain.sr)
+    for space in output.embeddings:
+        assert torch.equal(space.projection_keys, space.keys)
+        assert torch.equal(space.projection_query, space.query)
+    assert plain.embeddings[0].projection_keys is None
+    term = isolated.of_output(output, ALL, lq, log_mel)
+    assert term.item() == pytest.approx(whole.of_output(plain, ALL, lq, log_mel).item())
+    term.backward()
+    for attention in net.fusion.fuse:
+        assert attention.visual_proj.weight.grad.abs().sum() > 0
+        assert attention.audio_proj.weight.grad.abs().sum() > 0
+        assert attention.film.weight.grad is None
+    untouched = [net.fusion.stem, net.fusion.downsample, net.backbone, net.audio_encoder]
+    assert all(p.grad is None for module in untouched for p in module.parameters())
+
+
+def test_projection_embeddings_need_the_attentions_embeddings() -> None:
+    fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2)
+    feat, audio = torch.rand(2, 8, 4, 4), torch.randn(2, 6)
+    with pytest.raises(ValueError, match="return_embeddings"):
+        fusion(feat, audio, projection_embeddings=True)
+    concat = MSAVF(visual_channels=8, audio_dim=6, scales=2, attention=False)
+    with pytest.raises(ValueError, match="attention"):
+        concat(feat, audio, return_embeddings=True, projection_embeddings=True)
+
+
 def test_the_teacher_keeps_a_float64_models_precision_and_runs_in_float32_under_bf16() -> None:
     keys, query = two_clips_with_their_own_regions()
     teacher = SynchronyTeacherLoss()

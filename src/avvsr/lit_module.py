@@ -188,11 +188,20 @@ class AVVSRLitModule(LightningModule):
 
     # ----------------------------------------------------------------- forward and training
     def forward(
-        self, lq: Tensor, audio: Tensor | None = None, *, return_embeddings: bool = False
+        self,
+        lq: Tensor,
+        audio: Tensor | None = None,
+        *,
+        return_embeddings: bool = False,
+        projection_embeddings: bool = False,
     ) -> AVVSROutput:
         """``lq`` (B, T, 3, h, w), log-mel ``audio`` (B, T, n_mels, n_frames) -> output (with
-        the attention embeddings if ``return_embeddings``, see :class:`AVVSRNet`)."""
-        return self.net(lq, audio, return_embeddings=return_embeddings)
+        the attention embeddings if ``return_embeddings``, and their projection-only keys and
+        query if ``projection_embeddings``, see :class:`AVVSRNet`)."""
+        return self.net(
+            lq, audio, return_embeddings=return_embeddings,
+            projection_embeddings=projection_embeddings,
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         audio = batch["audio"]
@@ -202,8 +211,12 @@ class AVVSRLitModule(LightningModule):
             audio = torch.where(
                 dropped[:, None, None, None], torch.full_like(audio, SILENCE_LOG_MEL), audio
             )
-        embeddings = self.localisation is not None and self.localisation.needs_embeddings
-        out = self(batch["lq"], audio, return_embeddings=embeddings)
+        term = self.localisation
+        out = self(
+            batch["lq"], audio,
+            return_embeddings=term is not None and term.needs_embeddings,
+            projection_embeddings=term is not None and term.needs_projection_embeddings,
+        )
         loss = charbonnier_loss(out.sr, batch["gt"], self.loss_eps)
         if self.localisation is not None:
             # Only clips that hear their own sound have a source to find.

@@ -77,13 +77,20 @@ class AVVSRNet(nn.Module):
         return self.fusion is not None
 
     def forward(
-        self, lq: Tensor, audio: Tensor | None = None, *, return_embeddings: bool = False
+        self,
+        lq: Tensor,
+        audio: Tensor | None = None,
+        *,
+        return_embeddings: bool = False,
+        projection_embeddings: bool = False,
     ) -> AVVSROutput:
         """``lq`` (B, T, 3, h, w) and log-mel ``audio`` (B, T, n_mels, n_frames) -> output.
 
         ``audio`` is required when the model fuses audio and ignored otherwise.
         ``return_embeddings``: also return the attention embeddings of every scale (the
-        fusion's ``return_embeddings``; the output is the same).
+        fusion's ``return_embeddings``; the output is the same), with their projection-only
+        keys and query if ``projection_embeddings`` (see
+        :class:`~avvsr.models.fusion.AttentionEmbeddings`).
         """
         if self.fusion is None:
             return AVVSROutput(sr=self.backbone(lq))
@@ -94,10 +101,9 @@ class AVVSRNet(nn.Module):
         embedding = self.audio_encoder(audio)  # (B, T, D)
         synchrony_map = getattr(self.fusion, "synchrony", None)
         synchrony = None if synchrony_map is None else synchrony_map(lq, audio)  # (B, T, 1, h, w)
-        # Per hook call (group of frames), per scale: masks, and keys and queries if asked for.
+        # Per hook call (group of frames), per scale: masks, and embeddings if asked for.
         group_masks: list[list[Tensor]] = []
-        group_keys: list[list[Tensor]] = []
-        group_queries: list[list[Tensor]] = []
+        group_spaces: list[list[AttentionEmbeddings]] = []
 
         def fuse(feat: Tensor, frames: slice) -> Tensor:
             batch = feat.shape[0]
@@ -108,11 +114,12 @@ class AVVSRNet(nn.Module):
             frame_feat, audio_feat = feat.flatten(0, 1), embedding[:, frames].flatten(0, 1)
             extra = {} if synchrony is None else {"synchrony": synchrony[:, frames].flatten(0, 1)}
             if return_embeddings:
+                if projection_embeddings:
+                    extra["projection_embeddings"] = True
                 fused, scale_masks, spaces = self.fusion(
                     frame_feat, audio_feat, return_embeddings=True, **extra
                 )
-                group_keys.append([per_clip(space.keys) for space in spaces])
-                group_queries.append([per_clip(space.query) for space in spaces])
+                group_spaces.append([space.map(per_clip) for space in spaces])
             else:  # the plain fusion contract: (fused, masks)
                 fused, scale_masks = self.fusion(frame_feat, audio_feat, **extra)
             group_masks.append([per_clip(m) for m in scale_masks])
@@ -120,9 +127,8 @@ class AVVSRNet(nn.Module):
 
         sr = self.backbone(lq, feature_hook=fuse)
         # The groups come in frame order: join each scale's tensors along T.
-        masks, keys, queries = (
-            [torch.cat(scale, dim=1) for scale in zip(*groups, strict=True)]
-            for groups in (group_masks, group_keys, group_queries)
-        )
-        embeddings = [AttentionEmbeddings(k, q) for k, q in zip(keys, queries, strict=True)]
+        masks = [torch.cat(scale, dim=1) for scale in zip(*group_masks, strict=True)]
+        embeddings = [
+            AttentionEmbeddings.cat(scale, dim=1) for scale in zip(*group_spaces, strict=True)
+        ]
         return AVVSROutput(sr=sr, masks=masks, embeddings=embeddings)

@@ -42,7 +42,8 @@ is empty). Every variant keeps the zero-initialised residual.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -70,10 +71,36 @@ class AttentionEmbeddings:
     ``sigmoid(temperature * cosine + bias)`` of ``cosine = einsum("nehw,ne->nhw", keys, query)``,
     so any other frame's audio (another row of ``query``) can be scored against these keys
     (the self-supervised localisation loss does). Float32 at least (see AudioGuidedFiLM).
+
+    ``projection_keys`` / ``projection_query``: the same values, whose gradient reaches only
+    the two projections (their inputs, the visual features and the audio embedding, detached),
+    so that a term on them trains what the attention compares and nothing the reconstruction
+    draws with; None unless asked for (``AudioGuidedFiLM(..., projection_embeddings=True)``).
     """
 
     keys: Tensor
     query: Tensor
+    projection_keys: Tensor | None = None
+    projection_query: Tensor | None = None
+
+    def map(self, function: Callable[[Tensor], Tensor]) -> AttentionEmbeddings:
+        """The embeddings with ``function`` applied to each tensor (None stays None)."""
+        return AttentionEmbeddings(
+            *(None if x is None else function(x) for x in astuple_shallow(self))
+        )
+
+    @staticmethod
+    def cat(parts: Sequence[AttentionEmbeddings], dim: int) -> AttentionEmbeddings:
+        """The embeddings of ``parts`` (one scale, groups of frames) joined along ``dim``."""
+        fields = zip(*(astuple_shallow(part) for part in parts), strict=True)
+        return AttentionEmbeddings(
+            *(None if x[0] is None else torch.cat(x, dim=dim) for x in fields)
+        )
+
+
+def astuple_shallow(space: AttentionEmbeddings) -> tuple[Tensor | None, ...]:
+    """The fields of ``space`` in order, not copied (``dataclasses.astuple`` deep-copies)."""
+    return tuple(getattr(space, f.name) for f in fields(space))
 
 
 class AudioGuidedFiLM(nn.Module):
@@ -112,11 +139,18 @@ class AudioGuidedFiLM(nn.Module):
         self.film = nn.Linear(audio_dim, 2 * channels)
 
     def forward(
-        self, visual: Tensor, audio: Tensor, *, synchrony: Tensor | None = None
+        self,
+        visual: Tensor,
+        audio: Tensor,
+        *,
+        synchrony: Tensor | None = None,
+        projection_embeddings: bool = False,
     ) -> tuple[Tensor, Tensor, AttentionEmbeddings]:
         """``synchrony`` (N, 1, h', w'), the LR frames' :mod:`~avvsr.models.synchrony`, is
         required when the module was built with a synchrony weight and refused otherwise; it
-        is area-averaged to this scale's size and added to the logits times that weight."""
+        is area-averaged to this scale's size and added to the logits times that weight.
+        ``projection_embeddings``: also compute the embeddings' ``projection_keys`` and
+        ``projection_query`` (two more projections of detached inputs)."""
         if (synchrony is None) != (self.stored_synchrony_weight is None):
             raise ValueError(
                 "this attention adds the audio-visual synchrony to its masks: pass `synchrony`"
@@ -127,8 +161,12 @@ class AudioGuidedFiLM(nn.Module):
         # (and a float64 model stays float64, so its output does not depend on the batch).
         # Under autocast too (which would run the einsum in the lower precision).
         precision = torch.promote_types(visual.dtype, torch.float32)
-        keys = F.normalize(self.visual_proj(visual).to(precision), dim=1)
-        query = F.normalize(self.audio_proj(audio).to(precision), dim=1)
+        space = AttentionEmbeddings(*self.embed(visual, audio, precision))
+        if projection_embeddings:
+            space.projection_keys, space.projection_query = self.embed(
+                visual.detach(), audio.detach(), precision
+            )
+        keys, query = space.keys, space.query
         with torch.autocast(device_type=visual.device.type, enabled=False):
             cosine = torch.einsum("nchw,nc->nhw", keys, query).unsqueeze(1)
             logits = self.temperature * cosine + self.bias
@@ -136,7 +174,14 @@ class AudioGuidedFiLM(nn.Module):
                 at_scale = F.adaptive_avg_pool2d(synchrony.to(precision), visual.shape[-2:])
                 logits = logits + self.synchrony_weight * at_scale
         mask = torch.sigmoid(logits).to(visual.dtype)
-        return self.modulate(visual, audio, mask), mask, AttentionEmbeddings(keys, query)
+        return self.modulate(visual, audio, mask), mask, space
+
+    def embed(self, visual: Tensor, audio: Tensor, precision: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Keys (N, E, h, w) and query (N, E) of ``visual`` (N, K, h, w) and ``audio`` (N, D),
+        unit length along E, in ``precision``."""
+        keys = F.normalize(self.visual_proj(visual).to(precision), dim=1)
+        query = F.normalize(self.audio_proj(audio).to(precision), dim=1)
+        return keys, query
 
     @property
     def temperature(self) -> Tensor:
@@ -273,9 +318,11 @@ class MSAVF(nn.Module):
         *,
         synchrony: Tensor | None = None,
         return_embeddings: bool = False,
+        projection_embeddings: bool = False,
     ) -> tuple[Tensor, list[Tensor]] | tuple[Tensor, list[Tensor], list[AttentionEmbeddings]]:
         """``feat`` (N, C, h, w), ``audio`` (N, D) -> (fused (N, C, h, w), masks), and with
-        ``return_embeddings`` also the :class:`AttentionEmbeddings` of each mask.
+        ``return_embeddings`` also the :class:`AttentionEmbeddings` of each mask, with their
+        ``projection_keys`` / ``projection_query`` if ``projection_embeddings``.
         ``synchrony`` (N, 1, h, w): ``self.synchrony``'s map of these frames, required when
         the module has one (``synchrony_window``), refused otherwise.
 
@@ -289,7 +336,12 @@ class MSAVF(nn.Module):
         fused, masks, spaces = [], [], []
         if synchrony is not None and self.synchrony is None:
             raise ValueError("this fusion was built without synchrony_window: `synchrony` unused")
+        if projection_embeddings and not (return_embeddings and self.attention):
+            raise ValueError("projection_embeddings are part of the attention's embeddings: "
+                             "pass return_embeddings=True to a fusion with attention")
         extra = {} if self.synchrony is None else {"synchrony": synchrony}
+        if projection_embeddings:
+            extra["projection_embeddings"] = True
         for level, fuse in zip(pyramid, self.fuse, strict=True):
             level_fused, mask, space = fuse(level, audio, **extra)
             fused.append(level_fused)

@@ -63,7 +63,9 @@ term is met by telling objects from background, which the reconstruction already
 source-vs-distractor AUC was 0.63, plain MS-AVF's 0.69; ``experiments/av_ablation/NOTES.md``).
 The synchrony carries no gradient; nor do the masks' temperature and bias, so the term
 teaches the audio-visual space only, and with ``model/fusion=msavf_sync`` it does not reward
-the synchrony weight for copying its own input.
+the synchrony weight for copying its own input. With ``projections_only`` it teaches only the
+two projections that make that space (the features they project are detached), so it cannot
+change what the reconstruction draws with, only where the masks open.
 """
 
 from __future__ import annotations
@@ -83,10 +85,13 @@ class LocalisationTerm(nn.Module):
     trained with it saves and loads the same weights as without.
 
     ``weight``: its weight in the training loss (> 0). ``needs_embeddings``: whether
-    :meth:`of_output` reads ``output.embeddings`` (the model must be asked for them).
+    :meth:`of_output` reads ``output.embeddings`` (the model must be asked for them);
+    ``needs_projection_embeddings``: whether it reads their ``projection_keys`` and
+    ``projection_query`` too.
     """
 
     needs_embeddings: ClassVar[bool] = False
+    needs_projection_embeddings: bool = False
 
     def __init__(self, weight: float) -> None:
         super().__init__()
@@ -196,6 +201,11 @@ class SynchronyTeacherLoss(LocalisationTerm):
         logit_temperature: the cosine is divided by it to give the classifier's logit.
         active_luma_grey: a silent pixel's luma must vary by at least this standard deviation
             over the window, grey levels (0: every pixel out of step is a negative).
+        projections_only: teach only the attention's two projections (the embeddings'
+            ``projection_keys`` / ``projection_query``: the visual features and the audio
+            embedding they project are detached), so the term cannot change what the
+            reconstruction draws with, only where the masks open; False: its gradient reaches
+            the backbone, the fusion's pyramid and the audio encoder as well.
 
     ``forward(keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), luma_std
     (B, T, 1, h', w'), anchors (B,) bool) -> scalar``: one scale; keys and query unit length
@@ -214,6 +224,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
         negative_threshold: float = 0.2,
         logit_temperature: float = 0.1,
         active_luma_grey: float = 2.0,
+        projections_only: bool = False,
     ) -> None:
         super().__init__(weight)
         if not negative_threshold < positive_threshold:
@@ -230,6 +241,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
         self.negative_threshold = negative_threshold
         self.logit_temperature = logit_temperature
         self.active_luma_grey = active_luma_grey
+        self.needs_projection_embeddings = projections_only
 
     def forward(
         self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
@@ -267,6 +279,10 @@ class SynchronyTeacherLoss(LocalisationTerm):
         self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
     ) -> Tensor:
         synchrony, luma_std = self.synchrony.statistics(lq, log_mel)
-        terms = [self(space.keys, space.query, synchrony, luma_std, anchors)
-                 for space in output.embeddings]
+        terms = [
+            self(space.projection_keys, space.projection_query, synchrony, luma_std, anchors)
+            if self.needs_projection_embeddings
+            else self(space.keys, space.query, synchrony, luma_std, anchors)
+            for space in output.embeddings
+        ]
         return torch.stack(terms).mean()
