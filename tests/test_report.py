@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from avvsr.report import Run, load_runs, write_report
-from avvsr.run_record import RunRecord
+from avvsr.run_record import RunRecord, write_evaluation_record
 
 
 def write_run(folder: Path, backbone: str, fusion: str, seed: int, **metrics: float) -> None:
@@ -139,6 +139,12 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
     for index, path in enumerate(sorted(sweep.rglob("metrics.json"))):
         os.utime(path, (1000.0 + 60 * index, 1000.0 + 60 * index))
     # nine runs, the last one 480 s after the sweep started
+    assert sweep_record(sweep) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)]
+    # a checkpoint evaluated later with avvsr-eval into the sweep's folder adds no time
+    checkpoint = next(sweep.rglob("metrics.json")).parent / "best.ckpt"
+    (sweep / "eval").mkdir()
+    evaluation = write_evaluation_record(sweep / "eval", checkpoint, {"test/psnr": 30.0})
+    os.utime(evaluation, (90_000.0, 90_000.0))
     assert sweep_record(sweep) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)]
 
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from avvsr.report import Run, load_runs, write_report
-from avvsr.run_record import RECORD_NAME
+from avvsr.run_record import RECORD_NAME, NotATrainingRunError, RunRecord
 
 ROOT = Path.cwd()
 # The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
@@ -97,19 +97,25 @@ def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
 def sweep_record(sweep_dir: Path) -> list[tuple[str, float]]:
     """What ran under ``sweep_dir``, read from its files: for each sweep, in the order they
     started, its ``avvsr-train -m`` command (Hydra's ``multirun.yaml``) and the minutes it
-    took, from its start (its ``multirun.yaml``) to the last ``metrics.json`` of its runs (those
-    under its folder and under no other sweep's; 0 when none finished). So sweeps run one after
-    another into one folder (a profile's, or a row added later with
-    ``hydra.sweep.dir=<sweep_dir>/<name>``) each count their own time, not the pause between."""
+    took, from its start (its ``multirun.yaml``) to the last ``metrics.json`` of its training
+    runs (those under its folder and under no other sweep's; 0 when none finished). So sweeps
+    run one after another into one folder (a profile's, or a row added later with
+    ``hydra.sweep.dir=<sweep_dir>/<name>``) each count their own time, not the pause between,
+    and an ``avvsr-eval`` result written there later (the same file name) counts none."""
     from omegaconf import OmegaConf
 
     manifests = sorted(Path(sweep_dir).rglob("multirun.yaml"), key=lambda p: p.stat().st_mtime)
-    last_result: dict[Path, float] = {}  # sweep folder -> mtime of its last metrics.json
+    last_result: dict[Path, float] = {}  # sweep folder -> mtime of its last training record
     sweep_folders = {p.parent for p in manifests}
     for result in Path(sweep_dir).rglob(RECORD_NAME):
         owner = next((f for f in result.parents if f in sweep_folders), None)
-        if owner is not None:
-            last_result[owner] = max(last_result.get(owner, 0.0), result.stat().st_mtime)
+        if owner is None:
+            continue
+        try:
+            RunRecord.read(result)
+        except NotATrainingRunError:
+            continue
+        last_result[owner] = max(last_result.get(owner, 0.0), result.stat().st_mtime)
     return [
         (
             shlex.join(["avvsr-train", "-m", *OmegaConf.load(p).hydra.overrides.task]),
