@@ -391,6 +391,19 @@ def test_validation_curves_prints_every_validation_of_a_run(
     validation_curves.main([str(msavf_run), "--metrics", "train/loss", "--last-mean", "2"])
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"msavf-s3 | 0 | {(losses[-1] + losses[-2]) / 2:.3f}"
+    # ... or its mean per block of steps: every logged value in exactly one block
+    with (msavf_run / "0" / "csv" / "metrics.csv").open(newline="") as file:
+        logged = {int(row["step"]): float(row["train/loss"])
+                  for row in csv.DictReader(file) if row["train/loss"]}
+    blocks = validation_curves.main(
+        [str(msavf_run), "--metrics", "train/loss", "--block-means", "2"]
+    )["train/loss"]["msavf-s3 | 0"]
+    assert set(blocks) == {step // 2 * 2 for step in logged}
+    for start, mean in blocks.items():
+        in_block = [value for step, value in logged.items() if start <= step < start + 2]
+        assert mean == pytest.approx(sum(in_block) / len(in_block))
+    with pytest.raises(SystemExit):
+        validation_curves.main([str(msavf_run), "--block-means", "0"])
 
 
 def test_synchrony_auc_prefers_the_source_with_its_own_audio_only(

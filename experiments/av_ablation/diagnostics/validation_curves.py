@@ -1,8 +1,10 @@
 """The validation curves of a sweep's runs, from each run's ``csv/metrics.csv`` (written by the
 CSV logger every validation): per metric, one row per finished run (fusion, seed) with the value
 at every validation step, the best value and its step, and the change from ``--since`` to the
-last validation. With ``--last-mean N`` (for metrics logged every few steps, such as the
-training losses) only the mean of each run's last N logged values.
+last validation. For metrics logged every few steps, such as the training losses:
+``--last-mean N`` prints only the mean of each run's last N logged values, ``--block-means N``
+the mean of its values logged in each block of N steps (``[0, N)``, ``[N, 2N)``, ...), to see
+a loss fall and rise again.
 
 Usage::
 
@@ -12,6 +14,8 @@ Usage::
         --metrics val/psnr_y_inside --fusion msavf-s3 concat
     python experiments/av_ablation/diagnostics/validation_curves.py <sweep dir> \\
         --metrics train/localisation_loss --fusion msavf-s3-lvs --last-mean 20
+    python experiments/av_ablation/diagnostics/validation_curves.py <run dir> \
+        --metrics train/localisation_loss --block-means 250
 """
 
 from __future__ import annotations
@@ -46,6 +50,16 @@ def curve_row(label: str, curve: dict[int, float], steps: Sequence[int],
     return " | ".join(cells)
 
 
+def block_means(curve: dict[int, float], block: int) -> dict[int, float]:
+    """``{first step of the block: mean of the values logged in it}`` over consecutive blocks of
+    ``block`` steps, ``[0, block)``, ``[block, 2 * block)``, ...; blocks without a value left
+    out."""
+    blocks: dict[int, list[float]] = {}
+    for step, value in curve.items():
+        blocks.setdefault(step // block * block, []).append(value)
+    return {start: sum(values) / len(values) for start, values in sorted(blocks.items())}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="a sweep's folder (every run under it, any depth)")
@@ -54,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, flo
     parser.add_argument("--since", type=int, help="also print last value minus this step's")
     parser.add_argument("--last-mean", type=int, metavar="N",
                         help="print only the mean of each run's last N logged values")
+    parser.add_argument("--block-means", type=int, metavar="N",
+                        help="print the mean of each run's values logged per block of N steps")
     args = parser.parse_intermixed_args(argv)
+    if args.block_means is not None and args.block_means < 1:
+        parser.error(f"--block-means must be >= 1 step, got {args.block_means}")
     runs = [run for run in load_runs(args.sweep_dir)
             if args.fusion is None or run.fusion in args.fusion]
     if not runs:
@@ -72,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, flo
                 tail = [curve[step] for step in sorted(curve)[-args.last_mean:]]
                 print(f"{label} | {sum(tail) / len(tail):.3f}")
             continue
+        if args.block_means is not None:
+            by_run = {label: block_means(curve, args.block_means)
+                      for label, curve in by_run.items()}
+            curves[metric] = by_run
+            print(f"(mean per block of {args.block_means} steps, by the block's first step)")
         steps = sorted({step for curve in by_run.values() for step in curve})
         since = [] if args.since is None else [f"last - {args.since}"]
         print(" | ".join(["fusion | seed", *map(str, steps), "best (step)", *since]))
