@@ -364,6 +364,43 @@ def test_mask_scalars_reads_each_scale_of_an_avvsr_train_checkpoint(
         assert row["synchrony_weight"] is None  # plain MS-AVF: its masks do not see it
 
 
+def test_mask_choices_read_an_avvsr_train_checkpoint_as_its_own_test_scored_it(
+    msavf_run: Path, synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The mean of the per-clip AUCs is the study's figure, which the run's own test recorded
+    with true audio; every scored clip is counted once under its sounding class."""
+    import json
+
+    record = json.loads((msavf_run / "0" / "metrics.json").read_text())
+    mask_choices = load_script("mask_choices")
+    capsys.readouterr()
+    checkpoint = record["best_checkpoint"]
+    row = mask_choices.main([checkpoint, "--data", str(synth_root),
+                             f"--override=paths.cache_dir={tmp_path / 'cache'}"])[checkpoint]
+    assert row["mean_auc"] == pytest.approx(
+        record["metrics"]["test/true/source_vs_distractor_auc"], abs=1e-6)
+    assert sum(clips for _, clips in row["below_half_by_class"].values()) == row["clips"] > 0
+    assert sum(below for below, _ in row["below_half_by_class"].values()) == row[
+        "clips_below_half"]
+    assert 0 <= row["frames_choosing_source"] <= 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{checkpoint} | {row['clips']} |")
+
+
+def test_clip_choices_count_the_frames_whose_mask_prefers_the_source() -> None:
+    mask_choices = load_script("mask_choices")
+    source = torch.zeros(1, 2, 1, 4, 4)
+    distractors = torch.zeros(1, 2, 1, 4, 4)
+    source[..., :2] = 1
+    distractors[..., 2:] = 1
+    mask = torch.zeros(1, 2, 1, 4, 4)
+    mask[0, 0, ..., :2] = 0.9  # frame 0 prefers the source, frame 1 the distractor
+    mask[0, 1, ..., 2:] = 0.9
+    [(clip, auc, chosen, scored)] = mask_choices.clip_choices(mask, source, distractors)
+    assert (clip, auc, chosen, scored) == (0, pytest.approx(0.5), 1, 2)
+    no_distractor = mask_choices.clip_choices(mask, source, torch.zeros_like(distractors))
+    assert no_distractor == []
+
+
 def test_validation_curves_prints_every_validation_of_a_run(
     msavf_run: Path, capsys: pytest.CaptureFixture
 ) -> None:

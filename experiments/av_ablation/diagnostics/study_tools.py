@@ -88,7 +88,8 @@ class Study:
         self.datamodule.setup("fit")
         self.datamodule.setup("test")
         self.class_of = sounding_class_by_video(data)
-        self.num_classes = len(load_manifest(data).classes)
+        self.class_names = list(load_manifest(data).classes)
+        self.num_classes = len(self.class_names)
 
     def fit(self, net: nn.Module, steps: int, loss_of: Callable[[dict], Tensor]) -> None:
         """``steps`` steps of Adam with a one-cycle rate on the training batches' ``loss_of``,

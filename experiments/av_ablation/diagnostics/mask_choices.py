@@ -1,0 +1,120 @@
+"""Where a trained MS-AVF's source-vs-distractor AUC is lost: in whole clips whose mask
+prefers the wrong object, or in the spread of the mask within the objects of clips that choose
+right? On the test split with true audio, the finest mask upsampled to the label maps as the
+metric does (``avvsr.metrics.SourceDistractorAUC``):
+
+- per clip, its AUC over object pixels (the study's figure is their mean);
+- per frame, whether the mask's mean over the source is above its mean over the distractors
+  (the object the frame's mask chooses), counted over the frames with both;
+- the clips whose AUC is below 0.5, by the class of their sounding object (a mask that knows
+  some classes' family and not others' fails on those classes' clips).
+
+A mean clip AUC well below the share of frames that choose the source means the masks pick the
+right object but overlap in value across the two (a wide spread within each object); the two
+close together means the masks pick the wrong object in some clips or frames.
+
+Usage::
+
+    python experiments/av_ablation/diagnostics/mask_choices.py <checkpoint> [<checkpoint> ...] \\
+        --data data/synth_lattice
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from study_tools import Study
+from torch import Tensor
+
+from avvsr.checkpoint import load_lit_module
+from avvsr.metrics import SourceDistractorAUC, upsample_attention
+
+
+def clip_choices(
+    mask: Tensor, source: Tensor, distractors: Tensor
+) -> list[tuple[int, float, int, int]]:
+    """Per clip of a batch with a source and a distractor pixel: (its index in the batch, its
+    AUC, frames whose mean mask over the source is above that over the distractors, frames
+    with both). ``mask`` (B, T, 1, h, w) in [0, 1]; ``source``, ``distractors`` (B, T, 1, H,
+    W) label maps (binarised at 0.5; a pixel in both counts as source, as in the metric)."""
+    scores = upsample_attention(mask, source).view(source.shape)
+    sounding = source >= 0.5
+    silent = (distractors >= 0.5) & ~sounding
+    choices = []
+    for clip in range(mask.shape[0]):
+        auc = SourceDistractorAUC()
+        auc.update(mask[clip : clip + 1], source[clip : clip + 1], distractors[clip : clip + 1])
+        if auc.clips == 0:
+            continue
+        chosen = scored = 0
+        for frame_scores, positive, negative in zip(
+            scores[clip], sounding[clip], silent[clip], strict=True
+        ):
+            if positive.any() and negative.any():
+                scored += 1
+                chosen += int(frame_scores[positive].mean() > frame_scores[negative].mean())
+        choices.append((clip, auc.compute()["auc"].item(), chosen, scored))
+    return choices
+
+
+def mask_choices(checkpoint: str, study: Study, batches: Sequence[dict]) -> dict[str, Any]:
+    """``clips``, ``mean_auc`` (the study's figure), ``median_auc``, ``clips_below_half``
+    (clips whose AUC is below 0.5), ``frames_choosing_source`` (share of the scored frames)
+    and ``below_half_by_class`` (``{class: (clips below 0.5, clips)}``) of ``checkpoint``'s
+    finest mask on ``batches`` of ``study``'s set, with their own audio."""
+    net = load_lit_module(checkpoint).net.eval()
+    aucs, chosen, scored = [], 0, 0
+    by_class: dict[str, list[int]] = {name: [0, 0] for name in study.class_names}
+    with torch.no_grad():
+        for batch in batches:
+            masks = net(batch["lq"], batch["audio"]).masks
+            if not masks:
+                raise SystemExit(f"{checkpoint}: the model's fusion has no attention masks")
+            classes = study.clip_classes(batch)
+            for clip, auc, frames_chosen, frames in clip_choices(
+                masks[0], batch["mask"], batch["distractor_mask"]
+            ):
+                aucs.append(auc)
+                chosen, scored = chosen + frames_chosen, scored + frames
+                counts = by_class[study.class_names[classes[clip]]]
+                counts[0] += auc < 0.5
+                counts[1] += 1
+    if not aucs:
+        raise SystemExit(f"{checkpoint}: no test clip has both a source and a distractor")
+    return {
+        "clips": len(aucs),
+        "mean_auc": statistics.fmean(aucs),
+        "median_auc": statistics.median(aucs),
+        "clips_below_half": sum(auc < 0.5 for auc in aucs),
+        "frames_choosing_source": chosen / scored,
+        "below_half_by_class": {name: tuple(c) for name, c in by_class.items() if c[1]},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="avvsr-train checkpoints with MS-AVF")
+    parser.add_argument("--data", required=True, help="the synthetic set they were trained on")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a Hydra override of the study's config (repeatable)")
+    args = parser.parse_intermixed_args(argv)
+    torch.set_num_threads(1)  # beside a training run
+    study = Study(args.data, args.override)
+    batches = list(study.datamodule.test_dataloader())
+    results = {c: mask_choices(c, study, batches) for c in args.checkpoints}
+    print("checkpoint | clips | mean clip AUC | median clip AUC | clips below 0.5 "
+          "| frames choosing the source | clips below 0.5 by sounding class")
+    for checkpoint, row in results.items():
+        by_class = ", ".join(f"{name} {below}/{clips}"
+                             for name, (below, clips) in row["below_half_by_class"].items())
+        print(f"{checkpoint} | {row['clips']} | {row['mean_auc']:.3f} | {row['median_auc']:.3f} "
+              f"| {row['clips_below_half']} | {row['frames_choosing_source']:.1%} | {by_class}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
