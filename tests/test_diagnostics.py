@@ -373,6 +373,7 @@ def test_mask_choices_read_an_avvsr_train_checkpoint_as_its_own_test_scored_it(
 
     record = json.loads((msavf_run / "0" / "metrics.json").read_text())
     mask_choices = load_script("mask_choices")
+    row_order = synthetic.load_manifest(synth_root).classes.index
     capsys.readouterr()
     checkpoint = record["best_checkpoint"]
     row = mask_choices.main([checkpoint, "--data", str(synth_root),
@@ -383,7 +384,11 @@ def test_mask_choices_read_an_avvsr_train_checkpoint_as_its_own_test_scored_it(
     assert sum(below for below, _ in row["below_half_by_class"].values()) == row[
         "clips_below_half"]
     assert 0 <= row["frames_choosing_source"] <= 1
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{checkpoint} | {row['clips']} |")
+    for (first, second), cosine in row["query_cosine"].items():  # pairs in class-table order
+        assert -1 - 1e-9 <= cosine <= 1 + 1e-9
+        assert row_order(first) < row_order(second)
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"{checkpoint} | {row['clips']} |") for line in printed)
 
 
 def test_clip_choices_count_the_frames_whose_mask_prefers_the_source() -> None:

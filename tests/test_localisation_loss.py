@@ -255,11 +255,13 @@ def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_mask
     assert net.fusion.stem[0].weight.grad.abs().sum() > 0
 
 
-def test_a_projections_only_teacher_trains_the_two_projections_and_nothing_they_project() -> None:
-    """With ``projections_only`` the term has the same value (the projection embeddings equal
-    the mask's), and its gradient reaches each scale's visual and audio projections only: not
-    the fusion's pyramid, the backbone nor the audio encoder, which the reconstruction draws
-    with; the network's output is unchanged by asking for them."""
+@pytest.mark.parametrize("teaches", ["audio", "projections"])
+def test_a_teacher_kept_off_the_features_trains_only_what_it_teaches(teaches: str) -> None:
+    """Kept off the visual features (``audio``) or off every input of the projections
+    (``projections``), the term has the whole-network term's value (the projection embeddings
+    equal the mask's), and its gradient reaches each scale's two projections, the audio
+    encoder only with ``audio``, and never the fusion's pyramid, the backbone nor the FiLM;
+    asking for the projection embeddings leaves the network's output unchanged."""
     torch.manual_seed(0)
     net = AVVSRNet(
         BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
@@ -269,8 +271,8 @@ def test_a_projections_only_teacher_trains_the_two_projections_and_nothing_they_
     lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
     settings = {"window": 3, "positive_threshold": 0.1, "negative_threshold": 0.0}
     whole = SynchronyTeacherLoss(**settings)
-    isolated = SynchronyTeacherLoss(**settings, projections_only=True)
-    assert isolated.needs_projection_embeddings and not whole.needs_projection_embeddings
+    kept_off = SynchronyTeacherLoss(**settings, teaches=teaches)
+    assert kept_off.needs_projection_embeddings and not whole.needs_projection_embeddings
     plain = net(lq, log_mel, return_embeddings=True)
     output = net(lq, log_mel, return_embeddings=True, projection_embeddings=True)
     assert torch.equal(output.sr, plain.sr)
@@ -278,15 +280,25 @@ def test_a_projections_only_teacher_trains_the_two_projections_and_nothing_they_
         assert torch.equal(space.projection_keys, space.keys)
         assert torch.equal(space.projection_query, space.query)
     assert plain.embeddings[0].projection_keys is None
-    term = isolated.of_output(output, ALL, lq, log_mel)
+    term = kept_off.of_output(output, ALL, lq, log_mel)
     assert term.item() == pytest.approx(whole.of_output(plain, ALL, lq, log_mel).item())
     term.backward()
     for attention in net.fusion.fuse:
         assert attention.visual_proj.weight.grad.abs().sum() > 0
         assert attention.audio_proj.weight.grad.abs().sum() > 0
         assert attention.film.weight.grad is None
-    untouched = [net.fusion.stem, net.fusion.downsample, net.backbone, net.audio_encoder]
+    untouched = [net.fusion.stem, net.fusion.downsample, net.backbone]
     assert all(p.grad is None for module in untouched for p in module.parameters())
+    audio_grads = [p.grad for p in net.audio_encoder.parameters()]
+    if teaches == "audio":
+        assert any(g is not None and g.abs().sum() > 0 for g in audio_grads)
+    else:
+        assert all(g is None for g in audio_grads)
+
+
+def test_the_teacher_refuses_an_unknown_reach() -> None:
+    with pytest.raises(ValueError, match="teaches"):
+        SynchronyTeacherLoss(teaches="backbone")
 
 
 def test_projection_embeddings_need_the_attentions_embeddings() -> None:

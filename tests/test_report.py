@@ -180,6 +180,20 @@ def test_each_localisation_term_has_its_own_label(term: str) -> None:
     assert FusionVariant.from_label(f"msavf-s3-{term}") != FusionVariant.from_label("msavf-s3")
 
 
+def test_the_teachers_reach_is_part_of_its_label() -> None:
+    """Runs whose teacher reaches different parts of the network are different rows."""
+    from avvsr.config import FusionVariant, compose, fusion_label
+
+    labels = []
+    for teaches in ("network", "audio", "projections"):
+        model = compose("train", ["model/fusion=msavf", "model/localisation=syncteach",
+                                  f"model.localisation.teaches={teaches}"]).model
+        labels.append(fusion_label(model.fusion, model.localisation))
+    assert labels == ["msavf-s3-syncteach", "msavf-s3-syncteachaudio",
+                      "msavf-s3-syncteachprojections"]
+    assert all(FusionVariant.from_label(label).label == label for label in labels)
+
+
 def test_a_term_without_a_label_of_its_own_is_named_by_its_class() -> None:
     from avvsr.config import FusionVariant, fusion_label
 

@@ -90,7 +90,9 @@ def _is_node(value: Any) -> bool:
 
 # ------------------------------------------------------------------------------- labels
 # The label of each localisation term (``model/localisation`` option) in run names and tables;
-# a term not listed is labelled by its class name, lower case.
+# a term not listed is labelled by its class name, lower case. A term whose gradient is kept
+# off part of the network (``teaches`` other than ``network``) has that reach appended, so
+# runs that differ in it are never pooled into one row: ``syncteachaudio``.
 LOCALISATION_LABELS = {
     "avvsr.models.localisation_loss.LVSLocalisationLoss": "lvs",
     "avvsr.models.localisation_loss.SynchronyTeacherLoss": "syncteach",
@@ -102,7 +104,9 @@ def localisation_label(localisation_config: Mapping | None) -> str | None:
     if localisation_config is None:
         return None
     target = str(localisation_config.get("_target_", ""))
-    return LOCALISATION_LABELS.get(target, target.rsplit(".", 1)[-1].lower() or "localisation")
+    label = LOCALISATION_LABELS.get(target, target.rsplit(".", 1)[-1].lower() or "localisation")
+    teaches = str(localisation_config.get("teaches", "network"))
+    return label if teaches == "network" else label + teaches
 
 
 @dataclass(frozen=True)

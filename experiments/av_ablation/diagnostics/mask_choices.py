@@ -7,7 +7,11 @@ metric does (``avvsr.metrics.SourceDistractorAUC``):
 - per frame, whether the mask's mean over the source is above its mean over the distractors
   (the object the frame's mask chooses), counted over the frames with both;
 - the clips whose AUC is below 0.5, by the class of their sounding object (a mask that knows
-  some classes' family and not others' fails on those classes' clips).
+  some classes' family and not others' fails on those classes' clips);
+- the cosine similarity between the classes' mean audio queries at the finest scale (each
+  frame's query unit length, averaged over the test frames whose sounding object is of that
+  class): two classes of different families whose queries are alike cannot have masks that
+  open on different hues.
 
 A mean clip AUC well below the share of frames that choose the source means the masks pick the
 right object but overlap in value across the two (a wide spread within each object); the two
@@ -27,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from study_tools import Study
 from torch import Tensor
 
@@ -69,12 +74,17 @@ def mask_choices(checkpoint: str, study: Study, batches: Sequence[dict]) -> dict
     net = load_lit_module(checkpoint).net.eval()
     aucs, chosen, scored = [], 0, 0
     by_class: dict[str, list[int]] = {name: [0, 0] for name in study.class_names}
+    query_sums: dict[str, Tensor] = {}
     with torch.no_grad():
         for batch in batches:
-            masks = net(batch["lq"], batch["audio"]).masks
+            output = net(batch["lq"], batch["audio"], return_embeddings=True)
+            masks = output.masks
             if not masks:
                 raise SystemExit(f"{checkpoint}: the model's fusion has no attention masks")
             classes = study.clip_classes(batch)
+            for clip_query, index in zip(output.embeddings[0].query, classes, strict=True):
+                name = study.class_names[index]
+                query_sums[name] = query_sums.get(name, 0) + clip_query.double().sum(0)
             for clip, auc, frames_chosen, frames in clip_choices(
                 masks[0], batch["mask"], batch["distractor_mask"]
             ):
@@ -92,6 +102,19 @@ def mask_choices(checkpoint: str, study: Study, batches: Sequence[dict]) -> dict
         "clips_below_half": sum(auc < 0.5 for auc in aucs),
         "frames_choosing_source": chosen / scored,
         "below_half_by_class": {name: tuple(c) for name, c in by_class.items() if c[1]},
+        "query_cosine": query_cosines(
+            {name: query_sums[name] for name in study.class_names if name in query_sums}
+        ),
+    }
+
+
+def query_cosines(query_sums: dict[str, Tensor]) -> dict[tuple[str, str], float]:
+    """``{(class a, class b): cosine of their mean queries}`` for every pair a < b in the
+    order given, from each class's sum of unit-length queries (E,)."""
+    names = list(query_sums)
+    return {
+        (a, b): F.cosine_similarity(query_sums[a], query_sums[b], dim=0).item()
+        for i, a in enumerate(names) for b in names[i + 1:]
     }
 
 
@@ -113,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                              for name, (below, clips) in row["below_half_by_class"].items())
         print(f"{checkpoint} | {row['clips']} | {row['mean_auc']:.3f} | {row['median_auc']:.3f} "
               f"| {row['clips_below_half']} | {row['frames_choosing_source']:.1%} | {by_class}")
+    print("\ncheckpoint | cosine between the classes' mean finest-scale audio queries")
+    for checkpoint, row in results.items():
+        pairs = ", ".join(f"{a}-{b} {cosine:.2f}" for (a, b), cosine in row["query_cosine"].items())
+        print(f"{checkpoint} | {pairs}")
     return results
 
 

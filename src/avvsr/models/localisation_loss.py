@@ -63,9 +63,11 @@ term is met by telling objects from background, which the reconstruction already
 source-vs-distractor AUC was 0.63, plain MS-AVF's 0.69; ``experiments/av_ablation/NOTES.md``).
 The synchrony carries no gradient; nor do the masks' temperature and bias, so the term
 teaches the audio-visual space only, and with ``model/fusion=msavf_sync`` it does not reward
-the synchrony weight for copying its own input. With ``projections_only`` it teaches only the
-two projections that make that space (the features they project are detached), so it cannot
-change what the reconstruction draws with, only where the masks open.
+the synchrony weight for copying its own input. ``teaches`` says how far its gradient reaches:
+the whole network (``network``), the audio side and the visual projection (``audio``: the
+visual features are detached, so the backbone is drawn as the reconstruction alone wants it),
+or only the two projections that make the space (``projections``: the features and the audio
+embedding they project are detached).
 """
 
 from __future__ import annotations
@@ -77,7 +79,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avvsr.models.avvsr_net import AVVSROutput
+from avvsr.models.fusion import AttentionEmbeddings
 from avvsr.models.synchrony import AudioVisualSynchrony
+
+TEACHES = ("network", "audio", "projections")
+"""What :class:`SynchronyTeacherLoss`'s gradient may reach (its ``teaches``)."""
 
 
 class LocalisationTerm(nn.Module):
@@ -201,11 +207,13 @@ class SynchronyTeacherLoss(LocalisationTerm):
         logit_temperature: the cosine is divided by it to give the classifier's logit.
         active_luma_grey: a silent pixel's luma must vary by at least this standard deviation
             over the window, grey levels (0: every pixel out of step is a negative).
-        projections_only: teach only the attention's two projections (the embeddings'
-            ``projection_keys`` / ``projection_query``: the visual features and the audio
-            embedding they project are detached), so the term cannot change what the
-            reconstruction draws with, only where the masks open; False: its gradient reaches
-            the backbone, the fusion's pyramid and the audio encoder as well.
+        teaches: what the term's gradient reaches (:data:`TEACHES`): ``network`` every
+            weight the cosine maps depend on (backbone, fusion pyramid, audio encoder and the
+            attention's projections); ``audio`` the audio encoder and both projections, not
+            the visual features the keys project (the embeddings' ``projection_keys``);
+            ``projections`` the two projections only (``projection_keys`` and
+            ``projection_query``), so the term cannot change what the reconstruction draws
+            with, only where the masks open.
 
     ``forward(keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), luma_std
     (B, T, 1, h', w'), anchors (B,) bool) -> scalar``: one scale; keys and query unit length
@@ -224,7 +232,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
         negative_threshold: float = 0.2,
         logit_temperature: float = 0.1,
         active_luma_grey: float = 2.0,
-        projections_only: bool = False,
+        teaches: str = "network",
     ) -> None:
         super().__init__(weight)
         if not negative_threshold < positive_threshold:
@@ -241,7 +249,10 @@ class SynchronyTeacherLoss(LocalisationTerm):
         self.negative_threshold = negative_threshold
         self.logit_temperature = logit_temperature
         self.active_luma_grey = active_luma_grey
-        self.needs_projection_embeddings = projections_only
+        if teaches not in TEACHES:
+            raise ValueError(f"teaches must be one of {list(TEACHES)}, got {teaches!r}")
+        self.teaches = teaches
+        self.needs_projection_embeddings = teaches != "network"
 
     def forward(
         self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
@@ -279,10 +290,13 @@ class SynchronyTeacherLoss(LocalisationTerm):
         self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
     ) -> Tensor:
         synchrony, luma_std = self.synchrony.statistics(lq, log_mel)
-        terms = [
-            self(space.projection_keys, space.projection_query, synchrony, luma_std, anchors)
-            if self.needs_projection_embeddings
-            else self(space.keys, space.query, synchrony, luma_std, anchors)
-            for space in output.embeddings
-        ]
+        terms = [self(*self.taught(space), synchrony, luma_std, anchors)
+                 for space in output.embeddings]
         return torch.stack(terms).mean()
+
+    def taught(self, space: AttentionEmbeddings) -> tuple[Tensor, Tensor]:
+        """The keys and query of ``space`` whose gradient reaches what :attr:`teaches` says."""
+        if self.teaches == "network":
+            return space.keys, space.query
+        query = space.query if self.teaches == "audio" else space.projection_query
+        return space.projection_keys, query
