@@ -92,9 +92,9 @@ class AttentionEmbeddings:
     @staticmethod
     def cat(parts: Sequence[AttentionEmbeddings], dim: int) -> AttentionEmbeddings:
         """The embeddings of ``parts`` (one scale, groups of frames) joined along ``dim``."""
-        fields = zip(*(astuple_shallow(part) for part in parts), strict=True)
+        columns = zip(*(astuple_shallow(part) for part in parts), strict=True)
         return AttentionEmbeddings(
-            *(None if x[0] is None else torch.cat(x, dim=dim) for x in fields)
+            *(None if x[0] is None else torch.cat(x, dim=dim) for x in columns)
         )
 
 
