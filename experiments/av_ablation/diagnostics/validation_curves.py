@@ -1,6 +1,7 @@
 """The validation curves of a sweep's runs, from each run's ``csv/metrics.csv`` (written by the
 CSV logger every validation): per metric, one row per finished run (fusion, seed) with the value
-at every validation step, the best value and its step, and the change from ``--since`` to the
+at every validation step, the highest value and its step (the best for the validation
+metrics, all higher-is-better), and the change from ``--since`` to the
 last validation. For metrics logged every few steps, such as the training losses:
 ``--last-mean N`` prints only the mean of each run's last N logged values, ``--block-means N``
 the mean of its values logged in each block of N steps (``[0, N)``, ``[N, 2N)``, ...), to see
@@ -40,10 +41,10 @@ def read_curve(csv_path: Path, metric: str) -> dict[int, float]:
 
 def curve_row(label: str, curve: dict[int, float], steps: Sequence[int],
               since: int | None) -> str:
-    """``label | value at each of steps | best (step) | last - value at since``."""
+    """``label | value at each of steps | highest (step) | last - value at since``."""
     values = [f"{curve[step]:.3f}" if step in curve else "-" for step in steps]
-    best_step = max(curve, key=curve.get)
-    cells = [label, *values, f"{curve[best_step]:.3f} ({best_step})"]
+    highest_step = max(curve, key=curve.get)
+    cells = [label, *values, f"{curve[highest_step]:.3f} ({highest_step})"]
     if since is not None:
         last = curve[max(curve)]
         cells.append(f"{last - curve[since]:+.3f}" if since in curve else "-")
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[int, flo
             print(f"(mean per block of {args.block_means} steps, by the block's first step)")
         steps = sorted({step for curve in by_run.values() for step in curve})
         since = [] if args.since is None else [f"last - {args.since}"]
-        print(" | ".join(["fusion | seed", *map(str, steps), "best (step)", *since]))
+        print(" | ".join(["fusion | seed", *map(str, steps), "highest (step)", *since]))
         for label, curve in by_run.items():
             print(curve_row(label, curve, steps, args.since))
     return curves
