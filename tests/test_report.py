@@ -139,13 +139,17 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
     for index, path in enumerate(sorted(sweep.rglob("metrics.json"))):
         os.utime(path, (1000.0 + 60 * index, 1000.0 + 60 * index))
     # nine runs, the last one 480 s after the sweep started
-    assert sweep_record(sweep) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)]
+    assert sweep_record(sweep, load_runs(sweep)) == [
+        ("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)
+    ]
     # a checkpoint evaluated later with avvsr-eval into the sweep's folder adds no time
     checkpoint = next(sweep.rglob("metrics.json")).parent / "best.ckpt"
     (sweep / "eval").mkdir()
     evaluation = write_evaluation_record(sweep / "eval", checkpoint, {"test/psnr": 30.0})
     os.utime(evaluation, (90_000.0, 90_000.0))
-    assert sweep_record(sweep) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)]
+    assert sweep_record(sweep, load_runs(sweep)) == [
+        ("avvsr-train -m experiment=av_ablation sweep=cpu", 8.0)
+    ]
 
 
 FUSION_OPTIONS = [
@@ -256,8 +260,10 @@ def test_sweeps_run_into_one_folder_are_reported_together(tmp_path: Path) -> Non
         for index, path in enumerate(sorted((study / name).rglob("metrics.json"))):
             os.utime(path, (start + 60 * (index + 1),) * 2)
     # nine runs a minute apart, then three
-    assert sweep_record(study) == [("avvsr-train -m experiment=av_ablation sweep=cpu", 9.0),
-                                   ("avvsr-train -m experiment=av_ablation sweep=cpu_lvs", 3.0)]
+    assert sweep_record(study, load_runs(study)) == [
+        ("avvsr-train -m experiment=av_ablation sweep=cpu", 9.0),
+        ("avvsr-train -m experiment=av_ablation sweep=cpu_lvs", 3.0),
+    ]
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "attention_masks.png").write_bytes(b"a previous report's figure")
     main(["--report-only", str(study), f"--out-dir={tmp_path / 'report'}"])

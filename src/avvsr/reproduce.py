@@ -21,11 +21,12 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from avvsr.report import Run, load_runs, write_report
-from avvsr.run_record import RECORD_NAME, NotATrainingRunError, RunRecord
+from avvsr.run_record import RECORD_NAME
 
 ROOT = Path.cwd()
 # The sweeps (conf/sweep/<name>.yaml) each profile runs, one after the other.
@@ -94,28 +95,25 @@ def run_sweep(study: str, sweep: str, sweep_dir: Path, extra: list[str]) -> str:
     return shlex.join(["avvsr-train", "-m", *overrides])
 
 
-def sweep_record(sweep_dir: Path) -> list[tuple[str, float]]:
+def sweep_record(sweep_dir: Path, runs: Sequence[Run]) -> list[tuple[str, float]]:
     """What ran under ``sweep_dir``, read from its files: for each sweep, in the order they
     started, its ``avvsr-train -m`` command (Hydra's ``multirun.yaml``) and the minutes it
     took, from its start (its ``multirun.yaml``) to the last ``metrics.json`` of its training
-    runs (those under its folder and under no other sweep's; 0 when none finished). So sweeps
-    run one after another into one folder (a profile's, or a row added later with
-    ``hydra.sweep.dir=<sweep_dir>/<name>``) each count their own time, not the pause between,
-    and an ``avvsr-eval`` result written there later (the same file name) counts none."""
+    ``runs`` (:func:`~avvsr.report.load_runs` of ``sweep_dir``: those under its folder and
+    under no other sweep's; 0 when none finished). So sweeps run one after another into one
+    folder (a profile's, or a row added later with ``hydra.sweep.dir=<sweep_dir>/<name>``)
+    each count their own time, not the pause between, and an ``avvsr-eval`` result written
+    there later (the same file name, not a training run) counts none."""
     from omegaconf import OmegaConf
 
     manifests = sorted(Path(sweep_dir).rglob("multirun.yaml"), key=lambda p: p.stat().st_mtime)
     last_result: dict[Path, float] = {}  # sweep folder -> mtime of its last training record
     sweep_folders = {p.parent for p in manifests}
-    for result in Path(sweep_dir).rglob(RECORD_NAME):
-        owner = next((f for f in result.parents if f in sweep_folders), None)
-        if owner is None:
-            continue
-        try:
-            RunRecord.read(result)
-        except NotATrainingRunError:
-            continue
-        last_result[owner] = max(last_result.get(owner, 0.0), result.stat().st_mtime)
+    for run in runs:
+        owner = next((f for f in run.path.parents if f in sweep_folders), None)
+        if owner is not None:
+            mtime = (run.path / RECORD_NAME).stat().st_mtime
+            last_result[owner] = max(last_result.get(owner, 0.0), mtime)
     return [
         (
             shlex.join(["avvsr-train", "-m", *OmegaConf.load(p).hydra.overrides.task]),
@@ -247,12 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         sweep_dir = args.runs_dir.resolve() / args.study / args.profile / stamp
         for sweep in PROFILES[args.profile]:
             run_sweep(args.study, sweep, sweep_dir / sweep, overrides)
-    sweeps = sweep_record(sweep_dir)
+    runs = load_runs(sweep_dir)
+    sweeps = sweep_record(sweep_dir, runs)
     wall_min = sum(minutes for _, minutes in sweeps)
     command = "\n    ".join(
         f"{line}  # {minutes:.1f} min" if len(sweeps) > 1 else line for line, minutes in sweeps
     )
-    runs = load_runs(sweep_dir)
     figure_path = out_dir / "attention_masks.png"
     figure = "attention_masks.png" if attention_figure(runs, figure_path) else None
     if figure is None:  # a previous report's figure would sit beside tables it does not show
