@@ -309,6 +309,13 @@ def test_projection_embeddings_need_the_attentions_embeddings() -> None:
     concat = MSAVF(visual_channels=8, audio_dim=6, scales=2, attention=False)
     with pytest.raises(ValueError, match="attention"):
         concat(feat, audio, return_embeddings=True, projection_embeddings=True)
+    net = AVVSRNet(  # the network passes the request on and does not drop it
+        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
+        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
+        lambda **channels: MSAVF(**channels, scales=2),
+    )
+    with pytest.raises(ValueError, match="return_embeddings"):
+        net(torch.rand(1, 2, 3, 8, 8), torch.randn(1, 2, 16, 9), projection_embeddings=True)
 
 
 def test_the_teacher_keeps_a_float64_models_precision_and_runs_in_float32_under_bf16() -> None:

@@ -69,8 +69,9 @@ def clip_choices(
 def mask_choices(checkpoint: str, study: Study, batches: Sequence[dict]) -> dict[str, Any]:
     """``clips``, ``mean_auc`` (the study's figure), ``median_auc``, ``clips_below_half``
     (clips whose AUC is below 0.5), ``frames_choosing_source`` (share of the scored frames)
-    and ``below_half_by_class`` (``{class: (clips below 0.5, clips)}``) of ``checkpoint``'s
-    finest mask on ``batches`` of ``study``'s set, with their own audio."""
+    ``below_half_by_class`` (``{class: (clips below 0.5, clips)}``) and ``query_cosine``
+    (:func:`query_cosines`, pairs in class-table order) of ``checkpoint``'s finest mask and
+    query on ``batches`` of ``study``'s set, with their own audio."""
     net = load_lit_module(checkpoint).net.eval()
     aucs, chosen, scored = [], 0, 0
     by_class: dict[str, list[int]] = {name: [0, 0] for name in study.class_names}
@@ -118,7 +119,7 @@ def query_cosines(query_sums: dict[str, Tensor]) -> dict[tuple[str, str], float]
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="avvsr-train checkpoints with MS-AVF")
     parser.add_argument("--data", required=True, help="the synthetic set they were trained on")

@@ -15,7 +15,7 @@ Usage::
         --metrics val/psnr_y_inside --fusion msavf-s3 concat
     python experiments/av_ablation/diagnostics/validation_curves.py <sweep dir> \\
         --metrics train/localisation_loss --fusion msavf-s3-lvs --last-mean 20
-    python experiments/av_ablation/diagnostics/validation_curves.py <run dir> \
+    python experiments/av_ablation/diagnostics/validation_curves.py <run dir> \\
         --metrics train/localisation_loss --block-means 250
 """
 

@@ -113,9 +113,9 @@ class AVVSRNet(nn.Module):
 
             frame_feat, audio_feat = feat.flatten(0, 1), embedding[:, frames].flatten(0, 1)
             extra = {} if synchrony is None else {"synchrony": synchrony[:, frames].flatten(0, 1)}
+            if projection_embeddings:  # the fusion refuses them without return_embeddings
+                extra["projection_embeddings"] = True
             if return_embeddings:
-                if projection_embeddings:
-                    extra["projection_embeddings"] = True
                 fused, scale_masks, spaces = self.fusion(
                     frame_feat, audio_feat, return_embeddings=True, **extra
                 )

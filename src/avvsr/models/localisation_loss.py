@@ -252,7 +252,6 @@ class SynchronyTeacherLoss(LocalisationTerm):
         if teaches not in TEACHES:
             raise ValueError(f"teaches must be one of {list(TEACHES)}, got {teaches!r}")
         self.teaches = teaches
-        self.needs_projection_embeddings = teaches != "network"
 
     def forward(
         self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
@@ -293,6 +292,11 @@ class SynchronyTeacherLoss(LocalisationTerm):
         terms = [self(*self.taught(space), synchrony, luma_std, anchors)
                  for space in output.embeddings]
         return torch.stack(terms).mean()
+
+    @property
+    def needs_projection_embeddings(self) -> bool:
+        """Whether :attr:`teaches` keeps the term off part of the network."""
+        return self.teaches != "network"
 
     def taught(self, space: AttentionEmbeddings) -> tuple[Tensor, Tensor]:
         """The keys and query of ``space`` whose gradient reaches what :attr:`teaches` says."""
