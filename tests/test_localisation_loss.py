@@ -1,6 +1,6 @@
-"""The localisation terms (the LVS-style contrast, the synchrony teacher): what they reward on
-hand-built maps, which clips and frames they learn from, where their gradients go, and that
-asking MS-AVF for its embeddings changes nothing."""
+"""The localisation terms (the LVS-style contrast, the synchrony teacher and the synchrony
+contrast): what they reward on hand-built maps, which clips and frames they learn from, where
+their gradients go, and that asking MS-AVF for its embeddings changes nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from avvsr.models.audio_encoder import AudioEncoder
 from avvsr.models.avvsr_net import AVVSRNet
 from avvsr.models.backbones.basicvsr import BasicVSR
 from avvsr.models.fusion import MSAVF
-from avvsr.models.localisation_loss import LVSLocalisationLoss, SynchronyTeacherLoss
+from avvsr.models.localisation_loss import (
+    LVSLocalisationLoss,
+    SynchronyContrastLoss,
+    SynchronyTeacherLoss,
+    SynchronyTerm,
+)
 from avvsr.models.synchrony import AudioVisualSynchrony
 
 SIZE = 4  # h = w of the hand-built maps
@@ -227,10 +232,23 @@ def test_the_teacher_refuses_a_synchrony_of_other_frames() -> None:
         SynchronyTeacherLoss()(keys, query, synchrony_of_the_regions(frames=3), ACTIVE, ALL)
 
 
-def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_masks_scalars() -> None:
-    """On a real network's output: the term is the mean over the scales of the map computed
-    from the batch's frames and audio, and its gradient reaches each scale's projections (and
-    the backbone), not the masks' temperature and bias nor the synchrony weight."""
+# The synchrony-taught terms, with settings under which random maps mark pixels on both sides.
+SYNCHRONY_TERMS = {
+    "teacher": lambda **reach: SynchronyTeacherLoss(
+        window=3, positive_threshold=0.1, negative_threshold=0.0, **reach
+    ),
+    "contrast": lambda **reach: SynchronyContrastLoss(window=3, positive_threshold=0.1, **reach),
+}
+
+
+@pytest.mark.parametrize("term_name", SYNCHRONY_TERMS)
+def test_a_synchrony_term_trains_every_scales_attention_space_and_nothing_of_the_masks_scalars(
+    term_name: str,
+) -> None:
+    """On a real network's output: the term is the mean over the scales of its value on the
+    synchrony of the batch's frames and audio, and its gradient reaches each scale's
+    projections (and the backbone), not the masks' temperature and bias nor the synchrony
+    weight."""
     torch.manual_seed(0)
     net = AVVSRNet(
         BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
@@ -239,10 +257,11 @@ def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_mask
     )
     lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
     output = net(lq, log_mel, return_embeddings=True)
-    teacher = SynchronyTeacherLoss(window=3, positive_threshold=0.1, negative_threshold=0.0)
+    teacher: SynchronyTerm = SYNCHRONY_TERMS[term_name]()
     term = teacher.of_output(output, ALL, lq, log_mel)
     synchrony, luma_std = AudioVisualSynchrony(3).statistics(lq, log_mel)
-    per_scale = [teacher(s.keys, s.query, synchrony, luma_std, ALL) for s in output.embeddings]
+    per_scale = [teacher.on_scale(s.keys, s.query, synchrony, luma_std, ALL)
+                 for s in output.embeddings]
     assert term.item() == pytest.approx(torch.stack(per_scale).mean().item())
     assert all(p > 0 for p in per_scale)
     term.backward()
@@ -255,8 +274,11 @@ def test_the_teacher_trains_every_scales_attention_space_and_nothing_of_the_mask
     assert net.fusion.stem[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("term_name", SYNCHRONY_TERMS)
 @pytest.mark.parametrize("teaches", ["audio", "projections"])
-def test_a_teacher_kept_off_the_features_trains_only_what_it_teaches(teaches: str) -> None:
+def test_a_synchrony_term_kept_off_the_features_trains_only_what_it_teaches(
+    teaches: str, term_name: str
+) -> None:
     """Kept off the visual features (``audio``) or off every input of the projections
     (``projections``), the term has the whole-network term's value (the projection embeddings
     equal the mask's), and its gradient reaches each scale's two projections, the audio
@@ -269,9 +291,8 @@ def test_a_teacher_kept_off_the_features_trains_only_what_it_teaches(teaches: st
         lambda **channels: MSAVF(**channels, scales=2),
     )
     lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
-    settings = {"window": 3, "positive_threshold": 0.1, "negative_threshold": 0.0}
-    whole = SynchronyTeacherLoss(**settings)
-    kept_off = SynchronyTeacherLoss(**settings, teaches=teaches)
+    whole = SYNCHRONY_TERMS[term_name]()
+    kept_off = SYNCHRONY_TERMS[term_name](teaches=teaches)
     assert kept_off.needs_projection_embeddings and not whole.needs_projection_embeddings
     plain = net(lq, log_mel, return_embeddings=True)
     output = net(lq, log_mel, return_embeddings=True, projection_embeddings=True)
@@ -296,9 +317,10 @@ def test_a_teacher_kept_off_the_features_trains_only_what_it_teaches(teaches: st
         assert all(g is None for g in audio_grads)
 
 
-def test_the_teacher_refuses_an_unknown_reach() -> None:
+@pytest.mark.parametrize("term", [SynchronyTeacherLoss, SynchronyContrastLoss])
+def test_a_synchrony_term_refuses_an_unknown_reach(term: type[SynchronyTerm]) -> None:
     with pytest.raises(ValueError, match="teaches"):
-        SynchronyTeacherLoss(teaches="backbone")
+        term(teaches="backbone")
 
 
 def test_projection_embeddings_need_the_attentions_embeddings() -> None:
@@ -328,3 +350,83 @@ def test_the_teacher_keeps_a_float64_models_precision_and_runs_in_float32_under_
         low = teacher(keys.bfloat16(), query.bfloat16(), synchrony, ACTIVE, ALL)
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(exact.item(), abs=1e-3)
+
+
+def contrast_logit(cosine: float) -> float:
+    """A cosine as :class:`SynchronyContrastLoss`'s default logit."""
+    return cosine / SynchronyContrastLoss().contrast_temperature
+
+
+def test_the_contrast_rewards_audio_that_tells_its_source_from_the_other_clips() -> None:
+    """Each clip's sounding key is its region's direction. Own audio: the positive's logit is
+    10, the other clip's two frames 0; the other clip's audio: the positive 0, the two
+    negatives 10."""
+    keys, query = two_clips_with_their_own_regions()
+    contrast = SynchronyContrastLoss()
+    synchrony = synchrony_of_the_regions()
+    high, low = contrast_logit(1.0), contrast_logit(0.0)
+    matched = contrast(keys, query, synchrony, ALL)
+    expected = -torch.log_softmax(torch.tensor([high, low, low]), 0)[0]
+    assert matched.item() == pytest.approx(expected.item(), rel=1e-4)
+    swapped = contrast(keys, query.flip(0), synchrony, ALL)
+    expected = -torch.log_softmax(torch.tensor([low, high, high]), 0)[0]
+    assert swapped.item() == pytest.approx(expected.item(), rel=1e-4)
+    # It does not ask where in the frame (the per-pixel teacher does): keys that all match
+    # their own audio give the same sounding keys, and the same cost.
+    everywhere = query[:, :, :, None, None].expand_as(keys)
+    assert contrast(everywhere, query, synchrony, ALL).item() == pytest.approx(matched.item())
+
+
+def test_the_contrast_learns_only_from_marked_frames_of_clips_hearing_their_sound() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    contrast = SynchronyContrastLoss()
+    synchrony = synchrony_of_the_regions()
+    wrong = query.flip(0)
+    both = contrast(keys, wrong, synchrony, ALL)
+    assert contrast(keys, wrong, synchrony, torch.tensor([True, False])) == pytest.approx(both)
+    assert contrast(keys, wrong, synchrony, torch.tensor([False, False])) == 0
+    # A clip's own other frames are no negatives: alone in its batch a clip learns nothing.
+    assert contrast(keys[:1], wrong[:1], synchrony[:1], ALL[:1]) == 0
+    # Clip 1's frame 1 unmarked: no sounding key, so neither an anchor nor a negative.
+    unmarked = synchrony.clone()
+    unmarked[1, 1] = 0.0
+    low, high = contrast_logit(0.0), contrast_logit(1.0)
+    clip_0 = -torch.log_softmax(torch.tensor([low, high]), 0)[0]  # one negative left
+    clip_1 = -torch.log_softmax(torch.tensor([low, high, high]), 0)[0]  # its frame 0
+    expected = (2 * clip_0 + clip_1) / 3
+    assert contrast(keys, wrong, unmarked, ALL).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert contrast(keys, wrong, torch.zeros_like(synchrony), ALL) == 0
+
+
+def test_the_contrast_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    contrast = SynchronyContrastLoss()
+    finer = synchrony_of_the_regions().repeat_interleave(2, -1).repeat_interleave(2, -2)
+    wrong = query.flip(0)
+    assert contrast(keys, wrong, finer, ALL) == pytest.approx(
+        contrast(keys, wrong, synchrony_of_the_regions(), ALL).item()
+    )
+
+
+@pytest.mark.parametrize("options", [{"weight": 0}, {"contrast_temperature": 0}, {"window": 2}])
+def test_contrast_settings_that_turn_it_off_or_make_no_sense_are_refused(options: dict) -> None:
+    with pytest.raises(ValueError):
+        SynchronyContrastLoss(**options)
+
+
+def test_the_contrast_refuses_a_synchrony_of_other_frames() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    with pytest.raises(ValueError, match="synchrony"):
+        SynchronyContrastLoss()(keys, query, synchrony_of_the_regions(frames=3), ALL)
+
+
+def test_the_contrast_keeps_a_float64_models_precision_and_runs_in_float32_under_bf16() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    contrast = SynchronyContrastLoss()
+    synchrony = synchrony_of_the_regions()
+    exact = contrast(keys.double(), query.flip(0).double(), synchrony.double(), ALL)
+    assert exact.dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = contrast(keys.bfloat16(), query.flip(0).bfloat16(), synchrony, ALL)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(exact.item(), rel=1e-3)

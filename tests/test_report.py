@@ -9,6 +9,7 @@ import pytest
 
 from avvsr.report import Run, load_runs, write_report
 from avvsr.run_record import RunRecord, write_evaluation_record
+from helpers.training import config_options
 
 
 def write_run(folder: Path, backbone: str, fusion: str, seed: int, **metrics: float) -> None:
@@ -152,12 +153,10 @@ def test_the_report_header_reads_command_and_wall_time_from_the_run_files(sweep:
     ]
 
 
-FUSION_OPTIONS = [
-    "none", "concat", "msavf_single", "msavf_s2", "msavf", "msavf_no_topdown", "msavf_sync",
-]
+FUSION_OPTIONS = config_options("model/fusion")
 
 
-@pytest.mark.parametrize("localisation", ["none", "lvs", "syncteach"])
+@pytest.mark.parametrize("localisation", config_options("model/localisation"))
 @pytest.mark.parametrize("fusion", FUSION_OPTIONS)
 def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     fusion: str, localisation: str
@@ -174,7 +173,9 @@ def test_every_fusion_and_localisation_option_has_a_label_that_names_it_back(
     assert label.endswith(f"-{localisation}") == with_term
 
 
-@pytest.mark.parametrize("term", ["lvs", "syncteach"])
+@pytest.mark.parametrize(
+    "term", [term for term in config_options("model/localisation") if term != "none"]
+)
 def test_each_localisation_term_has_its_own_label(term: str) -> None:
     from avvsr.config import FusionVariant, compose, fusion_label
 

@@ -14,7 +14,7 @@ import torch
 from avvsr.data.audio_features import SILENCE_LOG_MEL
 from avvsr.lit_module import charbonnier_loss
 from avvsr.run_record import RECORD_NAME, RunRecord
-from helpers.training import compose_train
+from helpers.training import compose_train, config_options
 
 
 def read_metrics(workdir: Path) -> dict:
@@ -96,12 +96,15 @@ def test_a_wrong_config_value_fails_before_training(synth_root: Path, tmp_path: 
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-LOCALISATION_TERMS = ["lvs", "syncteach"]  # every model/localisation option
-# Each option as avvsr-train runs it, and the teacher kept off the visual features:
+LOCALISATION_TERMS = [  # every model/localisation option but none
+    term for term in config_options("model/localisation") if term != "none"
+]
+# Each option as avvsr-train runs it, and the synchrony terms kept off the visual features:
 # (option, overrides, the label of its runs).
 TERM_RUNS = [
     *((term, [], term) for term in LOCALISATION_TERMS),
     ("syncteach", ["model.localisation.teaches=audio"], "syncteachaudio"),
+    ("synccontrast", ["model.localisation.teaches=projections"], "synccontrastprojections"),
 ]
 
 

@@ -96,6 +96,7 @@ def _is_node(value: Any) -> bool:
 LOCALISATION_LABELS = {
     "avvsr.models.localisation_loss.LVSLocalisationLoss": "lvs",
     "avvsr.models.localisation_loss.SynchronyTeacherLoss": "syncteach",
+    "avvsr.models.localisation_loss.SynchronyContrastLoss": "synccontrast",
 }
 
 

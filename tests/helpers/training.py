@@ -39,3 +39,8 @@ def compose_train(
     with open_dict(cfg):
         del cfg["hydra"]  # as under @hydra.main: the job's config has no hydra node
     return cfg
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group (e.g. ``model/localisation``), as a user names them."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))

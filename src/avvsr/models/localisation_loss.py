@@ -68,6 +68,12 @@ the whole network (``network``), the audio side and the visual projection (``aud
 visual features are detached, so the backbone is drawn as the reconstruction alone wants it),
 or only the two projections that make the space (``projections``: the features and the audio
 embedding they project are detached).
+
+:class:`SynchronyContrastLoss`: the same teacher, across clips instead of within a frame. Each
+frame's keys are pooled over the pixels the synchrony marks as sounding, and each frame's audio
+query must pick its own frame's pooled key out of the other clips' in the batch (InfoNCE), so
+the query has to say what its source looks like. Both synchrony terms share
+:class:`SynchronyTerm` (the teacher, its sounding threshold, ``teaches``, the mean over scales).
 """
 
 from __future__ import annotations
@@ -193,7 +199,65 @@ class LVSLocalisationLoss(LocalisationTerm):
         return (weights * maps).sum(-1)
 
 
-class SynchronyTeacherLoss(LocalisationTerm):
+class SynchronyTerm(LocalisationTerm):
+    """What the synchrony-taught terms share: the teacher (the synchrony of the LR frames with
+    the loudness, :class:`~avvsr.models.synchrony.AudioVisualSynchrony`), the threshold at
+    which it marks a pixel as sounding, how far the term's gradient reaches (``teaches``,
+    :data:`TEACHES`), and the mean of the term over the scales. A subclass scores one scale in
+    :meth:`on_scale`."""
+
+    needs_embeddings: ClassVar[bool] = True
+
+    def __init__(
+        self, weight: float, window: int, positive_threshold: float, teaches: str
+    ) -> None:
+        super().__init__(weight)
+        if teaches not in TEACHES:
+            raise ValueError(f"teaches must be one of {list(TEACHES)}, got {teaches!r}")
+        self.synchrony = AudioVisualSynchrony(window)
+        self.positive_threshold = positive_threshold
+        self.teaches = teaches
+
+    def on_scale(
+        self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
+    ) -> Tensor:
+        """The term (a scalar) at one scale: ``keys`` (B, T, E, h, w), ``query`` (B, T, E),
+        the synchrony and luma standard deviation (B, T, 1, h', w') of
+        :meth:`~avvsr.models.synchrony.AudioVisualSynchrony.statistics`, ``anchors`` (B,)."""
+        raise NotImplementedError
+
+    def of_output(
+        self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
+    ) -> Tensor:
+        synchrony, luma_std = self.synchrony.statistics(lq, log_mel)
+        terms = [self.on_scale(*self.taught(space), synchrony, luma_std, anchors)
+                 for space in output.embeddings]
+        return torch.stack(terms).mean()
+
+    @property
+    def needs_projection_embeddings(self) -> bool:
+        """Whether :attr:`teaches` keeps the term off part of the network."""
+        return self.teaches != "network"
+
+    def taught(self, space: AttentionEmbeddings) -> tuple[Tensor, Tensor]:
+        """The keys and query of ``space`` whose gradient reaches what :attr:`teaches` says."""
+        if self.teaches == "network":
+            return space.keys, space.query
+        query = space.query if self.teaches == "audio" else space.projection_query
+        return space.projection_keys, query
+
+
+def at_scale(statistic: Tensor, keys: Tensor) -> Tensor:
+    """A per-pixel ``statistic`` (B, T, 1, h', w') area-averaged to the size of ``keys``
+    (B, T, E, h, w), as the fusion sees it there: (B, T, h * w), without gradient, in the
+    keys' precision (float32 at least)."""
+    batch, frames = statistic.shape[:2]
+    precision = torch.promote_types(keys.dtype, torch.float32)
+    return (F.adaptive_avg_pool2d(statistic.detach().to(precision).flatten(0, 1),
+                                  keys.shape[-2:]).view(batch, frames, -1))
+
+
+class SynchronyTeacherLoss(SynchronyTerm):
     """The synchrony as the teacher of every scale's audio-visual cosine map (see the module
     docstring).
 
@@ -222,8 +286,6 @@ class SynchronyTeacherLoss(LocalisationTerm):
     anchor clip has pixels on both sides.
     """
 
-    needs_embeddings: ClassVar[bool] = True
-
     def __init__(
         self,
         weight: float = 0.01,
@@ -234,7 +296,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
         active_luma_grey: float = 2.0,
         teaches: str = "network",
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, window, positive_threshold, teaches)
         if not negative_threshold < positive_threshold:
             raise ValueError(
                 f"negative_threshold {negative_threshold} must be below positive_threshold "
@@ -244,14 +306,9 @@ class SynchronyTeacherLoss(LocalisationTerm):
             raise ValueError(f"logit_temperature must be > 0, got {logit_temperature}")
         if active_luma_grey < 0:
             raise ValueError(f"active_luma_grey must be >= 0, got {active_luma_grey}")
-        self.synchrony = AudioVisualSynchrony(window)
-        self.positive_threshold = positive_threshold
         self.negative_threshold = negative_threshold
         self.logit_temperature = logit_temperature
         self.active_luma_grey = active_luma_grey
-        if teaches not in TEACHES:
-            raise ValueError(f"teaches must be one of {list(TEACHES)}, got {teaches!r}")
-        self.teaches = teaches
 
     def forward(
         self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
@@ -269,11 +326,7 @@ class SynchronyTeacherLoss(LocalisationTerm):
             cosine = torch.einsum(
                 "btehw,bte->bthw", keys.to(precision), query.to(precision)
             ).flatten(2)
-            teacher, activity = (  # (B, T, h * w), as the fusion sees them at this scale
-                F.adaptive_avg_pool2d(x.detach().to(precision).flatten(0, 1), keys.shape[-2:])
-                .view(batch, frames, -1)
-                for x in (synchrony, luma_std)
-            )
+            teacher, activity = at_scale(synchrony, keys), at_scale(luma_std, keys)
             logits = cosine / self.logit_temperature
             positive = (teacher >= self.positive_threshold).float()
             negative = ((teacher <= self.negative_threshold)
@@ -285,22 +338,86 @@ class SynchronyTeacherLoss(LocalisationTerm):
             taught = (positive.amax(-1) * negative.amax(-1)) * anchors.float()[:, None]
             return ((positive_cost + negative_cost) * taught).sum() / taught.sum().clamp(min=1)
 
-    def of_output(
-        self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
+    on_scale = forward
+
+
+class SynchronyContrastLoss(SynchronyTerm):
+    """The synchrony as the teacher of what each frame's audio query says, across clips.
+
+    Per scale, a frame's *sounding key* is the mean of its keys over the pixels the synchrony
+    marks as sounding (``synchrony >= positive_threshold``, area-averaged to the scale),
+    normalised to unit length. Each anchor frame's audio query must pick its own sounding key
+    out of those of the batch's other clips (every frame of theirs that has one; its own
+    clip's other frames are left out, neither positive nor negative)::
+
+        logits = query[b, t] . sounding_key[c, t'] / contrast_temperature
+        loss = -log softmax(logits over (b, t) and every (c != b, t'))[(b, t)]
+
+    averaged over the anchor frames that have a sounding key and at least one negative, and
+    over the scales. Where the per-pixel teacher (:class:`SynchronyTeacherLoss`) asks each
+    frame's query to prefer its source to the other things that move in the same frame, this
+    term asks it to tell its source from the sources of other clips, i.e. to say what the
+    sounding object looks like, which a per-frame mask needs to choose between objects of
+    different appearance. Pooled over many pixels, the keys average out the synchrony's
+    per-pixel errors. The sounding region carries no gradient.
+
+    Args:
+        weight: its weight in the training loss (> 0).
+        window: frames of the teacher's synchrony (odd, >= 3).
+        positive_threshold: synchrony at or above which a pixel counts as sounding.
+        contrast_temperature: the cosine is divided by it to give the logits (> 0).
+        teaches: what the term's gradient reaches (:data:`TEACHES`, as in
+            :class:`SynchronyTeacherLoss`).
+
+    ``forward(keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), anchors (B,)
+    bool) -> scalar``: one scale; keys and query unit length along E; 0 where no anchor frame
+    has both a sounding key and a negative.
+    """
+
+    def __init__(
+        self,
+        weight: float = 0.01,
+        window: int = 9,
+        positive_threshold: float = 0.5,
+        contrast_temperature: float = 0.1,
+        teaches: str = "network",
+    ) -> None:
+        super().__init__(weight, window, positive_threshold, teaches)
+        if contrast_temperature <= 0:
+            raise ValueError(f"contrast_temperature must be > 0, got {contrast_temperature}")
+        self.contrast_temperature = contrast_temperature
+
+    def forward(self, keys: Tensor, query: Tensor, synchrony: Tensor, anchors: Tensor) -> Tensor:
+        batch, frames = query.shape[:2]
+        if (keys.shape[:3] != query.shape or synchrony.shape[:3] != (batch, frames, 1)
+                or anchors.shape != (batch,)):
+            raise ValueError(
+                f"keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), anchors "
+                f"(B,): got {tuple(keys.shape)}, {tuple(query.shape)}, "
+                f"{tuple(synchrony.shape)}, {tuple(anchors.shape)}"
+            )
+        precision = torch.promote_types(keys.dtype, torch.float32)
+        with torch.autocast(device_type=keys.device.type, enabled=False):
+            sounding = (at_scale(synchrony, keys) >= self.positive_threshold).to(precision)
+            has_key = sounding.amax(-1).bool().flatten()  # (B * T,)
+            pooled = torch.einsum("btehw,bthw->bte", keys.to(precision),
+                                  sounding.unflatten(-1, keys.shape[-2:]))
+            sounding_keys = F.normalize(pooled, dim=-1).flatten(0, 1)  # (B * T, E)
+            logits = query.to(precision).flatten(0, 1) @ sounding_keys.T  # (B * T, B * T)
+            clip = torch.arange(batch, device=keys.device).repeat_interleave(frames)
+            same_clip = clip[:, None] == clip[None, :]
+            own = torch.eye(batch * frames, dtype=torch.bool, device=keys.device)
+            # The own frame always (so no row is all -inf), other clips' frames with a key.
+            candidate = own | (has_key[None, :] & ~same_clip)
+            logits = (logits / self.contrast_temperature).masked_fill(~candidate, float("-inf"))
+            loss = -torch.diagonal(F.log_softmax(logits, dim=1))
+            # Frames of clips that hear their own sound, with a sounding key and a negative:
+            # counted without asking the device (a host sync every training step).
+            has_negative = (candidate & ~same_clip).any(dim=1)
+            scored = (anchors.repeat_interleave(frames) & has_key & has_negative).to(precision)
+            return (loss * scored).sum() / scored.sum().clamp(min=1)
+
+    def on_scale(
+        self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
     ) -> Tensor:
-        synchrony, luma_std = self.synchrony.statistics(lq, log_mel)
-        terms = [self(*self.taught(space), synchrony, luma_std, anchors)
-                 for space in output.embeddings]
-        return torch.stack(terms).mean()
-
-    @property
-    def needs_projection_embeddings(self) -> bool:
-        """Whether :attr:`teaches` keeps the term off part of the network."""
-        return self.teaches != "network"
-
-    def taught(self, space: AttentionEmbeddings) -> tuple[Tensor, Tensor]:
-        """The keys and query of ``space`` whose gradient reaches what :attr:`teaches` says."""
-        if self.teaches == "network":
-            return space.keys, space.query
-        query = space.query if self.teaches == "audio" else space.projection_query
-        return space.projection_keys, query
+        return self(keys, query, synchrony, anchors)
