@@ -408,7 +408,9 @@ def test_the_contrast_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> N
     )
 
 
-@pytest.mark.parametrize("options", [{"weight": 0}, {"contrast_temperature": 0}, {"window": 2}])
+@pytest.mark.parametrize("options", [
+    {"weight": 0}, {"contrast_temperature": 0}, {"window": 2}, {"queue_frames": -1},
+])
 def test_contrast_settings_that_turn_it_off_or_make_no_sense_are_refused(options: dict) -> None:
     with pytest.raises(ValueError):
         SynchronyContrastLoss(**options)
@@ -430,3 +432,63 @@ def test_the_contrast_keeps_a_float64_models_precision_and_runs_in_float32_under
         low = contrast(keys.bfloat16(), query.flip(0).bfloat16(), synchrony, ALL)
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(exact.item(), rel=1e-3)
+
+
+def test_queued_keys_of_earlier_clips_are_negatives_and_unmarked_places_are_not() -> None:
+    keys, query = two_clips_with_their_own_regions()
+    contrast = SynchronyContrastLoss()
+    synchrony = synchrony_of_the_regions()
+    alone = (keys[:1], query[:1], synchrony[:1], ALL[:1])
+    # Clip 1's frames, queued from an earlier batch: clip 0 alone in its batch now has them
+    # as its two negatives.
+    others, has_key = contrast.sounding_keys(keys[1:], synchrony[1:])
+    high, low = contrast_logit(1.0), contrast_logit(0.0)
+    expected = -torch.log_softmax(torch.tensor([high, low, low]), 0)[0]
+    assert contrast(*alone, (others, has_key)).item() == pytest.approx(expected.item(), rel=1e-4)
+    # Queued as its own audio's direction, they are as likely as the positive.
+    like_it = query[0, :1].expand(2, -1)
+    tied = -torch.log_softmax(torch.tensor([high, high, high]), 0)[0]
+    assert contrast(*alone, (like_it, has_key)).item() == pytest.approx(tied.item(), rel=1e-4)
+    # A place whose frame had no sounding pixel is no negative.
+    unmarked = torch.tensor([True, False])
+    one_left = -torch.log_softmax(torch.tensor([high, high]), 0)[0]
+    assert contrast(*alone, (like_it, unmarked)).item() == pytest.approx(one_left.item(), rel=1e-4)
+    assert contrast(*alone, (like_it, ~has_key)) == 0
+
+
+def test_the_queue_holds_the_newest_sounding_keys_per_scale_and_no_gradient() -> None:
+    """On a real network's output: a term with a queue is the queue-less term at the first
+    step; after each step every scale's queue holds that step's sounding keys before the
+    earlier ones, cut to ``queue_frames``, detached; the next step scores against them."""
+    torch.manual_seed(0)
+    net = AVVSRNet(
+        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
+        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
+        lambda **channels: MSAVF(**channels, scales=2),
+    )
+    lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
+    settings = {"window": 3, "positive_threshold": 0.1}
+    queued_term = SynchronyContrastLoss(**settings, queue_frames=10)
+    plain = SynchronyContrastLoss(**settings)
+    first = net(lq, log_mel, return_embeddings=True)
+    assert queued_term.of_output(first, ALL, lq, log_mel).item() == pytest.approx(
+        plain.of_output(first, ALL, lq, log_mel).item()
+    )
+    synchrony = AudioVisualSynchrony(3)(lq, log_mel)
+    fresh = [plain.sounding_keys(space.keys, synchrony) for space in first.embeddings]
+    assert len(queued_term.queues) == 2
+    for (queued, marked), (keys, has_key) in zip(queued_term.queues, fresh, strict=True):
+        assert torch.equal(queued, keys) and torch.equal(marked, has_key)  # 6 frames, all kept
+        assert not queued.requires_grad
+    second_lq = torch.rand_like(lq)
+    second = net(second_lq, log_mel, return_embeddings=True)
+    kept = list(queued_term.queues)
+    term = queued_term.of_output(second, ALL, second_lq, log_mel)
+    second_synchrony = AudioVisualSynchrony(3)(second_lq, log_mel)
+    by_hand = [queued_term(space.keys, space.query, second_synchrony, ALL, queue)
+               for space, queue in zip(second.embeddings, kept, strict=True)]
+    assert term.item() == pytest.approx(torch.stack(by_hand).mean().item())
+    for (queued, _), space, (earlier, _) in zip(queued_term.queues, second.embeddings, kept,
+                                                strict=True):
+        newest, _ = plain.sounding_keys(space.keys, second_synchrony)
+        assert torch.equal(queued, torch.cat([newest, earlier])[:10])

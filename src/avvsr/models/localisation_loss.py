@@ -348,10 +348,11 @@ class SynchronyContrastLoss(SynchronyTerm):
     marks as sounding (``synchrony >= positive_threshold``, area-averaged to the scale),
     normalised to unit length. Each anchor frame's audio query must pick its own sounding key
     out of those of the batch's other clips (every frame of theirs that has one; its own
-    clip's other frames are left out, neither positive nor negative)::
+    clip's other frames are left out, neither positive nor negative) and of the
+    ``queue_frames`` most recent earlier training frames'::
 
         logits = query[b, t] . sounding_key[c, t'] / contrast_temperature
-        loss = -log softmax(logits over (b, t) and every (c != b, t'))[(b, t)]
+        loss = -log softmax(logits over (b, t), every (c != b, t') and the queue)[(b, t)]
 
     averaged over the anchor frames that have a sounding key and at least one negative, and
     over the scales. Where the per-pixel teacher (:class:`SynchronyTeacherLoss`) asks each
@@ -361,6 +362,12 @@ class SynchronyContrastLoss(SynchronyTerm):
     different appearance. Pooled over many pixels, the keys average out the synchrony's
     per-pixel errors. The sounding region carries no gradient.
 
+    The queue (MoCo's, He et al., CVPR 2020) holds each scale's sounding keys of earlier
+    batches, detached: a batch of 4 clips offers 3 other clips, so a class rarely meets the
+    one whose sound it is most easily confused with. It is training state only (not in the
+    state dict: a resumed run refills it within ``queue_frames / (B * T)`` steps), filled by
+    :meth:`of_output`, never by :meth:`forward`.
+
     Args:
         weight: its weight in the training loss (> 0).
         window: frames of the teacher's synchrony (odd, >= 3).
@@ -368,10 +375,13 @@ class SynchronyContrastLoss(SynchronyTerm):
         contrast_temperature: the cosine is divided by it to give the logits (> 0).
         teaches: what the term's gradient reaches (:data:`TEACHES`, as in
             :class:`SynchronyTeacherLoss`).
+        queue_frames: earlier frames' sounding keys kept per scale as more negatives (0: the
+            batch's only).
 
     ``forward(keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), anchors (B,)
-    bool) -> scalar``: one scale; keys and query unit length along E; 0 where no anchor frame
-    has both a sounding key and a negative.
+    bool, queued: None or (keys (Q, E), which are keys (Q,) bool)) -> scalar``: one scale;
+    keys, query and the queued keys unit length along E; 0 where no anchor frame has both a
+    sounding key and a negative.
     """
 
     def __init__(
@@ -381,41 +391,90 @@ class SynchronyContrastLoss(SynchronyTerm):
         positive_threshold: float = 0.5,
         contrast_temperature: float = 0.1,
         teaches: str = "network",
+        queue_frames: int = 0,
     ) -> None:
         super().__init__(weight, window, positive_threshold, teaches)
         if contrast_temperature <= 0:
             raise ValueError(f"contrast_temperature must be > 0, got {contrast_temperature}")
+        if queue_frames < 0:
+            raise ValueError(f"queue_frames must be >= 0, got {queue_frames}")
         self.contrast_temperature = contrast_temperature
+        self.queue_frames = queue_frames
+        # Per scale, finest first: the queued keys (Q, E), newest first, and which are keys
+        # (a frame without a sounding pixel keeps its place, so no step asks the device how
+        # many it had).
+        self.queues: list[tuple[Tensor, Tensor]] = []
 
-    def forward(self, keys: Tensor, query: Tensor, synchrony: Tensor, anchors: Tensor) -> Tensor:
+    def sounding_keys(self, keys: Tensor, synchrony: Tensor) -> tuple[Tensor, Tensor]:
+        """Each frame's sounding key (B * T, E), unit length (zero without a sounding pixel),
+        in float32 at least, and whether it has one (B * T,) bool."""
+        precision = torch.promote_types(keys.dtype, torch.float32)
+        sounding = (at_scale(synchrony, keys) >= self.positive_threshold).to(precision)
+        pooled = torch.einsum("btehw,bthw->bte", keys.to(precision),
+                              sounding.unflatten(-1, keys.shape[-2:]))
+        return F.normalize(pooled, dim=-1).flatten(0, 1), sounding.amax(-1).bool().flatten()
+
+    def forward(
+        self,
+        keys: Tensor,
+        query: Tensor,
+        synchrony: Tensor,
+        anchors: Tensor,
+        queued: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         batch, frames = query.shape[:2]
         if (keys.shape[:3] != query.shape or synchrony.shape[:3] != (batch, frames, 1)
-                or anchors.shape != (batch,)):
+                or anchors.shape != (batch,)
+                or (queued is not None and queued[0].shape[1:] != query.shape[2:])):
             raise ValueError(
                 f"keys (B, T, E, h, w), query (B, T, E), synchrony (B, T, 1, h', w'), anchors "
-                f"(B,): got {tuple(keys.shape)}, {tuple(query.shape)}, "
-                f"{tuple(synchrony.shape)}, {tuple(anchors.shape)}"
+                f"(B,), queued keys (Q, E): got {tuple(keys.shape)}, {tuple(query.shape)}, "
+                f"{tuple(synchrony.shape)}, {tuple(anchors.shape)}, "
+                f"{None if queued is None else tuple(queued[0].shape)}"
             )
-        precision = torch.promote_types(keys.dtype, torch.float32)
         with torch.autocast(device_type=keys.device.type, enabled=False):
-            sounding = (at_scale(synchrony, keys) >= self.positive_threshold).to(precision)
-            has_key = sounding.amax(-1).bool().flatten()  # (B * T,)
-            pooled = torch.einsum("btehw,bthw->bte", keys.to(precision),
-                                  sounding.unflatten(-1, keys.shape[-2:]))
-            sounding_keys = F.normalize(pooled, dim=-1).flatten(0, 1)  # (B * T, E)
-            logits = query.to(precision).flatten(0, 1) @ sounding_keys.T  # (B * T, B * T)
+            sounding_keys, has_key = self.sounding_keys(keys, synchrony)
+            if queued is not None:
+                sounding_keys = torch.cat([sounding_keys, queued[0].to(sounding_keys.dtype)])
+                has_key = torch.cat([has_key, queued[1]])
+            query = query.to(sounding_keys.dtype).flatten(0, 1)
+            logits = query @ sounding_keys.T  # (B * T, B * T + Q)
+            # The own frame always (so no row is all -inf); other clips' frames with a key and
+            # the queue as negatives, never the own clip's other frames.
             clip = torch.arange(batch, device=keys.device).repeat_interleave(frames)
-            same_clip = clip[:, None] == clip[None, :]
-            own = torch.eye(batch * frames, dtype=torch.bool, device=keys.device)
-            # The own frame always (so no row is all -inf), other clips' frames with a key.
-            candidate = own | (has_key[None, :] & ~same_clip)
-            logits = (logits / self.contrast_temperature).masked_fill(~candidate, float("-inf"))
+            clip = torch.cat([clip, clip.new_full((len(sounding_keys) - len(clip),), -1)])
+            own = torch.eye(*logits.shape, dtype=torch.bool, device=keys.device)
+            negative = has_key[None, :] & (clip[: len(query), None] != clip[None, :])
+            logits = (logits / self.contrast_temperature).masked_fill(~(own | negative), -torch.inf)
             loss = -torch.diagonal(F.log_softmax(logits, dim=1))
             # Frames of clips that hear their own sound, with a sounding key and a negative:
             # counted without asking the device (a host sync every training step).
-            has_negative = (candidate & ~same_clip).any(dim=1)
-            scored = (anchors.repeat_interleave(frames) & has_key & has_negative).to(precision)
+            scored = (anchors.repeat_interleave(frames) & has_key[: len(query)]
+                      & negative.any(dim=1)).to(logits.dtype)
             return (loss * scored).sum() / scored.sum().clamp(min=1)
+
+    def of_output(
+        self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
+    ) -> Tensor:
+        if not self.queue_frames:
+            return super().of_output(output, anchors, lq, log_mel)
+        synchrony, _ = self.synchrony.statistics(lq, log_mel)
+        terms = []
+        for scale, space in enumerate(output.embeddings):
+            keys, query = self.taught(space)
+            queued = self.queues[scale] if scale < len(self.queues) else None
+            terms.append(self(keys, query, synchrony, anchors, queued))
+            with torch.no_grad():
+                fresh = self.sounding_keys(keys, synchrony)
+                kept = fresh if queued is None else tuple(
+                    torch.cat(pair) for pair in zip(fresh, queued, strict=True)
+                )
+            kept = (kept[0][: self.queue_frames], kept[1][: self.queue_frames])
+            if scale < len(self.queues):
+                self.queues[scale] = kept
+            else:
+                self.queues.append(kept)
+        return torch.stack(terms).mean()
 
     def on_scale(
         self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
