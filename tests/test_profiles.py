@@ -174,3 +174,10 @@ def test_every_override_the_readme_shows_composes_for_every_data_config(data: st
         cfg = compose_study(f"data={data}", *overrides)
         key = overrides[-1].split("=", 1)[0].lstrip("+")
         assert OmegaConf.select(cfg, key) is not None or overrides[-1].endswith("=null"), overrides
+
+
+def test_every_profile_runs_sweeps_that_exist() -> None:
+    from avvsr.reproduce import PROFILES
+
+    for profile, sweeps in PROFILES.items():
+        assert sweeps and set(sweeps) <= set(SWEEPS), (profile, sweeps)

@@ -33,6 +33,7 @@ ROOT = Path.cwd()
 PROFILES = {
     "cpu": ["cpu"],
     "cpu_backbones": ["cpu_backbones"],
+    "cpu_synccontrast": ["cpu", "cpu_synccontrast"],
     "quick": ["quick"],
     "paper": ["paper"],
 }
