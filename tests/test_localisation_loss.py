@@ -260,8 +260,8 @@ def test_a_synchrony_term_trains_every_scales_attention_space_and_nothing_of_the
     teacher: SynchronyTerm = SYNCHRONY_TERMS[term_name]()
     term = teacher.of_output(output, ALL, lq, log_mel)
     synchrony, luma_std = AudioVisualSynchrony(3).statistics(lq, log_mel)
-    per_scale = [teacher.on_scale(s.keys, s.query, synchrony, luma_std, ALL)
-                 for s in output.embeddings]
+    per_scale = [teacher.on_scale(scale, space.keys, space.query, synchrony, luma_std, ALL)
+                 for scale, space in enumerate(output.embeddings)]
     assert term.item() == pytest.approx(torch.stack(per_scale).mean().item())
     assert all(p > 0 for p in per_scale)
     term.backward()

@@ -219,10 +219,17 @@ class SynchronyTerm(LocalisationTerm):
         self.teaches = teaches
 
     def on_scale(
-        self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
+        self,
+        scale: int,
+        keys: Tensor,
+        query: Tensor,
+        synchrony: Tensor,
+        luma_std: Tensor,
+        anchors: Tensor,
     ) -> Tensor:
-        """The term (a scalar) at one scale: ``keys`` (B, T, E, h, w), ``query`` (B, T, E),
-        the synchrony and luma standard deviation (B, T, 1, h', w') of
+        """The term (a scalar) at the training batch's scale ``scale`` (0 the finest):
+        ``keys`` (B, T, E, h, w), ``query`` (B, T, E), the synchrony and luma standard
+        deviation (B, T, 1, h', w') of
         :meth:`~avvsr.models.synchrony.AudioVisualSynchrony.statistics`, ``anchors`` (B,)."""
         raise NotImplementedError
 
@@ -230,8 +237,8 @@ class SynchronyTerm(LocalisationTerm):
         self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
     ) -> Tensor:
         synchrony, luma_std = self.synchrony.statistics(lq, log_mel)
-        terms = [self.on_scale(*self.taught(space), synchrony, luma_std, anchors)
-                 for space in output.embeddings]
+        terms = [self.on_scale(scale, *self.taught(space), synchrony, luma_std, anchors)
+                 for scale, space in enumerate(output.embeddings)]
         return torch.stack(terms).mean()
 
     @property
@@ -338,7 +345,16 @@ class SynchronyTeacherLoss(SynchronyTerm):
             taught = (positive.amax(-1) * negative.amax(-1)) * anchors.float()[:, None]
             return ((positive_cost + negative_cost) * taught).sum() / taught.sum().clamp(min=1)
 
-    on_scale = forward
+    def on_scale(
+        self,
+        scale: int,
+        keys: Tensor,
+        query: Tensor,
+        synchrony: Tensor,
+        luma_std: Tensor,
+        anchors: Tensor,
+    ) -> Tensor:
+        return self(keys, query, synchrony, luma_std, anchors)
 
 
 class SynchronyContrastLoss(SynchronyTerm):
@@ -366,7 +382,7 @@ class SynchronyContrastLoss(SynchronyTerm):
     batches, detached: a batch of 4 clips offers 3 other clips, so a class rarely meets the
     one whose sound it is most easily confused with. It is training state only (not in the
     state dict: a resumed run refills it within ``queue_frames / (B * T)`` steps), filled by
-    :meth:`of_output`, never by :meth:`forward`.
+    :meth:`on_scale` (which :meth:`of_output` calls), never by :meth:`forward`.
 
     Args:
         weight: its weight in the training loss (> 0).
@@ -453,30 +469,29 @@ class SynchronyContrastLoss(SynchronyTerm):
                       & negative.any(dim=1)).to(logits.dtype)
             return (loss * scored).sum() / scored.sum().clamp(min=1)
 
-    def of_output(
-        self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
-    ) -> Tensor:
-        if not self.queue_frames:
-            return super().of_output(output, anchors, lq, log_mel)
-        synchrony, _ = self.synchrony.statistics(lq, log_mel)
-        terms = []
-        for scale, space in enumerate(output.embeddings):
-            keys, query = self.taught(space)
-            queued = self.queues[scale] if scale < len(self.queues) else None
-            terms.append(self(keys, query, synchrony, anchors, queued))
-            with torch.no_grad():
-                fresh = self.sounding_keys(keys, synchrony)
-                kept = fresh if queued is None else tuple(
-                    torch.cat(pair) for pair in zip(fresh, queued, strict=True)
-                )
-            kept = (kept[0][: self.queue_frames], kept[1][: self.queue_frames])
-            if scale < len(self.queues):
-                self.queues[scale] = kept
-            else:
-                self.queues.append(kept)
-        return torch.stack(terms).mean()
-
     def on_scale(
-        self, keys: Tensor, query: Tensor, synchrony: Tensor, luma_std: Tensor, anchors: Tensor
+        self,
+        scale: int,
+        keys: Tensor,
+        query: Tensor,
+        synchrony: Tensor,
+        luma_std: Tensor,
+        anchors: Tensor,
     ) -> Tensor:
-        return self(keys, query, synchrony, anchors)
+        """As :meth:`forward` with the scale's queue, which it then refills: this batch's
+        sounding keys first, cut to :attr:`queue_frames`."""
+        if not self.queue_frames:
+            return self(keys, query, synchrony, anchors)
+        queued = self.queues[scale] if scale < len(self.queues) else None
+        term = self(keys, query, synchrony, anchors, queued)
+        with torch.no_grad():
+            fresh = self.sounding_keys(keys, synchrony)
+            kept = fresh if queued is None else tuple(
+                torch.cat(pair) for pair in zip(fresh, queued, strict=True)
+            )
+        kept = (kept[0][: self.queue_frames], kept[1][: self.queue_frames])
+        if scale < len(self.queues):
+            self.queues[scale] = kept
+        else:
+            self.queues.append(kept)
+        return term
