@@ -72,13 +72,27 @@ def test_only_clips_that_hear_their_own_audio_are_learnt_from() -> None:
     assert loss(keys, query, torch.tensor([False, False])) == 0
 
 
-@pytest.mark.parametrize("options", [
-    {"weight": 0}, {"positive_threshold": 0.3, "negative_threshold": 0.5},
-    {"region_temperature": 0}, {"contrast_temperature": -1},
+@pytest.mark.parametrize(("term", "options", "named"), [
+    *((term, {"weight": 0}, "weight")
+      for term in (LVSLocalisationLoss, SynchronyTeacherLoss, SynchronyContrastLoss)),
+    (LVSLocalisationLoss, {"positive_threshold": 0.3, "negative_threshold": 0.5}, "threshold"),
+    (LVSLocalisationLoss, {"region_temperature": 0}, "temperature"),
+    (LVSLocalisationLoss, {"contrast_temperature": -1}, "temperature"),
+    (SynchronyTeacherLoss, {"positive_threshold": 0.2, "negative_threshold": 0.2}, "threshold"),
+    (SynchronyTeacherLoss, {"logit_temperature": 0}, "logit_temperature"),
+    (SynchronyTeacherLoss, {"window": 4}, "window"),
+    (SynchronyTeacherLoss, {"active_luma_grey": -1}, "active_luma_grey"),
+    (SynchronyTeacherLoss, {"teaches": "backbone"}, "teaches"),
+    (SynchronyContrastLoss, {"contrast_temperature": 0}, "contrast_temperature"),
+    (SynchronyContrastLoss, {"window": 2}, "window"),
+    (SynchronyContrastLoss, {"queue_frames": -1}, "queue_frames"),
+    (SynchronyContrastLoss, {"teaches": "backbone"}, "teaches"),
 ])
-def test_settings_that_turn_the_term_off_or_make_no_sense_are_refused(options: dict) -> None:
-    with pytest.raises(ValueError):
-        LVSLocalisationLoss(**options)
+def test_settings_that_turn_a_term_off_or_make_no_sense_are_refused(
+    term: type, options: dict, named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        term(**options)
 
 
 def test_mismatched_shapes_are_refused() -> None:
@@ -129,6 +143,16 @@ def test_asking_for_the_embeddings_changes_no_output_and_they_make_the_masks() -
         cosine = torch.einsum("nehw,ne->nhw", space.keys, space.query)[:, None]
         remade = torch.sigmoid(attention.log_temperature.exp() * cosine + attention.logit_bias)
         assert torch.allclose(remade, mask)
+
+
+def small_network(**fusion_options) -> AVVSRNet:
+    """A 2-scale MS-AVF on an 8-channel BasicVSR with a small audio encoder (seeded)."""
+    torch.manual_seed(0)
+    return AVVSRNet(
+        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
+        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
+        lambda **channels: MSAVF(**channels, scales=2, **fusion_options),
+    )
 
 
 def test_the_concat_baseline_has_no_embeddings() -> None:
@@ -217,15 +241,6 @@ def test_the_teacher_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> No
     )
 
 
-@pytest.mark.parametrize("options", [
-    {"weight": 0}, {"positive_threshold": 0.2, "negative_threshold": 0.2},
-    {"logit_temperature": 0}, {"window": 4}, {"active_luma_grey": -1},
-])
-def test_teacher_settings_that_turn_it_off_or_make_no_sense_are_refused(options: dict) -> None:
-    with pytest.raises(ValueError):
-        SynchronyTeacherLoss(**options)
-
-
 def test_the_teacher_refuses_a_synchrony_of_other_frames() -> None:
     keys, query = two_clips_with_their_own_regions()
     with pytest.raises(ValueError, match="synchrony"):
@@ -249,12 +264,7 @@ def test_a_synchrony_term_trains_every_scales_attention_space_and_nothing_of_the
     synchrony of the batch's frames and audio, and its gradient reaches each scale's
     projections (and the backbone), not the masks' temperature and bias nor the synchrony
     weight."""
-    torch.manual_seed(0)
-    net = AVVSRNet(
-        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
-        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
-        lambda **channels: MSAVF(**channels, scales=2, synchrony_window=3),
-    )
+    net = small_network(synchrony_window=3)
     lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
     output = net(lq, log_mel, return_embeddings=True)
     teacher: SynchronyTerm = SYNCHRONY_TERMS[term_name]()
@@ -284,12 +294,7 @@ def test_a_synchrony_term_kept_off_the_features_trains_only_what_it_teaches(
     equal the mask's), and its gradient reaches each scale's two projections, the audio
     encoder only with ``audio``, and never the fusion's pyramid, the backbone nor the FiLM;
     asking for the projection embeddings leaves the network's output unchanged."""
-    torch.manual_seed(0)
-    net = AVVSRNet(
-        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
-        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
-        lambda **channels: MSAVF(**channels, scales=2),
-    )
+    net = small_network()
     lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
     whole = SYNCHRONY_TERMS[term_name]()
     kept_off = SYNCHRONY_TERMS[term_name](teaches=teaches)
@@ -317,12 +322,6 @@ def test_a_synchrony_term_kept_off_the_features_trains_only_what_it_teaches(
         assert all(g is None for g in audio_grads)
 
 
-@pytest.mark.parametrize("term", [SynchronyTeacherLoss, SynchronyContrastLoss])
-def test_a_synchrony_term_refuses_an_unknown_reach(term: type[SynchronyTerm]) -> None:
-    with pytest.raises(ValueError, match="teaches"):
-        term(teaches="backbone")
-
-
 def test_projection_embeddings_need_the_attentions_embeddings() -> None:
     fusion = MSAVF(visual_channels=8, audio_dim=6, scales=2)
     feat, audio = torch.rand(2, 8, 4, 4), torch.randn(2, 6)
@@ -331,11 +330,7 @@ def test_projection_embeddings_need_the_attentions_embeddings() -> None:
     concat = MSAVF(visual_channels=8, audio_dim=6, scales=2, attention=False)
     with pytest.raises(ValueError, match="attention"):
         concat(feat, audio, return_embeddings=True, projection_embeddings=True)
-    net = AVVSRNet(  # the network passes the request on and does not drop it
-        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
-        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
-        lambda **channels: MSAVF(**channels, scales=2),
-    )
+    net = small_network()  # the network passes the request on and does not drop it
     with pytest.raises(ValueError, match="return_embeddings"):
         net(torch.rand(1, 2, 3, 8, 8), torch.randn(1, 2, 16, 9), projection_embeddings=True)
 
@@ -408,14 +403,6 @@ def test_the_contrast_sees_the_synchrony_at_each_scale_as_the_fusion_does() -> N
     )
 
 
-@pytest.mark.parametrize("options", [
-    {"weight": 0}, {"contrast_temperature": 0}, {"window": 2}, {"queue_frames": -1},
-])
-def test_contrast_settings_that_turn_it_off_or_make_no_sense_are_refused(options: dict) -> None:
-    with pytest.raises(ValueError):
-        SynchronyContrastLoss(**options)
-
-
 def test_the_contrast_refuses_a_synchrony_of_other_frames() -> None:
     keys, query = two_clips_with_their_own_regions()
     with pytest.raises(ValueError, match="synchrony"):
@@ -460,12 +447,7 @@ def test_the_queue_holds_the_newest_sounding_keys_per_scale_and_no_gradient() ->
     """On a real network's output: a term with a queue is the queue-less term at the first
     step; after each step every scale's queue holds that step's sounding keys before the
     earlier ones, cut to ``queue_frames``, detached; the next step scores against them."""
-    torch.manual_seed(0)
-    net = AVVSRNet(
-        BasicVSR(num_feat=8, num_blocks=1, hr_channels=8),
-        AudioEncoder(embed_dim=6, widths=(8,), frequency_bands=2),
-        lambda **channels: MSAVF(**channels, scales=2),
-    )
+    net = small_network()
     lq, log_mel = torch.rand(2, 3, 3, 8, 8), torch.randn(2, 3, 16, 9)
     settings = {"window": 3, "positive_threshold": 0.1}
     queued_term = SynchronyContrastLoss(**settings, queue_frames=10)
@@ -492,3 +474,8 @@ def test_the_queue_holds_the_newest_sounding_keys_per_scale_and_no_gradient() ->
                                                 strict=True):
         newest, _ = plain.sounding_keys(space.keys, second_synchrony)
         assert torch.equal(queued, torch.cat([newest, earlier])[:10])
+    assert queued_term.state_dict() == {}  # training state only: checkpoints never hold it
+    space = second.embeddings[0]
+    other_width = (torch.zeros(3, space.query.shape[-1] + 1), torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="queued"):
+        queued_term(space.keys, space.query, second_synchrony, ALL, other_width)

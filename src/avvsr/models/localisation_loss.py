@@ -230,8 +230,9 @@ class SynchronyTerm(LocalisationTerm):
         """The term (a scalar) at the training batch's scale ``scale`` (0 the finest):
         ``keys`` (B, T, E, h, w), ``query`` (B, T, E), the synchrony and luma standard
         deviation (B, T, 1, h', w') of
-        :meth:`~avvsr.models.synchrony.AudioVisualSynchrony.statistics`, ``anchors`` (B,)."""
-        raise NotImplementedError
+        :meth:`~avvsr.models.synchrony.AudioVisualSynchrony.statistics`, ``anchors`` (B,).
+        The module's forward of them unless a subclass keeps state per scale."""
+        return self(keys, query, synchrony, luma_std, anchors)
 
     def of_output(
         self, output: AVVSROutput, anchors: Tensor, lq: Tensor, log_mel: Tensor
@@ -344,17 +345,6 @@ class SynchronyTeacherLoss(SynchronyTerm):
             # counted without asking the device (a host sync every training step).
             taught = (positive.amax(-1) * negative.amax(-1)) * anchors.float()[:, None]
             return ((positive_cost + negative_cost) * taught).sum() / taught.sum().clamp(min=1)
-
-    def on_scale(
-        self,
-        scale: int,
-        keys: Tensor,
-        query: Tensor,
-        synchrony: Tensor,
-        luma_std: Tensor,
-        anchors: Tensor,
-    ) -> Tensor:
-        return self(keys, query, synchrony, luma_std, anchors)
 
 
 class SynchronyContrastLoss(SynchronyTerm):
